@@ -1,0 +1,29 @@
+"""neuralab: train, evaluate, predict and explain the classic neural networks.
+
+Example:
+    >>> import neuralab
+    >>> run = neuralab.train("mnist-best")
+    >>> neuralab.load(run.run_dir).predict(["digit.png"], top_k=3)
+"""
+
+from neuralab.api import Run, evaluate, load, train
+from neuralab.config import RunConfig, resolve_config
+from neuralab.data import DATASETS, load_dataset
+from neuralab.models import MODELS, InputSpec, build_model
+from neuralab.predict import Predictor
+
+__all__ = [
+    "DATASETS",
+    "MODELS",
+    "InputSpec",
+    "Predictor",
+    "Run",
+    "RunConfig",
+    "build_model",
+    "evaluate",
+    "load",
+    "load_dataset",
+    "resolve_config",
+    "train",
+]
+__version__ = "0.1.0"

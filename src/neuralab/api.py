@@ -1,0 +1,279 @@
+"""The Python API: `train`, `evaluate`, `load`. Config becomes objects here (and only here);
+the CLI is a thin layer over these functions with the same names."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from neuralab.callbacks import PlainProgress, StopOnNonFinite
+from neuralab.config import RunConfig, dump_config, resolve_config
+from neuralab.data import ImageDataset, load_dataset
+from neuralab.data.augment import Augment, to_float
+from neuralab.data.loader import BatchLoader
+from neuralab.engine import Engine, choose_engine, cpu_model, pick_device
+from neuralab.models import InputSpec, build_model
+from neuralab.optim import build_optimizer, build_scheduler
+from neuralab.predict import Predictor
+from neuralab.tracking import RunWriter, write_text_atomic
+from neuralab.trainer import Trainer, make_loss
+from neuralab.trainer import evaluate as evaluate_loader
+
+
+@dataclass
+class Run:
+    """What `train` returns: where the run lives, its history and its final test metrics."""
+
+    run_dir: Path
+    history: list[dict]
+    metrics: dict
+
+    def load(self) -> Predictor:
+        return Predictor.load(self.run_dir)
+
+
+def train(
+    recipe: str | None = None,
+    *,
+    data: str | None = None,
+    model: str | None = None,
+    epochs: float | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    seed: int | None = None,
+    data_dir: str | None = None,
+    out: str | None = None,
+    overrides: list[str] | None = None,
+    verbose: bool = True,
+) -> Run:
+    """Train a model and write its run directory.
+
+    Args:
+        recipe: a shipped recipe name (`neuralab recipes`) or a YAML path.
+        data, model, epochs, batch_size, lr, seed, data_dir, out: shortcuts for config fields.
+        overrides: `section.field=value` strings applied last.
+
+    Example:
+        >>> run = neuralab.train("mnist-lenet-classic", epochs=1)
+        >>> run.metrics["accuracy"]
+    """
+    config = resolve_config(
+        recipe,
+        overrides,
+        **{
+            "data.name": data,
+            "model.name": model,
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "optim.lr": lr,
+            "train.seed": seed,
+            "data.data_dir": data_dir,
+            "out": out,
+        },
+    )
+    return train_config(config, verbose=verbose)
+
+
+def say(verbose: bool, text: str) -> None:
+    if verbose:
+        print(text, flush=True)
+
+
+def train_config(config: RunConfig, verbose: bool = True) -> Run:
+    """Train from a validated RunConfig (what `train` and `neuralab train` call)."""
+    settings = config.train
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    device = pick_device(settings.device)
+    dataset = load_data(config)
+    run_dir = prepare_run_dir(config)
+    spec = InputSpec(dataset.channels, *dataset.image_size, len(dataset.classes))
+    model = build_model(config.model.name, spec, **config.model.args).to(device)
+    say(
+        verbose,
+        f"data   {dataset.name}: {len(dataset.train)} train, "
+        f"{len(dataset.val) if dataset.val else 0} val, {len(dataset.test)} test, "
+        f"{dataset.channels}×{spec.height}×{spec.width}, {spec.num_classes} classes",
+    )
+    say(
+        verbose,
+        f"model  {config.model.name}{' ' + str(config.model.args) if config.model.args else ''}: "
+        f"{sum(p.numel() for p in model.parameters()):,} parameters",
+    )
+    initialise_from_data(model, dataset, device)
+    engine = pick_engine(model, dataset, config, device)
+    say(verbose, f"engine {engine.describe()}; {torch.get_num_threads()} threads on {cpu_model()}")
+    loaders = make_loaders(dataset, config, engine)
+    optimizer = build_optimizer(model, config.optim)
+    steps_per_epoch = len(loaders["train"])
+    scheduler = build_scheduler(
+        optimizer, config.schedule, steps_per_epoch, round(settings.epochs * steps_per_epoch)
+    )
+    meta = checkpoint_meta(config, dataset, spec, engine)
+    callbacks = [StopOnNonFinite(), RunWriter(run_dir, meta)]
+    if verbose:
+        callbacks.insert(0, PlainProgress())
+    trainer = Trainer(
+        model,
+        optimizer,
+        make_loss(settings.loss, settings.label_smoothing),
+        scheduler=scheduler,
+        callbacks=callbacks,
+        autocast_dtype=engine.autocast_dtype,
+        grad_clip=settings.grad_clip,
+        ema_decay=settings.ema_decay,
+        channels_last=engine.channels_last,
+    )
+    start = time.perf_counter()
+    history = trainer.fit(loaders["train"], settings.epochs, loaders.get("val"))
+    train_seconds = time.perf_counter() - start
+    if trainer.should_stop:
+        raise RuntimeError(
+            f"training stopped: {trainer.stop_reason}. The run directory "
+            f"{run_dir} keeps the last complete epoch's checkpoint."
+        )
+    metrics = trainer.evaluate(loaders["test"], tta=settings.tta)
+    metrics.update(
+        train_seconds=round(train_seconds, 2), epochs=trainer.epoch, engine=engine.describe()
+    )
+    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    say(
+        verbose,
+        f"test   accuracy {metrics['accuracy']:.2%} · loss {metrics['loss']:.4f} · "
+        f"trained in {train_seconds:.1f}s · run saved to {run_dir}",
+    )
+    return Run(run_dir, history, metrics)
+
+
+def load_data(config: RunConfig) -> ImageDataset:
+    return load_dataset(
+        config.data.name,
+        config.data.data_dir,
+        config.data.download,
+        config.data.val_split,
+        config.train.seed,
+        **config.data.options,
+    )
+
+
+def prepare_run_dir(config: RunConfig) -> Path:
+    """Create the run directory and write config.yaml; refuse to overwrite an earlier run."""
+    if config.out:
+        run_dir = Path(config.out).expanduser()
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        safe_data = config.data.name.split(":")[0]
+        run_dir = Path("runs") / f"{safe_data}-{config.model.name}-{stamp}"
+    if (run_dir / "checkpoint").exists() or (run_dir / "metrics.json").exists():
+        raise FileExistsError(
+            f"run directory {run_dir} already holds a run; choose another "
+            "--out or delete it first (nothing was overwritten)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", dump_config(config))
+    return run_dir
+
+
+def initialise_from_data(
+    model: torch.nn.Module, dataset: ImageDataset, device: torch.device
+) -> None:
+    """Models with data-dependent initialisation (e.g. patch whitening) get a training sample."""
+    if hasattr(model, "initialize_from_data"):
+        sample = dataset.train.images[:5000].to(device)  # 5000: enough for stable statistics
+        model.initialize_from_data(to_float(sample, dataset.mean, dataset.std))
+
+
+def pick_engine(
+    model: torch.nn.Module, dataset: ImageDataset, config: RunConfig, device: torch.device
+) -> Engine:
+    size = min(config.train.batch_size, len(dataset.train))
+    images = to_float(dataset.train.images[:size].to(device), dataset.mean, dataset.std)
+    labels = dataset.train.labels[:size].to(device)
+    return choose_engine(
+        model, images, labels, device, config.train.precision, config.train.channels_last
+    )
+
+
+def make_loaders(dataset: ImageDataset, config: RunConfig, engine: Engine) -> dict:
+    common = {
+        "mean": dataset.mean,
+        "std": dataset.std,
+        "device": engine.device,
+        "channels_last": engine.channels_last,
+    }
+    eval_size = config.train.eval_batch_size
+    loaders = {
+        "train": BatchLoader(
+            dataset.train,
+            config.train.batch_size,
+            shuffle=True,
+            seed=config.train.seed,
+            augment=Augment(**config.augment.model_dump()),
+            **common,
+        ),
+        "test": BatchLoader(dataset.test, eval_size, **common),
+    }
+    if dataset.val is not None:
+        loaders["val"] = BatchLoader(dataset.val, eval_size, **common)
+    return loaders
+
+
+def checkpoint_meta(
+    config: RunConfig, dataset: ImageDataset, spec: InputSpec, engine: Engine
+) -> dict:
+    """Everything needed to rebuild and use the model without the config or the dataset."""
+    return {
+        "model": {"name": config.model.name, "args": config.model.args},
+        "spec": spec.to_dict(),
+        "classes": list(dataset.classes),
+        "dataset": dataset.name,
+        "preprocessing": {
+            "mean": list(dataset.mean),
+            "std": list(dataset.std),
+            "channels": spec.channels,
+            "image_size": [spec.height, spec.width],
+        },
+        "tta": config.train.tta,
+        "config": config.model_dump(mode="json"),
+        "engine": engine.describe(),
+    }
+
+
+def evaluate(
+    run_dir: str | Path, data: str | None = None, data_dir: str | None = None, verbose: bool = False
+) -> dict:
+    """Evaluate a saved run on the test split of its dataset (or of `data`).
+
+    Returns {"accuracy", "loss", "count", "dataset"}.
+    """
+    predictor = Predictor.load(run_dir)
+    raw = predictor.meta["config"]
+    config = RunConfig.model_validate(raw)
+    if data:
+        config.data.name = data
+    if data_dir:
+        config.data.data_dir = data_dir
+    dataset = load_data(config)
+    predictor.check_classes(dataset.classes, dataset.name)
+    prep = predictor.meta["preprocessing"]
+    loader = BatchLoader(
+        dataset.test,
+        config.train.eval_batch_size,
+        tuple(prep["mean"]),
+        tuple(prep["std"]),
+        device=predictor.device,
+    )
+    metrics = evaluate_loader(
+        predictor.model, loader, make_loss(config.train.loss), tta=predictor.meta.get("tta", False)
+    )
+    return {**metrics, "dataset": dataset.name}
+
+
+def load(run_dir: str | Path) -> Predictor:
+    """Load a run (or a checkpoint folder) for prediction: `neuralab.load(run).predict(files)`."""
+    return Predictor.load(run_dir)

@@ -1,0 +1,190 @@
+"""`neuralab` command line: a thin layer over the Python API with the same names."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from neuralab import api
+from neuralab.checkpoint import CheckpointError
+from neuralab.config import ConfigError, read_recipe, recipe_names, resolve_config
+from neuralab.data import DATASETS, DataError
+from neuralab.models import MODELS
+from neuralab.registry import UnknownNameError
+
+# Errors the user can fix: printed as one clear message, no traceback.
+USER_ERRORS = (
+    ConfigError,
+    DataError,
+    UnknownNameError,
+    CheckpointError,
+    FileExistsError,
+    TypeError,
+    ValueError,
+)
+
+
+def add_train(commands) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="train a model (recipe and/or flags)",
+        description="Train a model. Flags override the recipe; "
+        "--set overrides anything (e.g. --set optim.momentum=0.9).",
+    )
+    parser.add_argument(
+        "--recipe", help="shipped recipe name (see `neuralab recipes`) or YAML path"
+    )
+    parser.add_argument("--data", help="dataset name, e.g. mnist, cifar10, folder:PATH")
+    parser.add_argument("--model", help="model name (see `neuralab models`)")
+    parser.add_argument("--epochs", type=float, help="epochs (fractions allowed)")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--data-dir",
+        help="folder with one sub-folder per dataset "
+        "(default: $NEURALAB_DATA, else ~/.cache/neuralab)",
+    )
+    parser.add_argument("--out", help="run directory (default: runs/<data>-<model>-<time>)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field; repeatable",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config and exit without training"
+    )
+
+
+def add_commands(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train(commands)
+    evaluate = commands.add_parser("evaluate", help="evaluate a saved run on its test split")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--data", help="evaluate on another dataset with the same classes")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    predict = commands.add_parser("predict", help="predict the class of image files")
+    predict.add_argument("run_dir", metavar="RUN_DIR")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--json", action="store_true")
+    for name, what in (
+        ("models", "registered models"),
+        ("datasets", "registered datasets"),
+        ("recipes", "shipped recipes"),
+    ):
+        listing = commands.add_parser(name, help=f"list {what}")
+        listing.add_argument("--json", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuralab",
+        description="Train, evaluate and predict "
+        "the classic neural networks. `neuralab COMMAND --help` "
+        "for details.",
+    )
+    add_commands(parser)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = resolve_config(
+        args.recipe,
+        args.overrides,
+        **{
+            "data.name": args.data,
+            "model.name": args.model,
+            "train.epochs": args.epochs,
+            "train.batch_size": args.batch_size,
+            "optim.lr": args.lr,
+            "train.seed": args.seed,
+            "data.data_dir": args.data_dir,
+            "out": args.out,
+        },
+    )
+    if args.dry_run:
+        from neuralab.config import dump_config
+
+        print(dump_config(config), end="")
+        return 0
+    api.train_config(config)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    metrics = api.evaluate(args.run_dir, data=args.data, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(
+            f"{metrics['dataset']} test: accuracy {metrics['accuracy']:.2%} · "
+            f"loss {metrics['loss']:.4f} · {metrics['count']} examples"
+        )
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    predictor = api.load(args.run_dir)
+    results = predictor.predict(args.inputs, top_k=args.top_k)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"input": str(path), "top": [{"class": c, "probability": p} for c, p in top]}
+                    for path, top in zip(args.inputs, results, strict=True)
+                ]
+            )
+        )
+        return 0
+    for path, top in zip(args.inputs, results, strict=True):
+        print(f"{path}: " + ", ".join(f"{c} {p:.1%}" for c, p in top))
+    return 0
+
+
+def run_listing(args: argparse.Namespace) -> int:
+    if args.command == "recipes":
+        rows = [(name, read_recipe(name)[0].get("description", "")) for name in recipe_names()]
+    else:
+        registry = MODELS if args.command == "models" else DATASETS
+        rows = [(entry.name, entry.summary) for entry in registry]
+    if args.json:
+        print(json.dumps([{"name": n, "summary": s} for n, s in rows]))
+    else:
+        width = max(len(n) for n, _ in rows)
+        for name, summary in rows:
+            print(f"{name:<{width}}  {summary}")
+    return 0
+
+
+HANDLERS = {
+    "train": run_train,
+    "evaluate": run_evaluate,
+    "predict": run_predict,
+    "models": run_listing,
+    "datasets": run_listing,
+    "recipes": run_listing,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `neuralab` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return HANDLERS[args.command](args)
+    except USER_ERRORS as error:
+        print(f"neuralab {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"neuralab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Datasets: the registry, `load_dataset`, and the built-in dataset families.
+
+Importing this package registers every built-in dataset (`vision`, `folder`).
+"""
+
+from neuralab.data import folder, vision  # noqa: F401  (imported for their registrations)
+from neuralab.data.dataset import (
+    DATASETS,
+    DataError,
+    ImageDataset,
+    Split,
+    default_data_dir,
+    load_dataset,
+)
+
+__all__ = ["DATASETS", "DataError", "ImageDataset", "Split", "default_data_dir", "load_dataset"]

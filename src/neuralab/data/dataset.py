@@ -1,0 +1,143 @@
+"""What every dataset factory returns, the dataset registry and the `load_dataset` entry point."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from neuralab.registry import Registry
+
+DATASETS = Registry("dataset")
+
+# Names with a path argument are written `kind:<path>` (e.g. `folder:~/photos`).
+PATH_KINDS = ("folder",)
+
+
+class DataError(ValueError):
+    """Bad or missing data: the message names the file, what was expected and the fix."""
+
+
+@dataclass
+class Split:
+    """One split held in memory.
+
+    images: uint8 (N, C, H, W); labels: int64 (N,).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise DataError(
+                f"images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
+        if len(self.images) != len(self.labels):
+            raise DataError(f"{len(self.images)} images but {len(self.labels)} labels")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class ImageDataset:
+    """A dataset's splits plus what a model and a predictor need to know about it.
+
+    `mean`/`std` are per channel on the 0..1 scale, computed on the training split.
+    """
+
+    name: str
+    train: Split
+    test: Split
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    val: Split | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def channels(self) -> int:
+        return self.train.images.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.train.images.shape[2:])  # (H, W)
+
+
+def default_data_dir() -> Path:
+    """`NEURALAB_DATA` if set, else `~/.cache/neuralab`."""
+    env = os.environ.get("NEURALAB_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "neuralab"
+
+
+def parse_name(name: str) -> tuple[str, str | None]:
+    """`folder:/x/y` → ('folder', '/x/y'); `mnist` → ('mnist', None)."""
+    kind, sep, arg = name.partition(":")
+    if sep and kind in PATH_KINDS:
+        if not arg:
+            raise DataError(f"dataset {name!r} needs a path after the colon, e.g. folder:~/photos")
+        return kind, arg
+    return name, None
+
+
+def load_dataset(
+    name: str,
+    data_dir: str | Path | None = None,
+    download: bool = True,
+    val_split: float = 0.0,
+    seed: int = 0,
+    **options,
+) -> ImageDataset:
+    """Load a registered dataset by name, carving a seeded validation split if asked.
+
+    Args:
+        name: a registered name (`neuralab datasets`) or `folder:<path>`.
+        data_dir: where dataset folders live; defaults to `default_data_dir()`.
+        download: allow network downloads of missing canonical archives.
+        val_split: fraction of the training split held out for validation when the
+            dataset has no validation split of its own.
+        seed: seeds the validation split.
+        options: dataset-specific options (e.g. `image_size` for folders).
+    """
+    kind, arg = parse_name(name)
+    entry = DATASETS.get(kind)
+    root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+    dataset = (
+        entry.factory(root, download=download, path=arg, **options)
+        if arg
+        else entry.factory(root, download=download, **options)
+    )
+    if val_split and dataset.val is None:
+        dataset.train, dataset.val = split_off(dataset.train, val_split, seed)
+    return dataset
+
+
+def split_off(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Seeded random split into (rest, held_out) with round(fraction * N) held out."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"val_split must be between 0 and 1 (exclusive), got {fraction}")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    held = max(1, round(fraction * len(split)))
+    return split.subset(order[held:]), split.subset(order[:held])
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std on the 0..1 scale of uint8 (N, C, H, W) images."""
+    mean = torch.zeros(images.shape[1], dtype=torch.float64)
+    square = torch.zeros_like(mean)
+    for chunk in images.split(4096):  # bounded memory on large sets
+        x = chunk.double() / 255.0
+        mean += x.sum(dim=(0, 2, 3))
+        square += (x * x).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean /= count
+    std = (square / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())

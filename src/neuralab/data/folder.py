@@ -1,0 +1,529 @@
+"""`folder:<path>` datasets: your own images, one sub-folder per class.
+
+Layouts (classes are the sub-folder names sorted; labels are their indices):
+
+    path/<class>/**/*.jpg|jpeg|png|bmp|webp  a seeded `test_split` of each class is held out
+    path/train/<class>/...  with path/val/<class>/... and/or path/test/<class>/... held out as
+                            they are (with both, val/ becomes `val` and test/ becomes `test`)
+
+Every image is decoded once with Pillow (EXIF rotation applied, transparency composited onto
+white, converted to RGB or L, resized to `image_size`) and the uint8 tensors are cached as
+safetensors under `<data_dir>/folder-cache/`; a changed folder gets a new cache key.
+`load_image_file` reads one file exactly the same way, for prediction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import PIL
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from neuralab.data.dataset import DATASETS, DataError, ImageDataset, Split, channel_stats
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+# Pillow modes with one luminance band (alpha aside): a folder of only these loads as 1 channel.
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+# Pillow's BILINEAR widens its kernel when shrinking (an antialiased filter, not point sampling).
+# reducing_gap=3 first box-reduces by an integer factor; Pillow documents gaps >= 3 as
+# indistinguishable from the direct filter, and it is much faster on large photos.
+RESAMPLE = Image.Resampling.BILINEAR
+REDUCING_GAP = 3.0
+EXIF_ORIENTATION = 0x0112  # EXIF tag number; 1 means "stored upright"
+HELD_OUT_FOLDERS = ("val", "test")
+CACHE_FOLDER = "folder-cache"
+# Part of every cache key: bump it when decoding or the cache layout changes.
+CACHE_FORMAT = "neuralab-folder-1"
+LAYOUT_HINT = (
+    "Expected folder:<path> with one sub-folder of images per class (path/cat/1.jpg, "
+    "path/dog/2.png), or path/train/<class>/... with path/val/<class>/... or path/test/<class>/..."
+)
+
+ClassFiles = dict[str, list[Path]]  # class name -> its image files, sorted
+Labelled = list[tuple[Path, int]]  # (image file, class index)
+
+
+class BadImageFile(DataError):
+    """An image file Pillow cannot read; `path` and `reason` say which and why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(
+            f"cannot read image {path}: {reason}. Expected a readable JPEG, PNG, BMP or WebP "
+            "file; replace or delete it"
+        )
+        self.path, self.reason = path, reason
+
+
+@DATASETS.register(
+    "folder",
+    summary="your own images: folder:<path> with one sub-folder per class, "
+    "or train/ and val/ (or test/) sub-trees",
+)
+def folder(
+    root: Path,
+    download: bool = True,
+    path: str = "",
+    image_size: int | Sequence[int] = 64,
+    channels: int | None = None,
+    test_split: float = 0.2,
+    seed: int = 0,
+    cache: bool = True,
+    skip_bad_files: bool = False,
+) -> ImageDataset:
+    """Load a folder of images as an in-memory dataset (see the module docstring for layouts).
+
+    Args:
+        root: data directory; decoded images are cached in `root/folder-cache/`.
+        download: ignored (a local folder has nothing to download).
+        path: the folder (`~` expanded; relative to the working directory).
+        image_size: every image is resized once, ignoring aspect ratio, to this size:
+            an int for square images or (height, width).
+        channels: 1 (grayscale) or 3 (RGB); None: 1 if every image is grayscale, else 3.
+        test_split: fraction of each class held out as the test split (seeded) when there
+            is no val/ or test/ folder; 0 gives an empty test split.
+        seed: seeds that split.
+        cache: read and write the decoded-image cache.
+        skip_bad_files: skip unreadable images (listed, with reasons, in
+            `info["skipped"]`, one warning line each) instead of raising DataError.
+
+    Example:
+        >>> data = load_dataset("folder:~/photos", image_size=96)  # doctest: +SKIP
+    """
+    del download
+    size = _image_size(image_size)
+    _check_options(path, channels, test_split)
+    source = Path(path).expanduser().resolve()
+    splits, classes = find_image_files(source, test_split, seed)
+    cache_file = cache_path(Path(root), source, size, channels, test_split, seed, splits)
+    loaded = _read_cache(cache_file, classes, size) if cache and cache_file.exists() else None
+    if loaded is None:
+        loaded = _read_images(splits, channels, size, skip_bad_files)
+        if cache:
+            _write_cache(cache_file, *loaded, classes)
+    images, skipped = loaded
+    _report_skipped(skipped, skip_bad_files)
+    _check_every_class_trains(images["train"], classes)
+    info = {
+        "root": str(source),
+        "image_size": size,
+        "files": sum(map(len, images.values())),
+        "skipped": skipped,
+        "cache": str(cache_file) if cache else None,
+    }
+    mean, std = channel_stats(images["train"].images)
+    return ImageDataset(
+        f"folder:{path}",
+        images["train"],
+        images["test"],
+        classes,
+        mean,
+        std,
+        val=images.get("val"),
+        info=info,
+    )
+
+
+def load_image_file(
+    path: str | Path, channels: int, image_size: int | Sequence[int]
+) -> torch.Tensor:
+    """Read one image exactly as `folder` reads training images.
+
+    EXIF rotation is applied, transparency is composited onto white, the image is converted
+    to L (channels=1) or RGB (channels=3) and resized (BILINEAR, reducing_gap=3) to image_size.
+
+    Returns:
+        uint8 tensor (channels, height, width).
+
+    Raises:
+        BadImageFile (a DataError) naming the file when Pillow cannot read it.
+    """
+    file, size = Path(path), _image_size(image_size)
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels!r}")
+    with _pillow_errors(file):
+        with _open(file) as image:
+            image.verify()  # checks what decoding does not (e.g. PNG chunk checksums)
+        with _open(file) as image:  # verify() leaves the image unusable: open again
+            return prepare_pil_image(image, channels, size)
+
+
+def prepare_pil_image(
+    image: Image.Image, channels: int, image_size: int | Sequence[int]
+) -> torch.Tensor:
+    """An open PIL image → uint8 (channels, height, width), prepared as training images are."""
+    size = _image_size(image_size)
+    picture = _prepare(image, channels, size)
+    array = np.array(picture, dtype=np.uint8).reshape(size[0], size[1], channels)  # (H, W, C)
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # (C, H, W)
+
+
+def image_mode(path: Path) -> str:
+    """Pillow's mode of an image file ("RGB", "L", ...), reading only its header."""
+    with _pillow_errors(path), _open(path) as image:
+        return image.mode
+
+
+@contextmanager
+def _pillow_errors(path: Path) -> Iterator[None]:
+    """Turn what Pillow raises on a bad file, decompression bombs included, into BadImageFile."""
+    try:
+        yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadImageFile(
+            path,
+            f"refused by Pillow's decompression-bomb guard ({error}); "
+            "if the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS",
+        ) from None
+    except UnidentifiedImageError:
+        raise BadImageFile(
+            path, "not an image Pillow can decode (unrecognised or corrupt contents)"
+        ) from None
+    except Exception as error:  # decoders raise many types (OSError, SyntaxError, ...)
+        raise BadImageFile(path, f"{type(error).__name__}: {error}") from None
+
+
+def _open(file: Path) -> Image.Image:
+    """Image.open, refusing images over Image.MAX_IMAGE_PIXELS.
+
+    Pillow itself only warns between that limit and twice it (and raises above); checking
+    here rather than turning the warning into an error keeps this thread-safe
+    (warnings.catch_warnings is process-global).
+    """
+    image = Image.open(file)
+    pixels, limit = image.width * image.height, Image.MAX_IMAGE_PIXELS
+    if limit and pixels > limit:
+        image.close()
+        raise Image.DecompressionBombError(
+            f"{image.width}x{image.height} = {pixels} pixels, over Image.MAX_IMAGE_PIXELS = {limit}"
+        )
+    return image
+
+
+def _prepare(image: Image.Image, channels: int, size: tuple[int, int]) -> Image.Image:
+    """Upright, opaque, L or RGB, resized to size (height, width)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) != 1:  # phone photos store rotation in EXIF
+        image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    image = image.convert("L" if channels == 1 else "RGB")
+    if image.size != (size[1], size[0]):  # Pillow sizes are (width, height)
+        image = image.resize((size[1], size[0]), RESAMPLE, reducing_gap=REDUCING_GAP)
+    return image
+
+
+def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
+    """64 → (64, 64); (48, 64) → (48, 64) as (height, width)."""
+    size = (
+        (image_size, image_size)
+        if isinstance(image_size, int)
+        else tuple(image_size)
+        if isinstance(image_size, (tuple, list))
+        else ()
+    )
+    if len(size) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size
+    ):
+        raise DataError(
+            f"image_size must be a positive int or (height, width), "
+            f"got {image_size!r}; e.g. image_size=64"
+        )
+    return size
+
+
+def _check_options(path: str, channels: int | None, test_split: float) -> None:
+    if not path:
+        raise DataError("the folder dataset needs a path: use folder:<path>, e.g. folder:~/photos")
+    if channels not in (None, 1, 3):
+        raise DataError(
+            f"channels must be 1 (grayscale), 3 (RGB) or None (decide from the "
+            f"images), got {channels!r}"
+        )
+    if not 0.0 <= test_split < 1.0:
+        raise DataError(f"test_split must be in [0, 1), got {test_split!r}; e.g. test_split=0.2")
+
+
+def find_image_files(
+    source: Path, test_split: float, seed: int
+) -> tuple[dict[str, Labelled], list[str]]:
+    """The labelled image files of each split ("train", "test" and maybe "val"), and the classes."""
+    if not source.is_dir():
+        raise DataError(f"folder {source} does not exist or is not a directory. {LAYOUT_HINT}")
+    train_tree = source / "train"
+    if train_tree.is_dir() and _sub_folders(train_tree):
+        train = _class_files(train_tree)
+        held = {
+            name: _class_files(source / name)
+            for name in HELD_OUT_FOLDERS
+            if (source / name).is_dir()
+        }
+    else:
+        train, held = _class_files(source), {}
+    for name, tree in held.items():
+        extra = sorted(set(tree) - set(train))
+        if extra:
+            raise DataError(
+                f"{source / name} has class folder(s) {extra} that {train_tree} lacks; "
+                f"add training images in {train_tree / extra[0]} or remove the folder"
+            )
+    if len(held) == 1:
+        held = {"test": next(iter(held.values()))}
+    elif not held:
+        train, held["test"] = _seeded_split(train, test_split, seed, source)
+    classes = sorted(train)
+    index = {name: label for label, name in enumerate(classes)}
+    labelled = {"train": train, **held}
+    return {
+        split: [(file, index[name]) for name, files in sorted(tree.items()) for file in files]
+        for split, tree in labelled.items()
+    }, classes
+
+
+def _sub_folders(tree: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in tree.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX"
+    )
+
+
+def _image_files(folder: Path, recursive: bool = True) -> list[Path]:
+    """Image files (by extension, any case) under folder; hidden files and folders skipped."""
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in candidates
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def _class_files(tree: Path) -> ClassFiles:
+    """{class folder name: its image files}; an empty class folder is an error."""
+    folders, loose = _sub_folders(tree), _image_files(tree, recursive=False)
+    if not folders:
+        found = f"{len(loose)} image files and no sub-folders" if loose else "no sub-folders"
+        raise DataError(
+            f"{tree}: expected one sub-folder of images per class, found {found}. {LAYOUT_HINT}"
+        )
+    if loose:
+        _warn(f"ignoring {len(loose)} image files directly in {tree} (not in a class folder)")
+    files = {f.name: _image_files(f) for f in folders}
+    for name, found in files.items():
+        if not found:
+            raise DataError(
+                f"class folder {tree / name} has no images (.jpg, .jpeg, .png, .bmp "
+                f"or .webp); add some or remove the folder. {LAYOUT_HINT}"
+            )
+    return files
+
+
+def _seeded_split(
+    train: ClassFiles, fraction: float, seed: int, source: Path
+) -> tuple[ClassFiles, ClassFiles]:
+    """Hold out round(fraction * n) of each class's n files, at least 1 and at most n - 1."""
+    generator = torch.Generator().manual_seed(seed)
+    kept, held = {}, {}
+    for name, files in sorted(train.items()):
+        order = torch.randperm(len(files), generator=generator).tolist()
+        count = min(len(files) - 1, max(1, round(fraction * len(files)))) if fraction > 0 else 0
+        held[name] = sorted(files[i] for i in order[:count])
+        kept[name] = sorted(files[i] for i in order[count:])
+    if fraction > 0 and not any(held.values()):
+        raise DataError(
+            f"test_split={fraction} holds out no image of {source}: every class has a "
+            "single image; add images or add a val/ folder"
+        )
+    return kept, {name: files for name, files in held.items() if files}
+
+
+def cache_path(
+    root: Path,
+    source: Path,
+    size: tuple[int, int],
+    channels: int | None,
+    test_split: float,
+    seed: int,
+    splits: dict[str, Labelled],
+) -> Path:
+    """`root/folder-cache/<settings>-<key>.safetensors`.
+
+    key: sha256 over the settings (format, Pillow version, folder, size, channels, test_split,
+    seed) and each image file's relative path, size and mtime_ns, so any added, removed or
+    modified file gives a new key. <settings> (16 hex digits of the settings alone) lets a new
+    cache file replace stale ones made with the same settings.
+    """
+    settings = json.dumps(
+        [CACHE_FORMAT, PIL.__version__, str(source), list(size), channels, test_split, seed]
+    ).encode()
+    key = hashlib.sha256(settings)
+    for file in sorted(file for items in splits.values() for file, _ in items):
+        stat = file.stat()
+        key.update(
+            json.dumps(
+                [file.relative_to(source).as_posix(), stat.st_size, stat.st_mtime_ns]
+            ).encode()
+            + b"\n"
+        )
+    prefix = hashlib.sha256(settings).hexdigest()[:16]
+    return root / CACHE_FOLDER / f"{prefix}-{key.hexdigest()}.safetensors"
+
+
+def _read_images(
+    splits: dict[str, Labelled], channels: int | None, size: tuple[int, int], skip: bool
+) -> tuple[dict[str, Split], list[tuple[str, str]]]:
+    """Decode every split; bad files raise, or with skip are returned as (path, reason)."""
+    skipped: list[tuple[str, str]] = []
+    files = [file for items in splits.values() for file, _ in items]
+    if channels is None:
+        channels = _infer_channels(files, skip, skipped)
+    _warn(f"decoding {len(files)} images to {size[0]}x{size[1]}", "note")
+    bad = {path for path, _ in skipped}
+    images = {
+        name: _read_split(
+            [item for item in items if str(item[0]) not in bad], channels, size, skip, skipped
+        )
+        for name, items in splits.items()
+    }
+    return images, skipped
+
+
+def _infer_channels(files: list[Path], skip: bool, skipped: list[tuple[str, str]]) -> int:
+    """1 if every readable file is grayscale, else 3 (reads headers only)."""
+    readable = 0
+    for file in files:
+        try:
+            mode = image_mode(file)
+        except BadImageFile as error:
+            _skip_or_raise(error, skip, skipped)
+            continue
+        if mode not in GRAYSCALE_MODES:
+            return 3
+        readable += 1
+    return 1 if readable else 3
+
+
+def _read_split(
+    items: Labelled,
+    channels: int,
+    size: tuple[int, int],
+    skip: bool,
+    skipped: list[tuple[str, str]],
+) -> Split:
+    images = torch.empty((len(items), channels, *size), dtype=torch.uint8)  # (N, C, H, W)
+    keep = []
+    for row, (file, _) in enumerate(items):
+        try:
+            images[row] = load_image_file(file, channels, size)
+            keep.append(row)
+        except BadImageFile as error:
+            _skip_or_raise(error, skip, skipped)
+    labels = torch.tensor([label for _, label in items], dtype=torch.int64)
+    if len(keep) < len(items):
+        index = torch.tensor(keep, dtype=torch.int64)
+        images, labels = images[index], labels[index]
+    return Split(images, labels)
+
+
+def _skip_or_raise(error: BadImageFile, skip: bool, skipped: list[tuple[str, str]]) -> None:
+    if not skip:
+        raise DataError(f"{error}, or pass skip_bad_files=True to skip unreadable files") from error
+    skipped.append((str(error.path), error.reason))
+
+
+def _report_skipped(skipped: list[tuple[str, str]], skip: bool) -> None:
+    """One warning per skipped file; a cache made with skipping still refuses them when strict."""
+    if skipped and not skip:
+        _skip_or_raise(BadImageFile(Path(skipped[0][0]), skipped[0][1]), False, [])
+    for path, reason in skipped:
+        _warn(f"skipped {path}: {reason}")
+
+
+def _check_every_class_trains(train: Split, classes: list[str]) -> None:
+    counts = torch.bincount(train.labels, minlength=len(classes))
+    for name, count in zip(classes, counts.tolist(), strict=True):
+        if count == 0:
+            raise DataError(
+                f"class {name!r} has no readable training images left after "
+                "skipping bad files; add readable images to its folder"
+            )
+
+
+def _read_cache(
+    file: Path, classes: list[str], size: tuple[int, int]
+) -> tuple[dict[str, Split], list[tuple[str, str]]] | None:
+    """The cached splits and skipped files, or None (with a note) if the file is unusable."""
+    try:
+        with safe_open(str(file), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        if meta.get("format") != CACHE_FORMAT or json.loads(meta["classes"]) != classes:
+            raise ValueError("written for another format or other classes")
+        images = {
+            name: Split(tensors[f"{name}.images"], tensors[f"{name}.labels"])
+            for name in json.loads(meta["splits"])
+        }
+        if any(split.images.shape[2:] != size for split in images.values()):
+            raise ValueError(f"images are not {size[0]}x{size[1]}")
+        return images, [(path, reason) for path, reason in json.loads(meta["skipped"])]
+    except Exception as error:  # a cache is disposable: any problem means decode again
+        _warn(
+            f"ignoring unreadable cache file {file} ({type(error).__name__}: {error}); "
+            "decoding the images again and rewriting it",
+            "note",
+        )
+        return None
+
+
+def _write_cache(
+    file: Path, images: dict[str, Split], skipped: list[tuple[str, str]], classes: list[str]
+) -> None:
+    """Write atomically (temp file in the same folder, then os.replace); failures only warn."""
+    tensors = {
+        f"{name}.{part}": getattr(split, part).contiguous()
+        for name, split in images.items()
+        for part in ("images", "labels")
+    }
+    metadata = {
+        "format": CACHE_FORMAT,
+        "classes": json.dumps(classes),
+        "splits": json.dumps(list(images)),
+        "skipped": json.dumps(skipped),
+    }
+    temp = None
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temp = tempfile.mkstemp(dir=file.parent, prefix=".tmp-", suffix=file.suffix)
+        os.close(descriptor)
+        os.chmod(temp, 0o644)  # mkstemp makes it owner-only; a cache may be shared
+        save_file(tensors, temp, metadata=metadata)
+        os.replace(temp, file)
+    except Exception as error:  # the dataset is loaded; only the speed-up is lost
+        _warn(
+            f"not caching the decoded images in {file.parent} ({type(error).__name__}: "
+            f"{error}); the folder will be decoded again next time"
+        )
+        return
+    finally:
+        if temp is not None:
+            Path(temp).unlink(missing_ok=True)
+    prefix = file.name.split("-", 1)[0]
+    for stale in file.parent.glob(f"{prefix}-*{file.suffix}"):
+        if stale != file:
+            stale.unlink(missing_ok=True)
+
+
+def _warn(message: str, level: str = "warning") -> None:
+    print(f"{level}: {message}", file=sys.stderr)

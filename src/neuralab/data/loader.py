@@ -1,0 +1,81 @@
+"""In-memory batches: uint8 images stay in one tensor (on the training device when it fits);
+each batch is gathered, augmented and normalised as whole-batch tensor ops."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from neuralab.data.augment import Augment, to_float
+from neuralab.data.dataset import Split
+
+
+class BatchLoader:
+    """Iterate over a `Split` in batches of normalised float images and int64 labels.
+
+    Shuffling and augmentation draw from a generator seeded by (seed, epoch), so an epoch's
+    batches are reproducible on their own: resuming at epoch k replays exactly epoch k.
+    With `world_size > 1` each rank sees a disjoint, strided shard of the epoch's order.
+
+    Example:
+        >>> loader = BatchLoader(split, batch_size=128, mean=(0.13,), std=(0.31,), shuffle=True)
+        >>> loader.set_epoch(0)
+        >>> for images, labels in loader: ...  # (B, C, H, W) float32, (B,) int64
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: Augment | None = None,
+        drop_last: bool = False,
+        device: torch.device | str = "cpu",
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.images = split.images.to(self.device)  # uint8 (N, C, H, W)
+        self.labels = split.labels.to(self.device)  # int64 (N,)
+        self.batch_size = batch_size
+        self.mean, self.std = mean, std
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.augment = augment if augment is not None and augment.active else None
+        self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose which epoch's order and augmentation the next iteration replays."""
+        self.epoch = epoch
+
+    def _order(self, generator: torch.Generator) -> torch.Tensor:
+        count = len(self.labels)
+        order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        return order[self.rank :: self.world_size].to(self.device)
+
+    def __len__(self) -> int:
+        count = len(range(self.rank, len(self.labels), self.world_size))
+        full, rest = divmod(count, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # Large odd multiplier keeps (seed, epoch) pairs from colliding.
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = self._order(generator)
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            images = self.images[index]
+            if self.augment is not None:
+                images = self.augment(images, generator)
+            batch = to_float(images, self.mean, self.std)
+            if self.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            yield batch, self.labels[index]

@@ -1,0 +1,135 @@
+"""Device, precision and memory-format choice: picked by probing this machine, and printed."""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How the hot loop runs: device, autocast dtype (None = fp32) and memory format."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    reason: str
+
+    def describe(self) -> str:
+        precision = "bf16 autocast" if self.autocast_dtype == torch.bfloat16 else "fp32"
+        layout = "channels_last" if self.channels_last else "contiguous"
+        return f"{self.device.type} · {precision} · {layout} ({self.reason})"
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """`auto`: CUDA when present, else CPU. An explicit CUDA request without CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"train.device={name!r} but this machine has no CUDA device; "
+            "use train.device=auto or cpu"
+        )
+    return device
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown CPU"
+
+
+def has_convolutions(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def choose_engine(
+    model: nn.Module,
+    sample: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    precision: str = "auto",
+    channels_last: str = "auto",
+) -> Engine:
+    """Pick precision and memory format: fixed choices are kept, `auto` ones are timed.
+
+    On CUDA `auto` means bf16 autocast (when supported) and channels_last for convnets. On CPU
+    the candidates (fp32, channels_last, bf16 when the CPU has native bf16) are timed on one
+    training batch of a copy of the model, and the fastest is kept: bf16 helps on some CPUs and
+    is several times slower on others, so it is measured, never assumed.
+    """
+    conv = has_convolutions(model)
+    layouts = (
+        [channels_last == "on"] if channels_last != "auto" else ([False, True] if conv else [False])
+    )
+    if device.type == "cuda":
+        bf16 = precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported())
+        layout = layouts[-1]
+        return Engine(device, torch.bfloat16 if bf16 else None, layout, "GPU defaults")
+    native = bool(CPU_BF16_FLAGS and cpu_flags() & set(CPU_BF16_FLAGS))
+    dtypes = {"fp32": [None], "bf16": [torch.bfloat16]}.get(
+        precision, [None, torch.bfloat16] if native else [None]
+    )
+    candidates = [(d, cl) for d in dtypes for cl in layouts]
+    if len(candidates) == 1:
+        why = "as configured" if precision != "auto" else "no native bf16 on this CPU"
+        return Engine(device, candidates[0][0], candidates[0][1], why)
+    timings = {c: time_step(model, sample, labels, *c) for c in candidates}
+    best = min(timings, key=timings.get)
+    summary = ", ".join(f"{label(c)} {timings[c] * 1000:.0f} ms" for c in candidates)
+    return Engine(device, best[0], best[1], f"fastest of one-batch timings: {summary}")
+
+
+def label(candidate: tuple[torch.dtype | None, bool]) -> str:
+    dtype, layout = candidate
+    return ("bf16" if dtype else "fp32") + ("+cl" if layout else "")
+
+
+def time_step(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    dtype: torch.dtype | None,
+    channels_last: bool,
+    repeats: int = 3,
+) -> float:
+    """Best-of-`repeats` seconds of one forward+backward on a throwaway copy of the model."""
+    probe = copy.deepcopy(model).train()
+    if channels_last:
+        probe = probe.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first run warms up kernels and allocators
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = nn.functional.cross_entropy(probe(images), labels)
+        loss.backward()
+        probe.zero_grad(set_to_none=True)
+        best = min(best, time.perf_counter() - start) if _ else best
+    return best

@@ -1,0 +1,136 @@
+"""Optimizer and learning-rate schedule registries.
+
+Schedules are per-step multipliers of the peak learning rate, wrapped in a LambdaLR, so that
+every schedule steps once per optimizer step and resumes from its step count alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from neuralab.config import OptimConfig, ScheduleConfig
+from neuralab.registry import Registry
+
+OPTIMIZERS = Registry("optimizer")
+SCHEDULES = Registry("schedule")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Decay weights of conv/linear layers only; biases and norm parameters are not decayed."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def fused_kwargs(model: nn.Module) -> dict:
+    """`foreach` batches the per-parameter update into a few kernels (faster on CPU and GPU)."""
+    return {"foreach": True}
+
+
+@OPTIMIZERS.register("sgd", summary="SGD with optional momentum / Nesterov")
+def sgd(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.SGD(
+        parameter_groups(model, config.weight_decay),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        **fused_kwargs(model),
+    )
+
+
+@OPTIMIZERS.register("adam", summary="Adam (L2 weight decay added to the gradient)")
+def adam(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(
+        parameter_groups(model, config.weight_decay),
+        lr=config.lr,
+        betas=config.betas,
+        **fused_kwargs(model),
+    )
+
+
+@OPTIMIZERS.register("adamw", summary="AdamW (decoupled weight decay)")
+def adamw(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        parameter_groups(model, config.weight_decay),
+        lr=config.lr,
+        betas=config.betas,
+        **fused_kwargs(model),
+    )
+
+
+@OPTIMIZERS.register("adadelta", summary="Adadelta (the official PyTorch MNIST example's choice)")
+def adadelta(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adadelta(
+        parameter_groups(model, config.weight_decay),
+        lr=config.lr,
+        rho=config.rho,
+        **fused_kwargs(model),
+    )
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS.get(config.name).factory(model, config)
+
+
+Multiplier = Callable[[int], float]
+
+
+@SCHEDULES.register("constant", summary="constant learning rate (after optional warmup)")
+def constant(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Multiplier:
+    return with_warmup(lambda step: 1.0, config, steps_per_epoch)
+
+
+@SCHEDULES.register("step", summary="multiply by gamma every step_size epochs")
+def step_decay(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Multiplier:
+    def multiplier(step: int) -> float:
+        return config.gamma ** (step // (config.step_size * steps_per_epoch))
+
+    return with_warmup(multiplier, config, steps_per_epoch)
+
+
+@SCHEDULES.register("cosine", summary="linear warmup, then cosine decay to final_lr_fraction")
+def cosine(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Multiplier:
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    floor = config.final_lr_fraction
+
+    def multiplier(step: int) -> float:
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return with_warmup(multiplier, config, steps_per_epoch)
+
+
+@SCHEDULES.register("onecycle", summary="linear rise for pct_start of training, linear fall")
+def onecycle(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Multiplier:
+    peak = max(1, round(config.pct_start * total_steps))
+    start, floor = 0.1, config.final_lr_fraction  # start at 10% of peak (a common choice)
+
+    def multiplier(step: int) -> float:
+        if step < peak:
+            return start + (1.0 - start) * step / peak
+        return max(floor, 1.0 - (1.0 - floor) * (step - peak) / max(1, total_steps - peak))
+
+    return multiplier
+
+
+def with_warmup(schedule: Multiplier, config: ScheduleConfig, steps_per_epoch: int) -> Multiplier:
+    """Scale the first warmup_epochs of steps linearly from ~0 up to the schedule."""
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    if warmup == 0:
+        return schedule
+    return lambda step: schedule(step) * min(1.0, (step + 1) / warmup)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_epoch: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR for the named schedule."""
+    multiplier = SCHEDULES.get(config.name).factory(config, steps_per_epoch, total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

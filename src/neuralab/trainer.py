@@ -1,0 +1,195 @@
+"""fit / evaluate / predict. The trainer gets built objects and never touches files."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from neuralab.callbacks import Callback
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_loss(name: str, label_smoothing: float = 0.0) -> LossFn:
+    """`cross_entropy` (with optional label smoothing) or `mse`: squared error between the
+    logits and one-hot targets, the least-squares criterion of the perceptron era."""
+    if name == "cross_entropy":
+        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if name == "mse":
+
+        def mse(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            target = nn.functional.one_hot(labels, logits.shape[1]).to(logits.dtype)
+            return nn.functional.mse_loss(logits, target)
+
+        return mse
+    raise ValueError(f"unknown loss {name!r}; valid: cross_entropy, mse")
+
+
+class Trainer:
+    """Runs the loop; everything it needs is handed in.
+
+    Example:
+        >>> trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), scheduler=scheduler)
+        >>> history = trainer.fit(train_loader, epochs=3, val_loader=val_loader)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn,
+        *,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        callbacks: Sequence[Callback] = (),
+        autocast_dtype: torch.dtype | None = None,
+        grad_clip: float | None = None,
+        ema_decay: float | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.scheduler, self.callbacks = scheduler, list(callbacks)
+        self.autocast_dtype, self.grad_clip = autocast_dtype, grad_clip
+        self.device = next(model.parameters()).device
+        self.ema = make_ema(model, ema_decay) if ema_decay else None
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.epoch, self.step, self.history = 0, 0, []
+        self.planned_epochs, self.should_stop, self.stop_reason = 0, False, ""
+
+    def autocast(self) -> torch.autocast:
+        dtype = self.autocast_dtype or torch.bfloat16
+        return torch.autocast(
+            self.device.type, dtype=dtype, enabled=self.autocast_dtype is not None
+        )
+
+    def fit(self, train_loader, epochs: float, val_loader=None) -> list[dict]:
+        """Train for `epochs` (fractional: the last epoch stops early), validating each epoch.
+
+        Returns the history: one dict per epoch with train/val loss and accuracy, lr, seconds.
+        """
+        total_steps = round(epochs * len(train_loader))
+        self.planned_epochs = -(-total_steps // len(train_loader))
+        for callback in self.callbacks:
+            callback.on_fit_start(self)
+        while self.step < total_steps and not self.should_stop:
+            train_loader.set_epoch(self.epoch)
+            start = time.perf_counter()
+            logs = self.train_epoch(train_loader, total_steps)
+            if val_loader is not None:
+                logs.update(
+                    {
+                        f"val_{k}": v
+                        for k, v in self.evaluate(val_loader).items()
+                        if k in ("loss", "accuracy")
+                    }
+                )
+            logs["seconds"] = time.perf_counter() - start
+            logs["images_per_second"] = logs.pop("count") / logs["seconds"]
+            self.epoch += 1
+            logs = {"epoch": self.epoch, **logs}
+            self.history.append(logs)
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, logs)
+        for callback in self.callbacks:
+            callback.on_fit_end(self)
+        return self.history
+
+    def train_epoch(self, loader: Iterable, total_steps: int) -> dict:
+        """One pass; running sums stay on the device so the loop never waits for the host."""
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        count = 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        for images, labels in loader:
+            if self.step >= total_steps:
+                break
+            with self.autocast():
+                logits = self.model(images)
+                loss = self.loss_fn(logits.float(), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.optimizer.step()
+            if self.scheduler is not None:
+                self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.argmax(1) == labels).sum()
+            count += len(labels)
+            self.step += 1
+        return {
+            "train_loss": loss_sum.item() / max(1, count),
+            "train_accuracy": correct.item() / max(1, count),
+            "lr": lr,
+            "count": count,
+        }
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The model evaluated and saved: the weight average when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def evaluate(self, loader: Iterable, tta: bool = False) -> dict:
+        return evaluate(self.eval_model, loader, self.loss_fn, self.autocast_dtype, tta)
+
+    def state_dict(self) -> dict:
+        """Everything beyond the weights that resuming needs."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "callbacks": [c.state_dict() for c in self.callbacks],
+            "rng": torch.get_rng_state(),
+        }
+
+
+def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of the weights (batch-norm buffers averaged too)."""
+    average = torch.optim.swa_utils.get_ema_multi_avg_fn(decay)
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=average, use_buffers=True)
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    autocast_dtype: torch.dtype | None = None,
+    tta: bool = False,
+) -> torch.Tensor:
+    """Float32 logits (B, classes); with `tta`, averaged with the mirror image's logits."""
+    model.eval()
+    with torch.autocast(
+        images.device.type,
+        dtype=autocast_dtype or torch.bfloat16,
+        enabled=autocast_dtype is not None,
+    ):
+        logits = model(images).float()
+        if tta:
+            logits = 0.5 * (logits + model(images.flip(-1)).float())
+    return logits
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: LossFn,
+    autocast_dtype: torch.dtype | None = None,
+    tta: bool = False,
+) -> dict:
+    """Mean loss, accuracy and count over every example of `loader` (each counted once)."""
+    loss_sum, correct, count = 0.0, 0, 0
+    for images, labels in loader:
+        logits = predict_logits(model, images, autocast_dtype, tta)
+        loss_sum += loss_fn(logits, labels).item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        count += len(labels)
+    return {"loss": loss_sum / max(1, count), "accuracy": correct / max(1, count), "count": count}
