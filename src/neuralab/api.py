@@ -20,8 +20,12 @@ from neuralab.models import InputSpec, build_model
 from neuralab.optim import build_optimizer, build_scheduler
 from neuralab.predict import Predictor
 from neuralab.tracking import RunWriter, write_text_atomic
-from neuralab.trainer import Trainer, make_loss
+from neuralab.trainer import Trainer, make_loss, planned_steps
 from neuralab.trainer import evaluate as evaluate_loader
+
+
+class TrainingStopped(RuntimeError):
+    """Training was stopped early (e.g. the loss became NaN); the message says where and why."""
 
 
 @dataclass
@@ -90,8 +94,8 @@ def train_config(config: RunConfig, verbose: bool = True) -> Run:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     device = pick_device(settings.device)
+    config = absolute_paths(config)
     dataset = load_data(config)
-    run_dir = prepare_run_dir(config)
     spec = InputSpec(dataset.channels, *dataset.image_size, len(dataset.classes))
     model = build_model(config.model.name, spec, **config.model.args).to(device)
     say(
@@ -105,6 +109,7 @@ def train_config(config: RunConfig, verbose: bool = True) -> Run:
         f"model  {config.model.name}{' ' + str(config.model.args) if config.model.args else ''}: "
         f"{sum(p.numel() for p in model.parameters()):,} parameters",
     )
+    run_dir = prepare_run_dir(config)  # only once data and model are known to be good
     initialise_from_data(model, dataset, device)
     engine = pick_engine(model, dataset, config, device)
     say(verbose, f"engine {engine.describe()}; {torch.get_num_threads()} threads on {cpu_model()}")
@@ -112,7 +117,7 @@ def train_config(config: RunConfig, verbose: bool = True) -> Run:
     optimizer = build_optimizer(model, config.optim)
     steps_per_epoch = len(loaders["train"])
     scheduler = build_scheduler(
-        optimizer, config.schedule, steps_per_epoch, round(settings.epochs * steps_per_epoch)
+        optimizer, config.schedule, steps_per_epoch, planned_steps(settings.epochs, steps_per_epoch)
     )
     meta = checkpoint_meta(config, dataset, spec, engine)
     callbacks = [StopOnNonFinite(), RunWriter(run_dir, meta)]
@@ -133,11 +138,14 @@ def train_config(config: RunConfig, verbose: bool = True) -> Run:
     history = trainer.fit(loaders["train"], settings.epochs, loaders.get("val"))
     train_seconds = time.perf_counter() - start
     if trainer.should_stop:
-        raise RuntimeError(
+        raise TrainingStopped(
             f"training stopped: {trainer.stop_reason}. The run directory "
             f"{run_dir} keeps the last complete epoch's checkpoint."
         )
-    metrics = trainer.evaluate(loaders["test"], tta=settings.tta)
+    # Final metrics in fp32, exactly as `neuralab evaluate` and `predict` compute them.
+    metrics = evaluate_loader(
+        trainer.eval_model, loaders["test"], make_loss(settings.loss), tta=settings.tta
+    )
     metrics.update(
         train_seconds=round(train_seconds, 2), epochs=trainer.epoch, engine=engine.describe()
     )
@@ -148,6 +156,17 @@ def train_config(config: RunConfig, verbose: bool = True) -> Run:
         f"trained in {train_seconds:.1f}s · run saved to {run_dir}",
     )
     return Run(run_dir, history, metrics)
+
+
+def absolute_paths(config: RunConfig) -> RunConfig:
+    """Store folder and data paths absolute, so `evaluate` works from any working directory."""
+    config = config.model_copy(deep=True)
+    kind, _, path = config.data.name.partition(":")
+    if kind == "folder" and path:
+        config.data.name = f"folder:{Path(path).expanduser().resolve()}"
+    if config.data.data_dir:
+        config.data.data_dir = str(Path(config.data.data_dir).expanduser().resolve())
+    return config
 
 
 def load_data(config: RunConfig) -> ImageDataset:

@@ -21,6 +21,7 @@ USER_ERRORS = (
     UnknownNameError,
     CheckpointError,
     FileExistsError,
+    api.TrainingStopped,
     TypeError,
     ValueError,
 )

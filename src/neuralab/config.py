@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -72,6 +72,12 @@ class TrainConfig(Section):
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # weight EMA evaluated instead of raw
     tta: bool = False  # evaluate on image + mirror image (only for flip-invariant data)
     threads: int | None = Field(None, ge=1)
+
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def on_off_from_yaml(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare `on` / `off` as true / false; take them back."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class RunConfig(Section):
@@ -178,7 +184,10 @@ def unknown_key_message(full: str, key: str, valid: list[str], where: str) -> st
 def build_config(raw: dict, origin: str = "config") -> RunConfig:
     """Validate a raw mapping into a RunConfig, translating pydantic errors into field paths."""
     for path in iter_paths(raw):
-        check_path(path)
+        try:
+            check_path(path)
+        except ConfigError as error:  # overrides were checked on entry: this key is the file's
+            raise ConfigError(f"{origin}: {error}") from None
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:

@@ -33,7 +33,7 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
+        raise ValueError(
             f"train.device={name!r} but this machine has no CUDA device; "
             "use train.device=auto or cpu"
         )

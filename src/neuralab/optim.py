@@ -101,7 +101,8 @@ def cosine(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Mu
     floor = config.final_lr_fraction
 
     def multiplier(step: int) -> float:
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        # 0 during warmup (which with_warmup scales), 1 at the last step and after.
+        progress = min(1.0, max(0.0, (step - warmup) / max(1, total_steps - warmup)))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return with_warmup(multiplier, config, steps_per_epoch)

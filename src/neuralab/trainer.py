@@ -28,6 +28,12 @@ def make_loss(name: str, label_smoothing: float = 0.0) -> LossFn:
     raise ValueError(f"unknown loss {name!r}; valid: cross_entropy, mse")
 
 
+def planned_steps(epochs: float, steps_per_epoch: int) -> int:
+    """round(epochs * steps_per_epoch), but at least one step: a run that never steps would
+    write no checkpoint."""
+    return max(1, round(epochs * steps_per_epoch))
+
+
 class Trainer:
     """Runs the loop; everything it needs is handed in.
 
@@ -70,7 +76,7 @@ class Trainer:
 
         Returns the history: one dict per epoch with train/val loss and accuracy, lr, seconds.
         """
-        total_steps = round(epochs * len(train_loader))
+        total_steps = planned_steps(epochs, len(train_loader))
         self.planned_epochs = -(-total_steps // len(train_loader))
         for callback in self.callbacks:
             callback.on_fit_start(self)

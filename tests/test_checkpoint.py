@@ -1,0 +1,236 @@
+"""Checkpoint tests: exact round trips of weights, meta and resume state; refusal of pickles;
+clear errors for incomplete folders; atomic replacement; no wrapper prefixes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from neuralab import checkpoint
+from neuralab.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_training_state,
+    save_checkpoint,
+)
+from neuralab.distributed import unwrap
+from neuralab.predict import Predictor
+
+META = {"model": {"name": "mlp", "args": {"width": 4}}, "classes": ["a", "b"], "epoch": 2}
+
+
+def small_net(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def gradients(model: nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(6, 3, generator=generator)
+    model.zero_grad()
+    nn.functional.cross_entropy(model(inputs), torch.tensor([0, 1] * 3)).backward()
+
+
+def trained(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, object]:
+    """A model, Adam (int-keyed state, tensor steps, tuple betas) and a scheduler after 3 steps."""
+    model = small_net(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.8, 0.9))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.9**step)
+    for step in range(3):
+        gradients(model, step)
+        optimizer.step()
+        scheduler.step()
+    return model, optimizer, scheduler
+
+
+def assert_same(actual, expected, where: str = "state") -> None:
+    """Equal values and equal container types all the way down (tuple stays tuple, int keys)."""
+    assert type(actual) is type(expected), where
+    if isinstance(expected, torch.Tensor):
+        assert actual.dtype == expected.dtype and torch.equal(actual, expected), where
+    elif isinstance(expected, dict):
+        assert list(actual) == list(expected), where
+        for key in expected:
+            assert_same(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), where
+        for index, (a, b) in enumerate(zip(actual, expected, strict=True)):
+            assert_same(a, b, f"{where}.{index}")
+    else:
+        assert actual == expected, where
+
+
+def test_round_trip_restores_weights_meta_and_training_state(tmp_path: Path) -> None:
+    model, optimizer, scheduler = trained()
+    state = {
+        "epoch": 2,
+        "step": 30,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "odd": {1: (2, "x", None), "nested": [True, 0.5, torch.arange(3)]},
+        "history": [{"epoch": 1, "train_loss": 0.5}],
+    }
+    save_checkpoint(tmp_path / "ckpt", model, META, state)
+    weights, meta = load_checkpoint(tmp_path / "ckpt")
+    assert_same(dict(sorted(weights.items())), dict(sorted(model.state_dict().items())))
+    assert meta == {"format": checkpoint.FORMAT_VERSION, **META}
+    assert_same(load_training_state(tmp_path / "ckpt"), state)
+    assert 1 in state["optimizer"]["state"]  # the int keys really were exercised
+
+
+def test_restored_optimizer_takes_the_same_next_step(tmp_path: Path) -> None:
+    model, optimizer, scheduler = trained()
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    save_checkpoint(tmp_path / "ckpt", model, META, state)
+
+    weights, _ = load_checkpoint(tmp_path / "ckpt")
+    restored = small_net(seed=1)  # different initial weights, overwritten by the checkpoint
+    restored.load_state_dict(weights)
+    loaded = load_training_state(tmp_path / "ckpt")
+    # PyTorch's resume order: build both, then load the optimizer, then the scheduler (a
+    # scheduler built after the optimizer's state is loaded resets its learning rate).
+    restored_optimizer = torch.optim.Adam(restored.parameters(), lr=0.01)
+    restored_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        restored_optimizer, lambda step: 0.9**step
+    )
+    restored_optimizer.load_state_dict(loaded["optimizer"])
+    restored_scheduler.load_state_dict(loaded["scheduler"])
+
+    pairs = [(model, optimizer, scheduler), (restored, restored_optimizer, restored_scheduler)]
+    for net, opt, sched in pairs:
+        gradients(net, seed=99)
+        opt.step()
+        sched.step()
+    for a, b in zip(model.state_dict().values(), restored.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert restored_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+
+
+def test_without_training_state_there_is_none_to_load(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path / "ckpt", small_net(), META)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "meta.json",
+        "model.safetensors",
+    ]
+    assert load_training_state(tmp_path / "ckpt") is None
+
+
+class Sentinel:
+    """Unpickling this creates a file: proof of code execution if it ever happens."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_pickle_named_model_safetensors_is_refused_and_never_run(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(), META)
+    sentinel = tmp_path / "executed"
+    payload = {"weights": small_net().state_dict(), "x": Sentinel(sentinel)}
+    torch.save(payload, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_checkpoint(folder)
+    with pytest.raises(CheckpointError):
+        Predictor.load(folder)
+    assert not sentinel.exists()
+    # The file really is a live payload: a pickle loader would have run it.
+    torch.load(io.BytesIO((folder / "model.safetensors").read_bytes()), weights_only=False)
+    assert sentinel.exists()
+
+
+def test_missing_meta_json_is_a_clear_error(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(), META)
+    (folder / "meta.json").unlink()
+    with pytest.raises(CheckpointError, match=r"meta.json is missing.*not a complete"):
+        load_checkpoint(folder)
+
+
+def test_missing_weights_bad_json_and_wrong_format_are_errors(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(), META, {"epoch": 1})
+    (folder / "training.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="training.safetensors is missing"):
+        load_training_state(folder)
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+        load_checkpoint(folder)
+    (folder / "meta.json").write_text('{"format": 99}', encoding="utf-8")
+    with pytest.raises(CheckpointError, match="format 99"):
+        load_checkpoint(folder)
+    (folder / "meta.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_checkpoint(folder)
+    (folder / "meta.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="JSON object"):
+        load_checkpoint(folder)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_failed_save_keeps_the_previous_checkpoint_and_no_temp_folder(
+    tmp_path: Path, monkeypatch
+) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(0), META, {"epoch": 1})
+    before = snapshot(folder)
+    real_save_file = checkpoint.save_file
+
+    def failing_save_file(tensors, filename, *args, **kwargs):
+        if filename.endswith("training.safetensors"):
+            raise OSError("disk full (simulated)")
+        return real_save_file(tensors, filename, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", failing_save_file)
+    with pytest.raises(OSError, match="simulated"):
+        save_checkpoint(folder, small_net(1), {**META, "epoch": 2}, {"epoch": 2})
+    assert snapshot(folder) == before
+    assert [path.name for path in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_successful_save_replaces_the_old_one_completely(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(0), META, {"epoch": 1})
+    save_checkpoint(folder, small_net(1), {**META, "epoch": 2})
+    weights, meta = load_checkpoint(folder)
+    assert meta["epoch"] == 2
+    assert torch.equal(weights["0.weight"], small_net(1)[0].weight.detach())
+    assert load_training_state(folder) is None  # nothing left over from the old folder
+    assert [path.name for path in tmp_path.iterdir()] == ["ckpt"]
+
+
+class Compiled(nn.Module):
+    """Stands in for torch.compile's wrapper: the real model under `_orig_mod`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = model
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._orig_mod(inputs)
+
+
+def test_wrapper_prefixes_are_stripped(tmp_path: Path) -> None:
+    model = small_net()
+    wrapped = Compiled(Compiled(model))
+    assert next(iter(wrapped.state_dict())).startswith("_orig_mod._orig_mod.")
+    assert unwrap(wrapped) is model
+    save_checkpoint(tmp_path / "ckpt", wrapped, META)
+    weights, _ = load_checkpoint(tmp_path / "ckpt")
+    assert sorted(weights) == sorted(model.state_dict())
+
+
+def test_unsupported_state_names_its_key(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"training\.callbacks\.0"):
+        save_checkpoint(tmp_path / "ckpt", small_net(), META, {"callbacks": [object()]})
+    assert list(tmp_path.iterdir()) == []

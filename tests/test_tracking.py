@@ -1,0 +1,66 @@
+"""Run-directory writing: history files, atomic text writes, and the per-epoch checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neuralab.checkpoint import load_checkpoint, load_training_state
+from neuralab.tracking import HISTORY_FIELDS, RunWriter, history_csv, write_text_atomic
+from neuralab.trainer import Trainer
+
+ROWS = [
+    {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "lr": 0.1, "extra": "ignored"},
+    {"epoch": 2, "train_loss": 0.25, "val_loss": 0.3, "val_accuracy": 0.9, "lr": 0.05},
+]
+
+
+def test_history_csv_has_fixed_columns_and_blank_gaps() -> None:
+    rows = list(csv.DictReader(io.StringIO(history_csv(ROWS))))
+    assert list(rows[0]) == HISTORY_FIELDS
+    assert rows[0]["val_loss"] == "" and rows[1]["val_loss"] == "0.3"
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+
+
+def test_write_text_atomic_replaces_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "deep" / "metrics.json"
+    write_text_atomic(target, "one")
+    write_text_atomic(target, "two")
+    assert target.read_text(encoding="utf-8") == "two"
+    assert [path.name for path in target.parent.iterdir()] == ["metrics.json"]
+
+
+class TwoBatches:
+    def set_epoch(self, epoch: int) -> None: ...
+
+    def __len__(self) -> int:
+        return 2
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(2):
+            yield torch.randn(4, 3, generator=generator), torch.tensor([0, 1, 0, 1])
+
+
+def test_run_writer_saves_history_and_a_resumable_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    writer = RunWriter(tmp_path, {"model": {"name": "perceptron", "args": {}}})
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), callbacks=[writer])
+    trainer.fit(TwoBatches(), epochs=2)
+    history = json.loads((tmp_path / "history.json").read_text(encoding="utf-8"))
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert (tmp_path / "history.csv").read_text(encoding="utf-8").count("\n") == 3
+    weights, meta = load_checkpoint(tmp_path / "checkpoint")
+    assert (meta["epoch"], meta["step"], meta["model"]["name"]) == (2, 4, "perceptron")
+    assert torch.equal(weights["weight"], model.weight.detach())
+    state = load_training_state(tmp_path / "checkpoint")
+    assert state["step"] == 4
+    momentum = state["optimizer"]["state"][0]["momentum_buffer"]
+    assert torch.equal(momentum, optimizer.state[model.weight]["momentum_buffer"])

@@ -1,0 +1,231 @@
+"""Trainer tests on tiny separable synthetic data: it learns, stops where told, evaluates each
+example once, and its options (mse, grad clipping, EMA, callbacks) do what they say."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from neuralab.callbacks import Callback, PlainProgress, StopOnNonFinite
+from neuralab.data.dataset import Split, channel_stats
+from neuralab.data.loader import BatchLoader
+from neuralab.trainer import Trainer, evaluate, make_loss, planned_steps, predict_logits
+
+CLASSES = 4  # class k lights up quadrant k of a 4x4 image
+
+
+def quadrant_split(count: int, seed: int) -> Split:
+    """Dark noise everywhere, bright noise in the label's 2x2 quadrant: (count, 1, 4, 4)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % CLASSES
+    images = torch.randint(0, 60, (count, 1, 4, 4), dtype=torch.uint8, generator=generator)
+    bright = torch.randint(180, 256, (count, 1, 2, 2), dtype=torch.uint8, generator=generator)
+    for index, label in enumerate(labels.tolist()):
+        row, col = divmod(label, 2)
+        images[index, :, 2 * row : 2 * row + 2, 2 * col : 2 * col + 2] = bright[index]
+    return Split(images, labels)
+
+
+TRAIN, TEST = quadrant_split(128, seed=0), quadrant_split(60, seed=1)
+MEAN, STD = channel_stats(TRAIN.images)
+
+
+def loaders(batch_size: int = 16) -> tuple[BatchLoader, BatchLoader]:
+    train = BatchLoader(TRAIN, batch_size, MEAN, STD, shuffle=True, seed=0)  # 8 steps per epoch
+    return train, BatchLoader(TEST, 25, MEAN, STD)  # 25, 25, 10: a partial last batch
+
+
+def linear_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, CLASSES))
+
+
+def make_trainer(model: nn.Module | None = None, lr: float = 0.1, **kwargs) -> Trainer:
+    model = model or linear_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    loss = kwargs.pop("loss_fn", nn.CrossEntropyLoss())
+    return Trainer(model, optimizer, loss, **kwargs)
+
+
+def test_learns_separable_data() -> None:
+    trainer = make_trainer()
+    train, test = loaders()
+    before = trainer.evaluate(test)["accuracy"]
+    history = trainer.fit(train, epochs=3, val_loader=test)
+    after = trainer.evaluate(test)["accuracy"]
+    assert before < 0.5 < 0.9 <= after  # chance is 0.25
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_accuracy"] == after
+    assert {"lr", "seconds", "images_per_second", "val_loss"} <= set(history[0])
+
+
+def test_mse_loss_matches_manual_and_learns() -> None:
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    target = torch.eye(3)[labels]
+    torch.testing.assert_close(make_loss("mse")(logits, labels), ((logits - target) ** 2).mean())
+    trainer = make_trainer(loss_fn=make_loss("mse"))
+    train, test = loaders()
+    trainer.fit(train, epochs=3)
+    assert trainer.evaluate(test)["accuracy"] >= 0.9
+
+
+def test_cross_entropy_with_label_smoothing_is_torchs() -> None:
+    logits, labels = torch.randn(5, 3), torch.tensor([0, 2, 1, 1, 0])
+    expected = nn.functional.cross_entropy(logits, labels, label_smoothing=0.2)
+    torch.testing.assert_close(make_loss("cross_entropy", 0.2)(logits, labels), expected)
+    with pytest.raises(ValueError, match="unknown loss 'hinge'"):
+        make_loss("hinge")
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.events.append(("start", trainer.planned_epochs))
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
+        self.events.append(("epoch", logs["epoch"], trainer.step))
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.events.append(("end", trainer.step))
+
+
+def test_fractional_epochs_stop_mid_epoch() -> None:
+    recorder = Recorder()
+    model = linear_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    trainer = Trainer(
+        model, optimizer, nn.CrossEntropyLoss(), scheduler=scheduler, callbacks=[recorder]
+    )
+    train, _ = loaders()
+    history = trainer.fit(train, epochs=1.5)  # 8 steps per epoch -> 12 steps
+    assert trainer.step == 12 and scheduler.last_epoch == 12
+    assert recorder.events == [("start", 2), ("epoch", 1, 8), ("epoch", 2, 12), ("end", 12)]
+    assert len(history) == 2 and trainer.epoch == 2
+
+
+def test_planned_steps_rounds_but_always_trains() -> None:
+    assert planned_steps(1.5, 8) == 12
+    assert planned_steps(0.3, 10) == 3
+    assert planned_steps(0.01, 10) == 1  # a run that never steps would save nothing
+
+
+def test_evaluate_counts_each_example_once() -> None:
+    model = linear_model()
+    _, test = loaders()
+    metrics = evaluate(model, test, nn.CrossEntropyLoss())
+    assert metrics["count"] == len(TEST) == 60
+    images = next(iter(BatchLoader(TEST, 1000, MEAN, STD)))[0]
+    with torch.no_grad():
+        logits = model(images)
+    manual_accuracy = (logits.argmax(1) == TEST.labels).float().mean().item()
+    assert metrics["accuracy"] == pytest.approx(manual_accuracy)
+    expected_loss = nn.functional.cross_entropy(logits, TEST.labels).item()
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_tta_averages_the_mirror_image() -> None:
+    model = linear_model().eval()
+    images = torch.randn(3, 1, 4, 4)
+    with torch.no_grad():
+        expected = 0.5 * (model(images) + model(images.flip(-1)))
+    torch.testing.assert_close(predict_logits(model, images, tta=True), expected)
+
+
+def gradient_norm(model: nn.Module) -> float:
+    return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
+
+
+def test_grad_clip_bounds_the_gradient_norm() -> None:
+    train, _ = loaders()
+    unclipped = make_trainer(lr=1e-4)
+    unclipped.fit(train, epochs=0.25)
+    assert gradient_norm(unclipped.model) > 0.5  # so the bound below is a real constraint
+    clipped = make_trainer(lr=1e-4, grad_clip=0.5)
+    clipped.fit(train, epochs=0.25)
+    assert gradient_norm(clipped.model) <= 0.5 + 1e-5
+
+
+def test_ema_weights_are_the_average_of_the_raw_weights() -> None:
+    trainer = make_trainer(ema_decay=0.8)
+    seen: list[list[torch.Tensor]] = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        result = step(*args, **kwargs)
+        seen.append([p.detach().clone() for p in trainer.model.parameters()])
+        return result
+
+    trainer.optimizer.step = recording_step
+    train, test = loaders()
+    trainer.fit(train, epochs=1)
+    average = seen[0]  # the first update copies the weights, then each step mixes in 20%
+    for weights in seen[1:]:
+        average = [0.8 * a + 0.2 * w for a, w in zip(average, weights, strict=True)]
+    assert trainer.eval_model is not trainer.model
+    for ema, expected, raw in zip(
+        trainer.eval_model.parameters(), average, trainer.model.parameters(), strict=True
+    ):
+        torch.testing.assert_close(ema, expected)
+        assert not torch.allclose(ema, raw)
+    assert trainer.state_dict()["ema"] is not None
+    assert trainer.evaluate(test)["count"] == 60  # evaluation runs on the average
+
+
+class NaNLoader:
+    """Any object with set_epoch, __len__ and __iter__ is a loader; this one yields NaN images."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return 4
+
+    def __iter__(self):
+        for _ in range(4):
+            yield torch.full((2, 1, 4, 4), float("nan")), torch.tensor([0, 1])
+
+
+def test_stop_on_non_finite_names_epoch_and_step() -> None:
+    trainer = make_trainer(callbacks=[StopOnNonFinite()])
+    history = trainer.fit(NaNLoader(), epochs=3)
+    assert trainer.should_stop and len(history) == 1
+    assert "epoch 1 (step 4)" in trainer.stop_reason
+    assert "learning rate" in trainer.stop_reason
+
+
+def test_huge_learning_rate_is_stopped() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, CLASSES))
+    trainer = make_trainer(model, lr=1e10, callbacks=[StopOnNonFinite()])
+    train, _ = loaders()
+    history = trainer.fit(train, epochs=3)
+    assert trainer.should_stop and len(history) < 3
+    assert history[-1]["train_loss"] != history[-1]["train_loss"]  # NaN
+    assert f"epoch {len(history)} (step {trainer.step})" in trainer.stop_reason
+
+
+def test_plain_progress_writes_one_line_per_epoch() -> None:
+    stream = io.StringIO()
+    train, test = loaders()
+    make_trainer(callbacks=[PlainProgress(stream)]).fit(train, epochs=2, val_loader=test)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("epoch   1/2") and "val loss" in lines[0]
+
+
+def test_state_dict_holds_what_resuming_needs() -> None:
+    trainer = make_trainer(callbacks=[StopOnNonFinite()])
+    train, _ = loaders()
+    trainer.fit(train, epochs=1)
+    state = trainer.state_dict()
+    assert (state["epoch"], state["step"], len(state["history"])) == (1, 8, 1)
+    assert state["optimizer"]["state"]  # momentum buffers
+    assert state["callbacks"] == [{}]
+    assert state["rng"].dtype == torch.uint8
