@@ -95,7 +95,7 @@ def test_bf16_must_beat_fp32_by_a_margin(monkeypatch) -> None:
         (torch.bfloat16, True): 0.48,
     }  # bf16+cl only 4% faster: noise, keep fp32
 
-    monkeypatch.setattr(engine, "time_step", lambda m, i, l, d, c: seconds[(d, c)])
+    monkeypatch.setattr(engine, "time_step", lambda model, images, labels, d, c: seconds[(d, c)])
     chosen = choose_engine(convnet(), SAMPLE, LABELS, CPU)
     assert (chosen.autocast_dtype, chosen.channels_last) == (None, True)
     seconds[(torch.bfloat16, True)] = 0.40  # 20% faster: worth it
@@ -126,3 +126,20 @@ def test_time_step_leaves_the_model_untouched() -> None:
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert next(model.parameters()).is_contiguous()  # layout change was on the copy only
+
+
+def test_choose_threads_keeps_the_faster_pool(monkeypatch) -> None:
+    original = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        stalled = {2: 1.0, 1: 0.04}  # a busy neighbour stalls the full pool
+        monkeypatch.setattr(engine, "time_step", lambda *args: stalled[torch.get_num_threads()])
+        threads, note = engine.choose_threads(mlp(), SAMPLE, LABELS, Engine(CPU, None, False, ""))
+        assert threads == 1 and torch.get_num_threads() == 1
+        assert "1 threads" in note
+        torch.set_num_threads(2)
+        stalled.update({2: 0.02, 1: 0.04})  # idle machine: every core helps
+        threads, _ = engine.choose_threads(mlp(), SAMPLE, LABELS, Engine(CPU, None, False, ""))
+        assert threads == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(original)

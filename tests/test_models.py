@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from neuralab.models import MODELS, InputSpec, build_model
+from neuralab.models import MODELS, InputSpec, build_model, model_input
 from neuralab.models.resnet import BasicBlock
 
 BATCH = 3  # odd, and small enough that every case runs in well under a second
@@ -37,9 +37,11 @@ EXTRA_CASES = [
     ("alexnet", LARGE, {"variant": "imagenet", "fc_width": 32}),
     ("resnet18", LARGE, {"stem": "imagenet", "width": 8, "zero_init_residual": True}),
 ]
+# Text models (registered with input="text") have their own suite: tests/test_text_models.py.
+IMAGE_MODELS = [name for name in MODELS.names() if model_input(name) == "image"]
 CASES = [
     (name, spec, MODEL_KWARGS.get(name, DEFAULT_KWARGS))
-    for name in MODELS.names()
+    for name in IMAGE_MODELS
     for spec in (GRAY, RGB, WIDE)
 ] + EXTRA_CASES
 

@@ -146,14 +146,16 @@ def reference_optimizer(name: str, groups: list[dict], config: OptimConfig):
         return torch.optim.Adam(groups, lr=config.lr, betas=config.betas)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    if name == "adagrad":
+        return torch.optim.Adagrad(groups, lr=config.lr)
     return torch.optim.Adadelta(groups, lr=config.lr, rho=config.rho)
 
 
 def test_every_optimizer_has_a_reference() -> None:
-    assert OPTIMIZERS.names() == ["adadelta", "adam", "adamw", "sgd"]
+    assert OPTIMIZERS.names() == ["adadelta", "adagrad", "adam", "adamw", "sgd"]
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adadelta"])
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adadelta", "adagrad"])
 def test_steps_match_plain_torch_optim(name: str) -> None:
     config = OptimConfig(
         name=name, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, betas=(0.8, 0.99)

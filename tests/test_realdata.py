@@ -73,3 +73,13 @@ def test_cifar10_airbench_short_run(tmp_path: Path) -> None:
     assert run.metrics["count"] == 10_000
     # Measured after 0.2 epoch (40 steps): 0.517 with cifar10-best, 0.429 with the fallback.
     assert run.metrics["accuracy"] >= (0.45 if recipe else 0.38)
+
+
+def test_imdb_ngram_short_run(tmp_path: Path) -> None:
+    run = train(tmp_path, "imdb-ngram", epochs=1, data_dir=data_root("imdb"))
+    assert run.metrics["count"] == 25_000
+    # imdb-ngram reached 0.906 after 2 epochs; 1 epoch of its trigram variant reached 0.896.
+    assert run.metrics["accuracy"] >= 0.85
+    predictor = run.load()
+    (top,) = predictor.predict(["A wonderful film, beautifully acted. I loved it."], top_k=1)
+    assert top[0][0] == "pos"

@@ -3,25 +3,43 @@ the CLI is a thin layer over these functions with the same names."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from neuralab import distributed
 from neuralab.callbacks import PlainProgress, StopOnNonFinite
 from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data import ImageDataset, load_dataset
 from neuralab.data.augment import Augment, to_float
+from neuralab.data.dataset import PATH_KINDS
 from neuralab.data.loader import BatchLoader
-from neuralab.engine import Engine, choose_engine, cpu_model, pick_device
-from neuralab.models import InputSpec, build_model
+from neuralab.engine import Engine, choose_engine, choose_threads, cpu_model, pick_device
+from neuralab.models import InputSpec, TextSpec, build_model
 from neuralab.optim import build_optimizer, build_scheduler
 from neuralab.predict import Predictor
+from neuralab.textrun import (
+    TOKENIZER_FILE,
+    describe_text_data,
+    fit_tokenizer,
+    sample_batch,
+    split_loader,
+    text_loaders,
+    text_meta,
+    text_spec,
+)
 from neuralab.tracking import RunWriter, write_text_atomic
 from neuralab.trainer import Trainer, make_loss, planned_steps
 from neuralab.trainer import evaluate as evaluate_loader
+
+if TYPE_CHECKING:
+    from neuralab.data import TextDataset
+    from neuralab.data.tokenizer import TextTokenizer
 
 
 class TrainingStopped(RuntimeError):
@@ -88,39 +106,59 @@ def say(verbose: bool, text: str) -> None:
 
 
 def train_config(config: RunConfig, verbose: bool = True) -> Run:
-    """Train from a validated RunConfig (what `train` and `neuralab train` call)."""
+    """Train from a validated RunConfig (what `train` and `neuralab train` call).
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this: it joins the process group,
+    trains its shard of each global batch with DistributedDataParallel and leaves the group;
+    only rank 0 prints and writes the run directory.
+    """
+    # Check the batch split before any work: all processes fail at once, with the numbers.
+    settings, processes = config.train, distributed.world_size()
+    device = pick_device(settings.device)
+    distributed.split_batch(settings.batch_size, processes, settings.grad_accumulation)
+    distributed.check_sync_bn(settings.sync_bn, device, processes)
+    threads = torch.get_num_threads()
+    try:
+        with distributed.process_group(device) as device:
+            return train_on_device(config, device, verbose and distributed.is_main_process())
+    finally:
+        torch.set_num_threads(threads)  # the run's thread choice does not outlive it
+
+
+def train_on_device(config: RunConfig, device: torch.device, verbose: bool) -> Run:
+    """The body of `train_config` for this process, once it knows its device."""
     settings = config.train
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
-    device = pick_device(settings.device)
     config = absolute_paths(config)
-    dataset = load_data(config)
-    spec = InputSpec(dataset.channels, *dataset.image_size, len(dataset.classes))
+    with distributed.main_process_first():  # rank 0 downloads; the others then read the files
+        dataset = load_data(config)
+    tokenizer = fit_tokenizer(dataset, config) if dataset.kind == "text" else None
+    spec = data_spec(dataset, tokenizer)
     model = build_model(config.model.name, spec, **config.model.args).to(device)
-    say(
-        verbose,
-        f"data   {dataset.name}: {len(dataset.train)} train, "
-        f"{len(dataset.val) if dataset.val else 0} val, {len(dataset.test)} test, "
-        f"{dataset.channels}×{spec.height}×{spec.width}, {spec.num_classes} classes",
-    )
+    say(verbose, describe_data(dataset, spec, tokenizer))
     say(
         verbose,
         f"model  {config.model.name}{' ' + str(config.model.args) if config.model.args else ''}: "
         f"{sum(p.numel() for p in model.parameters()):,} parameters",
     )
-    run_dir = prepare_run_dir(config)  # only once data and model are known to be good
+    say(verbose, describe_batch(settings.batch_size, settings.grad_accumulation))
+    # Only once data and model are known to be good; rank 0 names it for every process.
+    run_dir = distributed.on_main_process(prepare_run_dir, config)
     initialise_from_data(model, dataset, device)
-    engine = pick_engine(model, dataset, config, device)
+    engine = agreed_engine(model, dataset, config, device, tokenizer)
     say(verbose, f"engine {engine.describe()}; {torch.get_num_threads()} threads on {cpu_model()}")
-    loaders = make_loaders(dataset, config, engine)
-    optimizer = build_optimizer(model, config.optim)
+    loaders = make_loaders(dataset, config, engine, tokenizer)
+    model = distribute_model(model, engine, settings.sync_bn)
+    optimizer = build_optimizer(distributed.unwrap(model), config.optim)
     steps_per_epoch = len(loaders["train"])
     scheduler = build_scheduler(
         optimizer, config.schedule, steps_per_epoch, planned_steps(settings.epochs, steps_per_epoch)
     )
-    meta = checkpoint_meta(config, dataset, spec, engine)
-    callbacks = [StopOnNonFinite(), RunWriter(run_dir, meta)]
+    meta = checkpoint_meta(config, dataset, spec, engine, tokenizer)
+    files = {TOKENIZER_FILE: tokenizer.to_json()} if tokenizer is not None else None
+    callbacks = [StopOnNonFinite(), RunWriter(run_dir, meta, files)]
     if verbose:
         callbacks.insert(0, PlainProgress())
     trainer = Trainer(
@@ -133,6 +171,7 @@ def train_config(config: RunConfig, verbose: bool = True) -> Run:
         grad_clip=settings.grad_clip,
         ema_decay=settings.ema_decay,
         channels_last=engine.channels_last,
+        grad_accumulation=settings.grad_accumulation,
     )
     start = time.perf_counter()
     history = trainer.fit(loaders["train"], settings.epochs, loaders.get("val"))
@@ -147,9 +186,13 @@ def train_config(config: RunConfig, verbose: bool = True) -> Run:
         trainer.eval_model, loaders["test"], make_loss(settings.loss), tta=settings.tta
     )
     metrics.update(
-        train_seconds=round(train_seconds, 2), epochs=trainer.epoch, engine=engine.describe()
+        train_seconds=round(train_seconds, 2),
+        epochs=trainer.epoch,
+        engine=engine.describe(),
+        processes=distributed.world_size(),
     )
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+    if distributed.is_main_process():
+        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
     say(
         verbose,
         f"test   accuracy {metrics['accuracy']:.2%} · loss {metrics['loss']:.4f} · "
@@ -158,18 +201,70 @@ def train_config(config: RunConfig, verbose: bool = True) -> Run:
     return Run(run_dir, history, metrics)
 
 
+def data_spec(dataset, tokenizer: TextTokenizer | None) -> InputSpec | TextSpec:
+    """What the model adapts to: image shape or (text) the tokenizer's vocabulary."""
+    if tokenizer is not None:
+        return text_spec(dataset, tokenizer)
+    return InputSpec(dataset.channels, *dataset.image_size, len(dataset.classes))
+
+
+def describe_data(dataset, spec: InputSpec | TextSpec, tokenizer: TextTokenizer | None) -> str:
+    """The `data` log line."""
+    if tokenizer is not None:
+        return describe_text_data(dataset, tokenizer)
+    return (
+        f"data   {dataset.name}: {len(dataset.train)} train, "
+        f"{len(dataset.val) if dataset.val else 0} val, {len(dataset.test)} test, "
+        f"{dataset.channels}×{spec.height}×{spec.width}, {spec.num_classes} classes"
+    )
+
+
+def describe_batch(global_batch: int, grad_accumulation: int) -> str:
+    """The log line that makes the effective batch explicit, e.g. `batch  global 128 = 2
+    processes × 64 per device`."""
+    processes = distributed.world_size()
+    per_device = distributed.split_batch(global_batch, processes, grad_accumulation)
+    line = f"batch  global {global_batch} = {processes} process{'es' * (processes > 1)} × "
+    line += f"{per_device} per device"
+    if grad_accumulation > 1:
+        micro = per_device // grad_accumulation
+        line += f" = {grad_accumulation} accumulated micro-batches of {micro}"
+    return line
+
+
+def agreed_engine(
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    config: RunConfig,
+    device: torch.device,
+    tokenizer: TextTokenizer | None = None,
+) -> Engine:
+    """Rank 0's engine choice for every process: timings differ between processes, and DDP
+    needs the same memory format (and precision, for identical numerics) everywhere."""
+    engine = distributed.on_main_process(pick_engine, model, dataset, config, device, tokenizer)
+    return dataclasses.replace(engine, device=device)
+
+
+def distribute_model(model: torch.nn.Module, engine: Engine, sync_bn: bool) -> torch.nn.Module:
+    """Under torchrun, the model wrapped in DistributedDataParallel (see distributed.wrap_model);
+    the memory format is set first, because DDP lays out its gradient buckets when it wraps."""
+    if engine.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return distributed.wrap_model(model, engine.device, sync_bn)
+
+
 def absolute_paths(config: RunConfig) -> RunConfig:
     """Store folder and data paths absolute, so `evaluate` works from any working directory."""
     config = config.model_copy(deep=True)
     kind, _, path = config.data.name.partition(":")
-    if kind == "folder" and path:
-        config.data.name = f"folder:{Path(path).expanduser().resolve()}"
+    if kind in PATH_KINDS and path:
+        config.data.name = f"{kind}:{Path(path).expanduser().resolve()}"
     if config.data.data_dir:
         config.data.data_dir = str(Path(config.data.data_dir).expanduser().resolve())
     return config
 
 
-def load_data(config: RunConfig) -> ImageDataset:
+def load_data(config: RunConfig) -> ImageDataset | TextDataset:
     return load_dataset(
         config.data.name,
         config.data.data_dir,
@@ -202,23 +297,45 @@ def initialise_from_data(
     model: torch.nn.Module, dataset: ImageDataset, device: torch.device
 ) -> None:
     """Models with data-dependent initialisation (e.g. patch whitening) get a training sample."""
-    if hasattr(model, "initialize_from_data"):
+    if hasattr(model, "initialize_from_data") and dataset.kind == "image":
         sample = dataset.train.images[:5000].to(device)  # 5000: enough for stable statistics
         model.initialize_from_data(to_float(sample, dataset.mean, dataset.std))
 
 
 def pick_engine(
-    model: torch.nn.Module, dataset: ImageDataset, config: RunConfig, device: torch.device
+    model: torch.nn.Module,
+    dataset: ImageDataset,
+    config: RunConfig,
+    device: torch.device,
+    tokenizer: TextTokenizer | None = None,
 ) -> Engine:
-    size = min(config.train.batch_size, len(dataset.train))
-    images = to_float(dataset.train.images[:size].to(device), dataset.mean, dataset.std)
-    labels = dataset.train.labels[:size].to(device)
-    return choose_engine(
-        model, images, labels, device, config.train.precision, config.train.channels_last
+    """Time the thread count (unless train.threads is set), then precision and layout."""
+    settings = config.train
+    if tokenizer is not None:
+        inputs, labels = sample_batch(dataset, tokenizer, config, device)
+    else:
+        # 128 images: enough to rank the candidates, cheap enough to time several rounds.
+        size = min(settings.batch_size, len(dataset.train), 128)
+        inputs = to_float(dataset.train.images[:size].to(device), dataset.mean, dataset.std)
+        labels = dataset.train.labels[:size].to(device)
+    note = ""
+    if settings.threads is None and distributed.world_size() == 1 and device.type == "cpu":
+        # Threads first: a stalled thread pool would distort every other timing.
+        _, note = choose_threads(model, inputs, labels, Engine(device, None, False, ""))
+    engine = choose_engine(
+        model, inputs, labels, device, settings.precision, settings.channels_last
     )
+    return dataclasses.replace(engine, reason=f"{engine.reason}; {note}") if note else engine
 
 
-def make_loaders(dataset: ImageDataset, config: RunConfig, engine: Engine) -> dict:
+def make_loaders(
+    dataset: ImageDataset,
+    config: RunConfig,
+    engine: Engine,
+    tokenizer: TextTokenizer | None = None,
+) -> dict:
+    if tokenizer is not None:
+        return text_loaders(dataset, tokenizer, config, engine)
     common = {
         "mean": dataset.mean,
         "std": dataset.std,
@@ -226,13 +343,18 @@ def make_loaders(dataset: ImageDataset, config: RunConfig, engine: Engine) -> di
         "channels_last": engine.channels_last,
     }
     eval_size = config.train.eval_batch_size
+    # Each process loads its shard of every global batch; training shards are padded so every
+    # process takes the same number of steps, evaluation shards count each example once.
+    shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
+    common.update(shard)
     loaders = {
         "train": BatchLoader(
             dataset.train,
-            config.train.batch_size,
+            distributed.split_batch(config.train.batch_size, shard["world_size"]),
             shuffle=True,
             seed=config.train.seed,
             augment=Augment(**config.augment.model_dump()),
+            pad_shards=True,
             **common,
         ),
         "test": BatchLoader(dataset.test, eval_size, **common),
@@ -243,9 +365,15 @@ def make_loaders(dataset: ImageDataset, config: RunConfig, engine: Engine) -> di
 
 
 def checkpoint_meta(
-    config: RunConfig, dataset: ImageDataset, spec: InputSpec, engine: Engine
+    config: RunConfig,
+    dataset: ImageDataset,
+    spec: InputSpec,
+    engine: Engine,
+    tokenizer: TextTokenizer | None = None,
 ) -> dict:
     """Everything needed to rebuild and use the model without the config or the dataset."""
+    if tokenizer is not None:
+        return text_meta(config, dataset, spec, tokenizer, engine)
     return {
         "model": {"name": config.model.name, "args": config.model.args},
         "spec": spec.to_dict(),
@@ -279,6 +407,11 @@ def evaluate(
         config.data.data_dir = data_dir
     dataset = load_data(config)
     predictor.check_classes(dataset.classes, dataset.name)
+    if predictor.tokenizer is not None:
+        size = config.train.eval_batch_size
+        loader = split_loader(dataset.test, predictor.tokenizer, size, predictor.device)
+        metrics = evaluate_loader(predictor.model, loader, make_loss(config.train.loss))
+        return {**metrics, "dataset": dataset.name}
     prep = predictor.meta["preprocessing"]
     loader = BatchLoader(
         dataset.test,

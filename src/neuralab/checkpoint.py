@@ -1,6 +1,7 @@
 """The one on-disk checkpoint format: a folder holding
 
     model.safetensors     weights (the bare model: no `module.` / `_orig_mod.` prefixes)
+    tokenizer.json        text runs: the trained tokenizer (the `tokenizers` library's JSON)
     meta.json             model name + constructor arguments, input spec, classes,
                           preprocessing, resolved config, epoch/step, metrics
     training.safetensors  optimizer / scheduler / RNG tensors   (optional, for resume)
@@ -34,9 +35,16 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(
-    directory: str | Path, model: nn.Module, meta: dict, training_state: dict | None = None
+    directory: str | Path,
+    model: nn.Module,
+    meta: dict,
+    training_state: dict | None = None,
+    files: dict[str, str] | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (replacing an existing one only once complete)."""
+    """Write a checkpoint folder atomically (replacing an existing one only once complete).
+
+    `files` maps extra file names to their text (e.g. {"tokenizer.json": ...}).
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -44,6 +52,8 @@ def save_checkpoint(
         weights = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
         save_file(weights, str(staging / "model.safetensors"))
         write_json(staging / "meta.json", {"format": FORMAT_VERSION, **meta})
+        for name, text in (files or {}).items():
+            (staging / name).write_text(text, encoding="utf-8")
         if training_state is not None:
             tensors: dict[str, torch.Tensor] = {}
             plain = encode(training_state, "training", tensors)

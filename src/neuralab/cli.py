@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 
-from neuralab import api
+from neuralab import api, distributed
 from neuralab.checkpoint import CheckpointError
-from neuralab.config import ConfigError, read_recipe, recipe_names, resolve_config
+from neuralab.config import ConfigError, TrainConfig, read_recipe, recipe_names, resolve_config
 from neuralab.data import DATASETS, DataError
+from neuralab.engine import pick_device
 from neuralab.models import MODELS
 from neuralab.registry import UnknownNameError
 
@@ -60,6 +64,14 @@ def add_train(commands) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved config and exit without training"
     )
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        metavar="N",
+        help="data-parallel training with N processes on this machine (one per GPU, or CPU "
+        "processes): runs `torchrun --standalone --nproc-per-node N -m neuralab train ...` with "
+        "the other arguments; --batch-size stays the global batch",
+    )
 
 
 def add_commands(parser: argparse.ArgumentParser) -> None:
@@ -70,9 +82,13 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--data", help="evaluate on another dataset with the same classes")
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
-    predict = commands.add_parser("predict", help="predict the class of image files")
+    predict = commands.add_parser("predict", help="predict the class of image files or texts")
     predict.add_argument("run_dir", metavar="RUN_DIR")
-    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="image files")
+    predict.add_argument("inputs", nargs="*", metavar="INPUT", help="image files")
+    predict.add_argument(
+        "--text", action="append", default=[], help="a text to classify (text runs); repeatable"
+    )
+    predict.add_argument("--file", help="a UTF-8 file with one text per line (text runs)")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true")
     for name, what in (
@@ -115,8 +131,39 @@ def run_train(args: argparse.Namespace) -> int:
 
         print(dump_config(config), end="")
         return 0
+    if args.nproc is not None and args.nproc > 1:
+        return launch_torchrun(args.nproc, args.argv, config.train)
     api.train_config(config)
     return 0
+
+
+def torchrun_command(processes: int, argv: Sequence[str]) -> list[str]:
+    """The torchrun command that `neuralab train --nproc N ...` runs: `--standalone` (one
+    machine, a free rendezvous port) and the same arguments without `--nproc`."""
+    rest: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--nproc":
+            next(tokens, None)  # and its value
+        elif not token.startswith("--nproc="):
+            rest.append(token)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, "--nproc-per-node", str(processes), "-m", "neuralab", *rest]
+
+
+def launch_torchrun(processes: int, argv: Sequence[str], settings: TrainConfig) -> int:
+    """Run training under torchrun with `processes` processes; returns torchrun's status."""
+    if "LOCAL_RANK" in os.environ:
+        raise ValueError(
+            "--nproc starts torchrun itself, but this process already runs under torchrun "
+            f"(LOCAL_RANK={os.environ['LOCAL_RANK']}); leave out --nproc"
+        )
+    # The same checks every process makes, before starting any of them.
+    distributed.split_batch(settings.batch_size, processes, settings.grad_accumulation)
+    distributed.check_sync_bn(settings.sync_bn, pick_device(settings.device), processes)
+    command = torchrun_command(processes, argv)
+    print(f"launching {shlex.join(command)}", flush=True)
+    return subprocess.run(command, check=False).returncode
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -131,21 +178,47 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict_inputs(args: argparse.Namespace, text_model: bool) -> list:
+    """Image paths for image runs; --text values and --file lines for text runs."""
+    texts = list(args.text)
+    if args.file:
+        from pathlib import Path
+
+        from neuralab.data.text import decode_utf8
+
+        path = Path(args.file)
+        if not path.is_file():
+            raise DataError(f"--file {path} does not exist")
+        texts += [
+            line for line in decode_utf8(path.read_bytes(), path).splitlines() if line.strip()
+        ]
+    if text_model and args.inputs:
+        raise ValueError("this run classifies texts: pass them with --text TEXT or --file FILE")
+    if not text_model and texts:
+        raise ValueError("this run classifies images: pass image files, not --text / --file")
+    inputs = texts if text_model else args.inputs
+    if not inputs:
+        raise ValueError("nothing to predict: pass image files, or --text / --file for text runs")
+    return inputs
+
+
 def run_predict(args: argparse.Namespace) -> int:
     predictor = api.load(args.run_dir)
-    results = predictor.predict(args.inputs, top_k=args.top_k)
+    inputs = predict_inputs(args, predictor.tokenizer is not None)
+    results = predictor.predict(inputs, top_k=args.top_k)
     if args.json:
         print(
             json.dumps(
                 [
-                    {"input": str(path), "top": [{"class": c, "probability": p} for c, p in top]}
-                    for path, top in zip(args.inputs, results, strict=True)
+                    {"input": str(item), "top": [{"class": c, "probability": p} for c, p in top]}
+                    for item, top in zip(inputs, results, strict=True)
                 ]
             )
         )
         return 0
-    for path, top in zip(args.inputs, results, strict=True):
-        print(f"{path}: " + ", ".join(f"{c} {p:.1%}" for c, p in top))
+    for item, top in zip(inputs, results, strict=True):
+        label = str(item) if len(str(item)) <= 60 else str(item)[:57] + "..."
+        print(f"{label}: " + ", ".join(f"{c} {p:.1%}" for c, p in top))
     return 0
 
 
@@ -176,11 +249,14 @@ HANDLERS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `neuralab` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # `train --nproc` hands the same arguments to torchrun
     try:
         return HANDLERS[args.command](args)
     except USER_ERRORS as error:
-        print(f"neuralab {args.command}: error: {error}", file=sys.stderr)
+        where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
+        print(f"neuralab {args.command}{where}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"neuralab {args.command}: interrupted", file=sys.stderr)

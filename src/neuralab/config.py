@@ -34,6 +34,17 @@ class AugmentConfig(Section):
     cutout: int = Field(0, ge=0)
 
 
+class TokenizerConfig(Section):
+    """Text runs only (see data/tokenizer.py): trained on the training split, saved with the run."""
+
+    kind: Literal["word", "bpe", "wordpiece"] = "word"
+    vocab_size: int = Field(30_000, ge=3)  # at most this many ids, [PAD] and [UNK] included
+    min_frequency: int = Field(2, ge=1)  # rarer words (word) / merges (bpe) are left out
+    max_length: int = Field(400, ge=1)  # tokens per text; longer texts are truncated
+    truncation: Literal["head", "head+tail"] = "head"  # head+tail: first quarter + last 3/4
+    lowercase: bool = True
+
+
 class ModelConfig(Section):
     name: str = "lenet"
     args: dict[str, Any] = Field(default_factory=dict)
@@ -60,7 +71,7 @@ class ScheduleConfig(Section):
 
 class TrainConfig(Section):
     epochs: float = Field(10, gt=0)  # fractional epochs allowed: training stops mid-epoch
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # global: split evenly over the processes (torchrun)
     eval_batch_size: int = Field(1000, ge=1)
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
@@ -72,6 +83,12 @@ class TrainConfig(Section):
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # weight EMA evaluated instead of raw
     tta: bool = False  # evaluate on image + mirror image (only for flip-invariant data)
     threads: int | None = Field(None, ge=1)
+    # Micro-batches per optimizer step: each process's share of batch_size is cut into this
+    # many pieces whose gradients add up to the full batch's mean gradient (saves memory).
+    grad_accumulation: int = Field(1, ge=1)
+    # With several processes (torchrun): batch norm uses the whole global batch's statistics
+    # instead of each process's shard (nn.SyncBatchNorm; GPUs only in torch 2.13).
+    sync_bn: bool = False
 
     @field_validator("channels_last", mode="before")
     @classmethod
@@ -86,6 +103,7 @@ class RunConfig(Section):
     description: str = ""
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)

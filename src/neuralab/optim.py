@@ -7,6 +7,7 @@ every schedule steps once per optimizer step and resumes from its step count alo
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -62,6 +63,19 @@ def adamw(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
         lr=config.lr,
         betas=config.betas,
         **fused_kwargs(model),
+    )
+
+
+@OPTIMIZERS.register(
+    "adagrad", summary="Adagrad (per-weight step sizes; takes sparse embedding gradients)"
+)
+def adagrad(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """Adagrad, the classic optimizer for sparse text features: with an embedding's sparse
+    gradients (e.g. `ngram` with sparse=True) it updates only the rows a batch used."""
+    # torch warns once that it skips sparse-tensor checks; they are for hand-built tensors.
+    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+    return torch.optim.Adagrad(
+        parameter_groups(model, config.weight_decay), lr=config.lr, **fused_kwargs(model)
     )
 
 

@@ -1,5 +1,6 @@
 """Checkpoint → predictions. A `Predictor` rebuilds the model from the checkpoint's own
-metadata and preprocesses inputs exactly as training did."""
+metadata and preprocesses inputs exactly as training did: images are resized and normalised,
+texts go through the run's own tokenizer (tokenizer.json) with its truncation."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ import torch
 from neuralab.checkpoint import CheckpointError, load_checkpoint
 from neuralab.data.augment import to_float
 from neuralab.data.dataset import DataError
-from neuralab.models import InputSpec, build_model
+from neuralab.data.textloader import pad_batch
+from neuralab.data.tokenizer import TextTokenizer, TokenizerSettings
+from neuralab.models import InputSpec, TextSpec, build_model
 from neuralab.trainer import predict_logits
+
+TEXT_BATCH = 256  # texts per forward pass when predicting
 
 
 def checkpoint_folder(path: str | Path) -> Path:
@@ -37,11 +42,22 @@ class Predictor:
         >>> predictor = neuralab.load("runs/mnist-lenet-...")
         >>> predictor.predict(["seven.png"], top_k=3)
         [[('7', 0.98), ('1', 0.01), ('9', 0.003)]]
+        >>> neuralab.load("runs/imdb-ngram-...").predict(["what a wonderful film"])
+        [[('pos', 0.97)]]
     """
 
-    def __init__(self, model: torch.nn.Module, meta: dict, device: torch.device) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        meta: dict,
+        device: torch.device,
+        tokenizer: TextTokenizer | None = None,
+    ) -> None:
         self.model, self.meta, self.device = model.eval(), meta, device
         self.classes: list[str] = meta["classes"]
+        self.tokenizer = tokenizer  # text models only
+        if tokenizer is not None:
+            return
         prep = meta["preprocessing"]
         self.mean, self.std = tuple(prep["mean"]), tuple(prep["std"])
         self.channels, self.image_size = prep["channels"], tuple(prep["image_size"])
@@ -50,15 +66,20 @@ class Predictor:
     def load(cls, path: str | Path, device: str = "cpu") -> Predictor:
         folder = checkpoint_folder(path)
         weights, meta = load_checkpoint(folder)
+        text = meta.get("kind") == "text"
         try:
-            spec = InputSpec(**meta["spec"])
+            spec = TextSpec(**meta["spec"]) if text else InputSpec(**meta["spec"])
             model = build_model(meta["model"]["name"], spec, **meta["model"]["args"])
             model.load_state_dict(weights)
         except (KeyError, TypeError, RuntimeError) as error:
             raise CheckpointError(
                 f"{folder}: cannot rebuild the model from meta.json ({error})"
             ) from None
-        return cls(model.to(device), meta, torch.device(device))
+        tokenizer = None
+        if text:
+            settings = TokenizerSettings.from_dict(meta["tokenizer"])
+            tokenizer = TextTokenizer.load(folder / "tokenizer.json", settings)
+        return cls(model.to(device), meta, torch.device(device), tokenizer)
 
     def check_classes(self, classes: Sequence[str], dataset: str) -> None:
         if list(classes) != self.classes:
@@ -69,7 +90,7 @@ class Predictor:
 
     def to_tensor(self, item) -> torch.Tensor:
         """A file path, PIL image, numpy array or tensor → uint8 (C, H, W) at the model's size."""
-        from neuralab.data.folder import load_image_file
+        from neuralab.data.images import load_image_file
 
         if isinstance(item, (str, Path)):
             return load_image_file(Path(item), self.channels, self.image_size)
@@ -89,8 +110,23 @@ class Predictor:
             )
         return item
 
+    def text_logits(self, texts: Sequence[str]) -> torch.Tensor:
+        """Logits (N, classes) of raw strings, in batches of similar length."""
+        if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+            raise DataError("a text model predicts a list of strings, e.g. ['a wonderful film']")
+        ids = self.tokenizer.encode(texts)
+        logits = torch.empty(len(ids), len(self.classes))
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # little padding per batch
+        for start in range(0, len(order), TEXT_BATCH):
+            rows = order[start : start + TEXT_BATCH]
+            batch = pad_batch([ids[i] for i in rows], self.device)
+            logits[rows] = predict_logits(self.model, batch).cpu()
+        return logits
+
     def probabilities(self, inputs: Sequence) -> torch.Tensor:
-        """Class probabilities (N, classes) for a sequence of inputs."""
+        """Class probabilities (N, classes) for a sequence of inputs (images, or strings)."""
+        if self.tokenizer is not None:
+            return self.text_logits(inputs).softmax(dim=1)
         images = torch.stack([self.to_tensor(item) for item in inputs]).to(self.device)
         logits = predict_logits(
             self.model, to_float(images, self.mean, self.std), tta=self.meta.get("tta", False)
@@ -110,6 +146,6 @@ class Predictor:
 
 def pil_to_tensor(image, channels: int, image_size: tuple[int, int]) -> torch.Tensor:
     """Convert and resize a PIL image the way training images were prepared."""
-    from neuralab.data.folder import prepare_pil_image
+    from neuralab.data.images import prepare_pil_image
 
     return prepare_pil_image(image, channels, image_size)

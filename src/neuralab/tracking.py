@@ -56,11 +56,14 @@ class RunWriter(Callback):
     """Writes the history after every epoch and the checkpoint (weights + resume state).
 
     `meta` is what a checkpoint needs to rebuild the model without the config: model name and
-    arguments, input spec, classes and preprocessing.
+    arguments, input spec, classes and preprocessing. `files` are extra checkpoint files by
+    name (a text run's tokenizer.json).
     """
 
-    def __init__(self, run_dir: str | Path, meta: dict) -> None:
-        self.run_dir, self.meta = Path(run_dir), meta
+    def __init__(
+        self, run_dir: str | Path, meta: dict, files: dict[str, str] | None = None
+    ) -> None:
+        self.run_dir, self.meta, self.files = Path(run_dir), meta, files
 
     def on_epoch_end(self, trainer, logs: dict) -> None:
         if not is_main_process():
@@ -68,4 +71,10 @@ class RunWriter(Callback):
         write_text_atomic(self.run_dir / "history.json", json.dumps(trainer.history, indent=2))
         write_text_atomic(self.run_dir / "history.csv", history_csv(trainer.history))
         meta = {**self.meta, "epoch": trainer.epoch, "step": trainer.step}
-        save_checkpoint(self.run_dir / "checkpoint", trainer.eval_model, meta, trainer.state_dict())
+        save_checkpoint(
+            self.run_dir / "checkpoint",
+            trainer.eval_model,
+            meta,
+            trainer.state_dict(),
+            files=self.files,
+        )

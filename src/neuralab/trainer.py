@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from neuralab.callbacks import Callback
+from neuralab.distributed import all_reduce_sums, broadcast_buffers, local_module
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -37,6 +39,10 @@ def planned_steps(epochs: float, steps_per_epoch: int) -> int:
 class Trainer:
     """Runs the loop; everything it needs is handed in.
 
+    Under torchrun hand in the DistributedDataParallel-wrapped model and loaders that shard
+    (`world_size > 1`): each optimizer step then covers the global batch, and the epoch's
+    metrics are summed over all processes.
+
     Example:
         >>> trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), scheduler=scheduler)
         >>> history = trainer.fit(train_loader, epochs=3, val_loader=val_loader)
@@ -54,12 +60,14 @@ class Trainer:
         grad_clip: float | None = None,
         ema_decay: float | None = None,
         channels_last: bool = False,
+        grad_accumulation: int = 1,
     ) -> None:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.scheduler, self.callbacks = scheduler, list(callbacks)
         self.autocast_dtype, self.grad_clip = autocast_dtype, grad_clip
+        self.grad_accumulation = grad_accumulation  # micro-batches per optimizer step
         self.device = next(model.parameters()).device
-        self.ema = make_ema(model, ema_decay) if ema_decay else None
+        self.ema = make_ema(local_module(model), ema_decay) if ema_decay else None
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.epoch, self.step, self.history = 0, 0, []
@@ -84,6 +92,7 @@ class Trainer:
             train_loader.set_epoch(self.epoch)
             start = time.perf_counter()
             logs = self.train_epoch(train_loader, total_steps)
+            broadcast_buffers(self.eval_model)  # all processes evaluate and save rank 0's model
             if val_loader is not None:
                 logs.update(
                     {
@@ -113,33 +122,67 @@ class Trainer:
         for images, labels in loader:
             if self.step >= total_steps:
                 break
-            with self.autocast():
-                logits = self.model(images)
-                loss = self.loss_fn(logits.float(), labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.grad_clip:
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.optimizer.step()
+            batch_loss, batch_correct = self.train_step(images, labels)
             if self.scheduler is not None:
                 self.scheduler.step()
             if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.argmax(1) == labels).sum()
+                self.ema.update_parameters(local_module(self.model))
+            loss_sum += batch_loss
+            correct += batch_correct
             count += len(labels)
             self.step += 1
+        loss_total, correct_total, count = sum_over_shards(
+            loader, [loss_sum.item(), correct.item(), count]
+        )
         return {
-            "train_loss": loss_sum.item() / max(1, count),
-            "train_accuracy": correct.item() / max(1, count),
+            "train_loss": loss_total / max(1, count),
+            "train_accuracy": correct_total / max(1, count),
             "lr": lr,
-            "count": count,
+            "count": int(count),
         }
+
+    def train_step(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on this process's batch (B, C, H, W), (B,).
+
+        The batch is cut into `grad_accumulation` micro-batches and each micro-batch's mean loss
+        is weighted by its share of the batch, so the accumulated gradient is the batch's mean
+        gradient. Under DDP only the last micro-batch's backward all-reduces the gradients.
+
+        Returns:
+            The batch's summed loss and number of correct predictions (device tensors).
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = min(self.grad_accumulation, len(labels))  # a short last batch: none empty
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        micro_batches = zip(images.tensor_split(parts), labels.tensor_split(parts), strict=True)
+        for index, (micro_images, micro_labels) in enumerate(micro_batches):
+            with self.gradient_sync(index == parts - 1):
+                with self.autocast():
+                    logits = self.model(micro_images)
+                    loss = self.loss_fn(logits.float(), micro_labels)
+                (loss * (len(micro_labels) / len(labels))).backward()
+            loss_sum += loss.detach() * len(micro_labels)
+            correct += (logits.argmax(1) == micro_labels).sum()
+        if self.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return loss_sum, correct
+
+    def gradient_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """DDP's `no_sync()` for all but the last micro-batch: their gradients only accumulate
+        locally, and the last backward all-reduces the sum once."""
+        if last_micro_batch or not hasattr(self.model, "no_sync"):
+            return contextlib.nullcontext()
+        return self.model.no_sync()
 
     @property
     def eval_model(self) -> nn.Module:
-        """The model evaluated and saved: the weight average when EMA is on."""
-        return self.ema.module if self.ema is not None else self.model
+        """The model evaluated and saved: the weight average when EMA is on; never the DDP
+        wrapper, whose forward may communicate (processes evaluate different batch counts)."""
+        return self.ema.module if self.ema is not None else local_module(self.model)
 
     def evaluate(self, loader: Iterable, tta: bool = False) -> dict:
         return evaluate(self.eval_model, loader, self.loss_fn, self.autocast_dtype, tta)
@@ -156,6 +199,14 @@ class Trainer:
             "callbacks": [c.state_dict() for c in self.callbacks],
             "rng": torch.get_rng_state(),
         }
+
+
+def sum_over_shards(loader: Iterable, values: Sequence[float]) -> list[float]:
+    """`values` summed over all processes when `loader` is one shard of a distributed split
+    (its `world_size` > 1), else unchanged."""
+    if getattr(loader, "world_size", 1) > 1:
+        return all_reduce_sums(values)
+    return [float(v) for v in values]
 
 
 def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
@@ -191,11 +242,18 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     tta: bool = False,
 ) -> dict:
-    """Mean loss, accuracy and count over every example of `loader` (each counted once)."""
+    """Mean loss, accuracy and count over every example of `loader` (each counted once).
+
+    When `loader` is one process's shard (`world_size` > 1), the sums of loss, correct and
+    count are added up over all processes, so every process returns the whole split's metrics.
+    """
+    model = local_module(model)
     loss_sum, correct, count = 0.0, 0, 0
     for images, labels in loader:
         logits = predict_logits(model, images, autocast_dtype, tta)
         loss_sum += loss_fn(logits, labels).item() * len(labels)
         correct += (logits.argmax(1) == labels).sum().item()
         count += len(labels)
+    loss_sum, correct, count = sum_over_shards(loader, [loss_sum, correct, count])
+    count = int(count)
     return {"loss": loss_sum / max(1, count), "accuracy": correct / max(1, count), "count": count}

@@ -1,9 +1,9 @@
 """Datasets: the registry, `load_dataset`, and the built-in dataset families.
 
-Importing this package registers every built-in dataset (`vision`, `folder`).
+Importing this package registers every built-in dataset (`vision`, `folder`, `text`).
 """
 
-from neuralab.data import folder, vision  # noqa: F401  (imported for their registrations)
+from neuralab.data import folder, text, vision  # noqa: F401  (imported for their registrations)
 from neuralab.data.dataset import (
     DATASETS,
     DataError,
@@ -12,5 +12,15 @@ from neuralab.data.dataset import (
     default_data_dir,
     load_dataset,
 )
+from neuralab.data.text import TextDataset, TextSplit
 
-__all__ = ["DATASETS", "DataError", "ImageDataset", "Split", "default_data_dir", "load_dataset"]
+__all__ = [
+    "DATASETS",
+    "DataError",
+    "ImageDataset",
+    "Split",
+    "TextDataset",
+    "TextSplit",
+    "default_data_dir",
+    "load_dataset",
+]

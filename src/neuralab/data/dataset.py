@@ -5,15 +5,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from neuralab.registry import Registry
 
+if TYPE_CHECKING:
+    from neuralab.data.text import TextDataset
+
 DATASETS = Registry("dataset")
 
 # Names with a path argument are written `kind:<path>` (e.g. `folder:~/photos`).
-PATH_KINDS = ("folder",)
+PATH_KINDS = ("folder", "textfolder", "csv", "jsonl")
 
 
 class DataError(ValueError):
@@ -62,6 +66,7 @@ class ImageDataset:
     std: tuple[float, ...]
     val: Split | None = None
     info: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "image"  # TextDataset's is "text"
 
     @property
     def channels(self) -> int:
@@ -95,11 +100,12 @@ def load_dataset(
     val_split: float = 0.0,
     seed: int = 0,
     **options,
-) -> ImageDataset:
+) -> ImageDataset | TextDataset:
     """Load a registered dataset by name, carving a seeded validation split if asked.
 
     Args:
-        name: a registered name (`neuralab datasets`) or `folder:<path>`.
+        name: a registered name (`neuralab datasets`) or `kind:<path>` for a kind in
+            PATH_KINDS (`folder:~/photos`, `csv:reviews.csv`, ...).
         data_dir: where dataset folders live; defaults to `default_data_dir()`.
         download: allow network downloads of missing canonical archives.
         val_split: fraction of the training split held out for validation when the

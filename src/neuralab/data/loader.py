@@ -16,7 +16,12 @@ class BatchLoader:
 
     Shuffling and augmentation draw from a generator seeded by (seed, epoch), so an epoch's
     batches are reproducible on their own: resuming at epoch k replays exactly epoch k.
-    With `world_size > 1` each rank sees a disjoint, strided shard of the epoch's order.
+    With `world_size > 1` each rank sees a disjoint, strided shard of the epoch's order, so
+    batch k of all ranks together is exactly batch k of one process with `batch_size` times
+    `world_size`. With `pad_shards` (training) the order first wraps around to a multiple of
+    `world_size`, so every rank gets the same number of examples and batches (DDP needs each
+    rank to take every step; a few examples then appear twice in that epoch). Without it
+    (evaluation) every example is seen exactly once and shards may differ by one example.
 
     Example:
         >>> loader = BatchLoader(split, batch_size=128, mean=(0.13,), std=(0.31,), shuffle=True)
@@ -38,6 +43,7 @@ class BatchLoader:
         channels_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        pad_shards: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -49,7 +55,7 @@ class BatchLoader:
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.augment = augment if augment is not None and augment.active else None
         self.channels_last = channels_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.pad_shards = rank, world_size, pad_shards
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -59,17 +65,30 @@ class BatchLoader:
     def _order(self, generator: torch.Generator) -> torch.Tensor:
         count = len(self.labels)
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        if self.pad_shards and count % self.world_size:
+            padded = -(-count // self.world_size) * self.world_size
+            order = order[torch.arange(padded) % count]  # wrap around to the start
         return order[self.rank :: self.world_size].to(self.device)
 
+    def shard_size(self) -> int:
+        """How many examples this rank sees per epoch."""
+        if self.pad_shards:
+            return -(-len(self.labels) // self.world_size)
+        return len(range(self.rank, len(self.labels), self.world_size))
+
     def __len__(self) -> int:
-        count = len(range(self.rank, len(self.labels), self.world_size))
-        full, rest = divmod(count, self.batch_size)
+        full, rest = divmod(self.shard_size(), self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Large odd multiplier keeps (seed, epoch) pairs from colliding.
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = self._order(generator)
+        if self.world_size > 1:
+            # Every rank drew the same order; each now draws its own augmentation, or all
+            # ranks would crop and flip their shards identically.
+            rank_seeds = torch.randint(2**62, (self.world_size,), generator=generator)
+            generator = torch.Generator().manual_seed(int(rank_seeds[self.rank]))
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start : start + self.batch_size]
             images = self.images[index]

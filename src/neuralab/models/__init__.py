@@ -1,10 +1,13 @@
-"""Model registry. Every factory takes an `InputSpec` plus its own keyword arguments and
-returns a plain `nn.Module` whose forward maps float (B, C, H, W) to logits (B, num_classes)."""
+"""Model registry. Every factory takes a spec plus its own keyword arguments and returns a plain
+`nn.Module` that maps a batch to logits (B, num_classes): image models take an `InputSpec` and
+float (B, C, H, W); text models (registered with `input="text"`) take a `TextSpec` and padded
+token ids int64 (B, T) with 0 as padding."""
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from torch import nn
 
@@ -21,17 +24,44 @@ class InputSpec:
     height: int
     width: int
     num_classes: int
+    kind: ClassVar[str] = "image"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def build_model(name: str, spec: InputSpec, **kwargs) -> nn.Module:
+@dataclass(frozen=True)
+class TextSpec:
+    """What a text model adapts to: the tokenizer's vocabulary size (ids 0..vocab_size-1, 0 is
+    padding), the number of classes, and the longest token sequence it will be given."""
+
+    vocab_size: int
+    num_classes: int
+    max_length: int
+    kind: ClassVar[str] = "text"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_input(name: str) -> str:
+    """What the registered model `name` takes: "image" or "text"."""
+    return MODELS.get(name).info.get("input", "image")
+
+
+def build_model(name: str, spec: InputSpec | TextSpec, **kwargs) -> nn.Module:
     """Build the registered model `name` for `spec`, passing `kwargs` to its factory.
 
-    Unknown keyword arguments raise a TypeError that names the model and its valid arguments.
+    Unknown keyword arguments raise a TypeError that names the model and its valid arguments;
+    an image model asked for text (or the reverse) raises a ValueError naming suitable models.
     """
     entry = MODELS.get(name)
+    if model_input(name) != spec.kind:
+        suitable = [n for n in MODELS.names() if model_input(n) == spec.kind]
+        raise ValueError(
+            f"model {name!r} takes {model_input(name)} input but the data is {spec.kind}; "
+            f"use one of: {', '.join(suitable)}"
+        )
     try:
         return entry.factory(spec, **kwargs)
     except TypeError as error:
@@ -46,5 +76,5 @@ def build_model(name: str, spec: InputSpec, **kwargs) -> nn.Module:
 
 
 # Importing a family module registers its models.
-for _family in ("linear", "lenet", "alexnet", "resnet", "airbench"):
+for _family in ("linear", "lenet", "alexnet", "resnet", "airbench", "text"):
     importlib.import_module(f"neuralab.models.{_family}")

@@ -1,0 +1,1 @@
+"""Runnable speed and accuracy comparisons; results land in BENCHMARKS.md."""

@@ -1,0 +1,33 @@
+"""The machine line recorded with every benchmark figure."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+from neuralab.engine import cpu_flags, cpu_model
+
+# The flags that decide which kernels and precisions are fast.
+INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni")
+
+
+def machine_info() -> dict:
+    """CPU model and relevant flags, core count, torch version and thread count."""
+    flags = cpu_flags()
+    return {
+        "cpu": cpu_model(),
+        "flags": [f for f in INTERESTING_FLAGS if f in flags],
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def machine_line(info: dict) -> str:
+    gpu = f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"
+    return (f"{info['cpu']} ({', '.join(info['flags']) or 'no AVX2'}), {info['cores']} cores, "
+            f"torch {info['torch']}, {info['threads']} threads{gpu}")

@@ -1,0 +1,125 @@
+"""Batches of token ids padded per batch, with length bucketing.
+
+Encoded texts are stored once as one flat int64 tensor plus offsets and lengths (on the training
+device), and each batch is gathered into a (B, T) tensor whose width T is the batch's longest
+text, padded with id 0. Shuffled epochs sort examples by length within chunks of a shuffled
+order, so a batch holds texts of similar length and short texts do not pay for long ones, while
+every epoch still mixes differently; the batches' order is then shuffled too. Unshuffled
+(evaluation) loaders sort the whole split by length. Each example is served once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+PAD_ID = 0
+# Examples sorted together when shuffling: 50 batches' worth keeps batches similar in length
+# (padding stays a few percent on IMDB) while the chunk boundaries still move every epoch.
+BUCKET_BATCHES = 50
+
+
+def pad_batch(
+    sequences: Sequence[Sequence[int]], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Token id lists → int64 (B, T) padded at the end with 0; T = the longest (at least 1)."""
+    width = max([1, *map(len, sequences)])
+    batch = torch.zeros(len(sequences), width, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        batch[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+    return batch.to(device)
+
+
+class TextBatchLoader:
+    """Iterate over encoded texts as (token ids int64 (B, T), labels int64 (B,)) batches.
+
+    Shuffling draws from a generator seeded by (seed, epoch), so an epoch is reproducible on its
+    own. With `world_size > 1` each rank takes a strided shard of the epoch's order (with
+    `pad_shards`, wrapped to a multiple of `world_size` so every rank gets as many batches).
+
+    Example:
+        >>> loader = TextBatchLoader(tokenizer.encode(texts), labels, 64, shuffle=True)
+        >>> loader.set_epoch(0)
+        >>> for ids, labels in loader: ...  # (B, T) int64, (B,) int64
+    """
+
+    def __init__(
+        self,
+        sequences: Sequence[Sequence[int]],
+        labels: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        pad_shards: bool = False,
+        bucket_batches: int = BUCKET_BATCHES,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if len(sequences) != len(labels):
+            raise ValueError(f"{len(sequences)} texts but {len(labels)} labels")
+        self.device = torch.device(device)
+        self.lengths = torch.tensor([len(ids) for ids in sequences], dtype=torch.long)  # (N,)
+        starts = torch.cumsum(self.lengths, 0) - self.lengths  # (N,) offset of each text
+        flat = [token for ids in sequences for token in ids] + [PAD_ID]  # never empty
+        self.tokens = torch.tensor(flat, dtype=torch.long, device=self.device)
+        self.starts = starts.to(self.device)
+        self.labels = labels.long().to(self.device)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.drop_last, self.bucket_batches = drop_last, bucket_batches
+        self.rank, self.world_size, self.pad_shards = rank, world_size, pad_shards
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose which epoch's order the next iteration replays."""
+        self.epoch = epoch
+
+    def shard_size(self) -> int:
+        """How many examples this rank sees per epoch."""
+        count = len(self.lengths)
+        if self.pad_shards:
+            return -(-count // self.world_size)
+        return len(range(self.rank, count, self.world_size))
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.shard_size(), self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def batches(self, generator: torch.Generator) -> list[torch.Tensor]:
+        """This epoch's batches as index tensors (CPU), bucketed by length."""
+        count = len(self.lengths)
+        order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        if self.pad_shards and count % self.world_size:
+            order = order[torch.arange(-(-count // self.world_size) * self.world_size) % count]
+        order = order[self.rank :: self.world_size]
+        chunk = self.batch_size * self.bucket_batches if self.shuffle else len(order)
+        batches = []
+        for part in order.split(max(1, chunk)):
+            by_length = part[torch.sort(self.lengths[part], stable=True).indices]
+            batches += list(by_length.split(self.batch_size))
+        if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.shuffle:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator)]
+        return batches
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """Padded ids int64 (B, T) of the examples `index` (CPU), T = their longest length."""
+        lengths = self.lengths[index]  # (B,)
+        width = max(1, int(lengths.max()))
+        index, lengths = index.to(self.device), lengths.to(self.device)
+        positions = torch.arange(width, device=self.device)  # (T,)
+        grid = self.starts[index].unsqueeze(1) + positions  # (B, T) flat positions
+        real = positions < lengths.unsqueeze(1)  # (B, T)
+        grid = grid.clamp_max(len(self.tokens) - 1)  # positions past a text's end are masked
+        return torch.where(real, self.tokens[grid], PAD_ID)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # Large odd multiplier keeps (seed, epoch) pairs from colliding (as BatchLoader does).
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        for index in self.batches(generator):
+            yield self.gather(index), self.labels[index.to(self.device)]

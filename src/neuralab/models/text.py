@@ -1,0 +1,329 @@
+"""Text classifiers: TextCNN, RNN/LSTM/GRU, a Transformer encoder and a fastText-style n-gram bag.
+
+Every model takes padded token ids int64 (B, T), where id 0 is padding and sits only at the end
+of a row, and returns logits (B, num_classes). Masks and lengths come from `ids != 0`, so
+appending more padding never changes an output in eval mode, and a batch's longest text does not
+change anyone else's prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from neuralab.models import MODELS, TextSpec
+
+PAD_ID = 0  # data/tokenizer.py reserves id 0 for padding
+# fastText's n-gram hash multiplier (src/dictionary.cc): odd and not a multiple of 5, so it is
+# coprime with round bucket counts and spreads consecutive ids over the whole table. (A
+# multiplier close to a fraction of the bucket count would fold most n-grams onto few rows.)
+NGRAM_HASH_MULTIPLIER = 116_049_371
+
+
+def lengths_of(ids: torch.Tensor) -> torch.Tensor:
+    """Number of real (non-padding) tokens per row: (B, T) → (B,)."""
+    return (ids != PAD_ID).sum(dim=1)
+
+
+def embedding(spec: TextSpec, dim: int) -> nn.Embedding:
+    """Token embeddings with the padding row fixed at zero (it never receives a gradient)."""
+    return nn.Embedding(spec.vocab_size, dim, padding_idx=PAD_ID)
+
+
+def masked_mean(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean over real positions: values (B, T, D), real bool (B, T) → (B, D)."""
+    weights = real.unsqueeze(2).to(values.dtype)
+    return (values * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def masked_max(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Max over real positions (zeros for a row without any): (B, T, D), (B, T) → (B, D)."""
+    filled = values.masked_fill(~real.unsqueeze(2), float("-inf")).amax(1)
+    return torch.where(real.any(1, keepdim=True), filled, torch.zeros_like(filled))
+
+
+class TextCNN(nn.Module):
+    """Kim (2014): parallel 1-D convolutions of several widths over word embeddings, each
+    max-pooled over time (windows that start in the padding are masked out), then dropout and
+    a linear classifier."""
+
+    def __init__(
+        self,
+        spec: TextSpec,
+        embed_dim: int,
+        widths: Sequence[int],
+        filters: Sequence[int],
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding(spec, embed_dim)
+        self.widths = list(widths)
+        self.convs = nn.ModuleList(
+            nn.Conv1d(embed_dim, count, width) for width, count in zip(widths, filters, strict=True)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(sum(filters), spec.num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        lengths = lengths_of(ids)  # (B,)
+        short = max(self.widths) - ids.shape[1]
+        if short > 0:  # every window must fit; the extra padding embeds to zeros
+            ids = nn.functional.pad(ids, (0, short), value=PAD_ID)
+        x = self.embedding(ids).transpose(1, 2)  # (B, E, T)
+        pooled = []
+        for width, conv in zip(self.widths, self.convs, strict=True):
+            features = conv(x)  # (B, F, T - width + 1): one value per window start
+            starts = torch.arange(features.shape[2], device=ids.device)
+            valid = starts < (lengths - width + 1).clamp_min(1).unsqueeze(1)  # (B, T - width + 1)
+            pooled.append(features.masked_fill(~valid.unsqueeze(1), float("-inf")).amax(2))
+        features = torch.relu(torch.cat(pooled, dim=1))  # (B, sum(filters))
+        return self.classifier(self.dropout(features))
+
+
+class RecurrentClassifier(nn.Module):
+    """Embeddings → (bi)directional RNN/LSTM/GRU over packed sequences (padding never enters the
+    recurrence) → pooled states → dropout → linear classifier.
+
+    Pooling: `last` concatenates the final hidden state of each direction (the classic choice);
+    `max` and `mean` pool every position's output over the real tokens.
+    """
+
+    CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+
+    def __init__(
+        self,
+        spec: TextSpec,
+        cell: str,
+        embed_dim: int,
+        hidden: int,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
+        pooling: str,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("last", "max", "mean"):
+            raise ValueError(
+                f"model {cell!r}: pooling {pooling!r} is unknown; valid: last, max, mean"
+            )
+        self.embedding = embedding(spec, embed_dim)
+        self.rnn = self.CELLS[cell](
+            embed_dim,
+            hidden,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+        )
+        self.pooling, self.dropout = pooling, nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden * (2 if bidirectional else 1), spec.num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        lengths = lengths_of(ids).clamp_min(1)  # an empty text runs over one padding step
+        x = self.dropout(self.embedding(ids))  # (B, T, E)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        outputs, state = self.rnn(packed)
+        if self.pooling == "last":
+            final = state[0] if isinstance(state, tuple) else state  # LSTM: (h, c)
+            directions = 2 if self.rnn.bidirectional else 1
+            pooled = torch.cat(list(final[-directions:]), dim=1)  # last layer: (B, H * dirs)
+        else:
+            padded, _ = pad_packed_sequence(outputs, batch_first=True)  # (B, max length, H * dirs)
+            real = torch.arange(padded.shape[1], device=ids.device) < lengths.unsqueeze(1)
+            pool = masked_max if self.pooling == "max" else masked_mean
+            pooled = pool(padded, real)
+        return self.classifier(self.dropout(pooled))
+
+
+class TransformerClassifier(nn.Module):
+    """Token + learned position embeddings → pre-norm Transformer encoder (multi-head
+    self-attention with a key padding mask) → masked mean pooling → linear classifier."""
+
+    def __init__(
+        self,
+        spec: TextSpec,
+        embed_dim: int,
+        heads: int,
+        layers: int,
+        ff_dim: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.max_length = spec.max_length
+        self.embedding = embedding(spec, embed_dim)
+        self.position = nn.Embedding(spec.max_length, embed_dim)
+        for table in (self.embedding, self.position):
+            nn.init.normal_(table.weight, std=0.02)  # GPT-2/BERT initialisation scale
+        with torch.no_grad():
+            self.embedding.weight[PAD_ID].zero_()
+        block = nn.TransformerEncoderLayer(
+            embed_dim, heads, ff_dim, dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(embed_dim)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(embed_dim, spec.num_classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if ids.shape[1] > self.max_length:
+            if (ids[:, self.max_length :] != PAD_ID).any():
+                raise ValueError(
+                    f"transformer: a text is longer than max_length={self.max_length} tokens; "
+                    "truncate it with the run's tokenizer"
+                )
+            ids = ids[:, : self.max_length]
+        real = ids != PAD_ID  # (B, T)
+        real[:, 0] |= ~real.any(1)  # an empty text attends to one padding token, not to nothing
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        x = self.dropout(self.embedding(ids) + self.position(positions))  # (B, T, E)
+        x = self.norm(self.encoder(x, src_key_padding_mask=~real))
+        return self.classifier(self.dropout(masked_mean(x, real)))
+
+
+class NgramBag(nn.Module):
+    """fastText (Joulin et al. 2016): the mean embedding of a text's words and hashed word
+    n-grams (n = 2..`ngrams`, hashed from the ids into `buckets` extra rows) through an
+    nn.EmbeddingBag, then dropout and a linear classifier. N-grams touching padding are dropped."""
+
+    def __init__(
+        self,
+        spec: TextSpec,
+        embed_dim: int,
+        ngrams: int,
+        buckets: int,
+        dropout: float,
+        sparse: bool,
+        binary: bool,
+    ) -> None:
+        super().__init__()
+        self.vocab_size, self.ngrams, self.buckets = spec.vocab_size, ngrams, buckets
+        self.binary = binary
+        rows = spec.vocab_size + (buckets if ngrams > 1 else 0)
+        self.bag = nn.EmbeddingBag(rows, embed_dim, mode="mean", padding_idx=PAD_ID, sparse=sparse)
+        bound = 1.0 / embed_dim  # fastText's uniform(-1/dim, 1/dim) initialisation
+        nn.init.uniform_(self.bag.weight, -bound, bound)
+        with torch.no_grad():
+            self.bag.weight[PAD_ID].zero_()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(embed_dim, spec.num_classes)
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Row ids of every word and n-gram: (B, T) → (B, T + (T-1) + ... ), 0 = nothing."""
+        grams = [ids]
+        for n in range(2, self.ngrams + 1):
+            if ids.shape[1] < n:
+                break
+            windows = ids.unfold(1, n, 1)  # (B, T - n + 1, n)
+            hashed = windows[..., 0]
+            for k in range(1, n):  # reduced every step: stays far below int64 overflow
+                hashed = (hashed * NGRAM_HASH_MULTIPLIER + windows[..., k]).remainder(self.buckets)
+            rows = self.vocab_size + hashed
+            grams.append(torch.where((windows != PAD_ID).all(2), rows, PAD_ID))
+        features = torch.cat(grams, dim=1)
+        return distinct(features) if self.binary else features
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.bag(self.features(ids))))
+
+
+def distinct(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's ids with repeats replaced by padding: (B, L) → (B, L), sorted per row."""
+    ordered = rows.sort(dim=1).values
+    repeat = torch.zeros_like(ordered, dtype=torch.bool)
+    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    return ordered.masked_fill(repeat, PAD_ID)
+
+
+def as_list(value: int | Sequence[int], count: int, name: str) -> list[int]:
+    """One value per convolution width: an int is repeated, a list must match the widths."""
+    if isinstance(value, int):
+        return [value] * count
+    if len(value) != count:
+        raise ValueError(f"textcnn: {name} has {len(value)} entries but there are {count} widths")
+    return list(value)
+
+
+@MODELS.register("textcnn", summary="Kim's TextCNN: 3/4/5-wide convs, max-over-time", input="text")
+def textcnn(
+    spec: TextSpec,
+    *,
+    embed_dim: int = 128,
+    widths: Sequence[int] = (3, 4, 5),
+    filters: int | Sequence[int] = 100,
+    dropout: float = 0.5,
+) -> nn.Module:
+    """TextCNN; `filters` is one count for every width or one per width (e.g. [32, 64, 128])."""
+    return TextCNN(spec, embed_dim, widths, as_list(filters, len(widths), "filters"), dropout)
+
+
+def recurrent_factory(cell: str, summary: str) -> None:
+    """Register `cell` (rnn, lstm, gru) as a model with the shared keyword arguments."""
+
+    def factory(
+        spec: TextSpec,
+        *,
+        embed_dim: int = 128,
+        hidden: int = 128,
+        layers: int = 1,
+        bidirectional: bool = True,
+        dropout: float = 0.3,
+        pooling: str = "max",
+    ) -> nn.Module:
+        return RecurrentClassifier(
+            spec, cell, embed_dim, hidden, layers, bidirectional, dropout, pooling
+        )
+
+    factory.__doc__ = summary
+    MODELS.register(cell, summary=summary, input="text")(factory)
+
+
+recurrent_factory("rnn", "Elman RNN (tanh) over packed sequences, bidirectional by default")
+recurrent_factory("lstm", "LSTM over packed sequences, bidirectional by default")
+recurrent_factory("gru", "GRU over packed sequences, bidirectional by default")
+
+
+@MODELS.register(
+    "transformer",
+    summary="Transformer encoder, learned positions, masked mean pooling",
+    input="text",
+)
+def transformer(
+    spec: TextSpec,
+    *,
+    embed_dim: int = 128,
+    heads: int = 4,
+    layers: int = 2,
+    ff_dim: int = 256,
+    dropout: float = 0.1,
+) -> nn.Module:
+    """A small pre-norm Transformer encoder classifier (positions up to spec.max_length)."""
+    return TransformerClassifier(spec, embed_dim, heads, layers, ff_dim, dropout)
+
+
+@MODELS.register(
+    "ngram", summary="fastText-style bag of word + hashed n-gram embeddings", input="text"
+)
+def ngram(
+    spec: TextSpec,
+    *,
+    embed_dim: int = 64,
+    ngrams: int = 2,
+    buckets: int = 1_000_000,
+    dropout: float = 0.0,
+    sparse: bool = False,
+    binary: bool = False,
+) -> nn.Module:
+    """fastText: mean of word and hashed n-gram embeddings → linear (ngrams=2: uni+bigrams).
+
+    `sparse=True` gives the table sparse gradients: each step then touches only the rows its
+    batch uses, which makes plain SGD (fastText's optimizer, no momentum or weight decay) fast
+    even with millions of buckets; optimizers with dense state (Adam) cannot take them.
+    `binary=True` counts each distinct word or n-gram once per text (as NBSVM does), so a
+    word repeated ten times weighs no more than once.
+    """
+    if ngrams < 1 or buckets < 1:
+        raise ValueError(f"ngram: ngrams and buckets must be >= 1, got {ngrams}, {buckets}")
+    return NgramBag(spec, embed_dim, ngrams, buckets, dropout, sparse, binary)

@@ -1,0 +1,202 @@
+"""Data-parallel training: 2 gloo processes under torchrun train the same weights as 1 process
+with the same global batch, evaluation counts every test example once, batches split evenly
+(or fail clearly), gradient accumulation equals the full batch, and DDP checkpoints carry no
+`module.` prefix."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import neuralab
+from neuralab import cli
+from neuralab.checkpoint import load_checkpoint, save_checkpoint
+from neuralab.data.augment import Augment
+from neuralab.data.dataset import Split
+from neuralab.data.loader import BatchLoader
+from neuralab.distributed import check_sync_bn, split_batch
+from neuralab.trainer import Trainer
+
+# One epoch of digits (1438 train images: even, so no shard padding; 359 test images: odd,
+# so the two evaluation shards differ in size) with a small MLP: no batch norm, whose
+# per-shard statistics would make 1 and 2 processes differ.
+DIGITS_MLP = [
+    "--data", "digits", "--model", "mlp", "--epochs", "1", "--batch-size", "64",
+    "--lr", "0.1", "--set", "optim.momentum=0.9", "--set", "model.args.width=32",
+    "--set", "train.precision=fp32", "--set", "train.threads=1",
+]  # fmt: skip
+
+
+def test_global_batch_splits_evenly_over_processes() -> None:
+    assert split_batch(128, 1) == 128
+    assert split_batch(128, 2) == 64
+    assert split_batch(128, 4, grad_accumulation=2) == 32
+
+
+def test_indivisible_global_batch_names_both_numbers() -> None:
+    with pytest.raises(ValueError, match=r"batch_size=63 .* 2 processes.* 62 or 64"):
+        split_batch(63, 2)
+    with pytest.raises(ValueError, match=r"grad_accumulation=3 .* per-process batch 32"):
+        split_batch(64, 2, grad_accumulation=3)
+
+
+def test_nproc_checks_the_batch_before_starting_torchrun(tmp_path: Path, capfd) -> None:
+    out = tmp_path / "run"
+    argv = ["train", *DIGITS_MLP, "--batch-size", "63", "--nproc", "2", "--out", str(out)]
+    assert cli.main(argv) == 2
+    captured = capfd.readouterr()
+    assert "train.batch_size=63" in captured.err and "2 processes" in captured.err
+    assert "launching" not in captured.out and not out.exists()
+
+
+def test_nproc_becomes_a_torchrun_command_without_nproc() -> None:
+    command = cli.torchrun_command(4, ["train", "--nproc", "4", "--epochs", "1", "--nproc=4"])
+    assert command[1:] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4",
+        "-m", "neuralab", "train", "--epochs", "1",
+    ]  # fmt: skip
+
+
+def test_sync_bn_on_cpu_processes_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"sync_bn=true needs GPUs.*sync_bn=false"):
+        check_sync_bn(True, torch.device("cpu"), 2)
+    check_sync_bn(True, torch.device("cpu"), 1)  # one process: nothing to synchronise
+    check_sync_bn(False, torch.device("cpu"), 2)
+
+
+def labelled_split(count: int) -> Split:
+    """Image i is filled with i % 256 and has label i, so batches reveal their indices."""
+    images = (torch.arange(count) % 256).to(torch.uint8).view(count, 1, 1, 1).expand(-1, 1, 4, 4)
+    return Split(images.contiguous(), torch.arange(count))
+
+
+def loader_labels(count: int, batch: int, **kwargs) -> list[list[int]]:
+    loader = BatchLoader(labelled_split(count), batch, (0.5,), (0.5,), shuffle=True, **kwargs)
+    loader.set_epoch(1)
+    return [labels.tolist() for _, labels in loader]
+
+
+@pytest.mark.parametrize("count", [12, 13, 15])
+def test_padded_shards_give_every_rank_the_same_batches(count: int) -> None:
+    shards = [loader_labels(count, 2, rank=r, world_size=3, pad_shards=True) for r in range(3)]
+    assert len({len(shard) for shard in shards}) == 1  # the same number of steps everywhere
+    for step in zip(*shards, strict=True):
+        assert len({len(batch) for batch in step}) == 1  # and the same size at each step
+    seen = [label for shard in shards for batch in shard for label in batch]
+    assert set(seen) == set(range(count)) and len(seen) == -(-count // 3) * 3
+
+
+def test_rank_batches_together_are_the_single_process_global_batch() -> None:
+    single = loader_labels(24, 8)
+    shards = [loader_labels(24, 4, rank=r, world_size=2, pad_shards=True) for r in range(2)]
+    for global_batch, *rank_batches in zip(single, *shards, strict=True):
+        assert sorted(global_batch) == sorted(sum(rank_batches, []))
+
+
+def test_each_rank_draws_its_own_augmentation() -> None:
+    split = Split(torch.full((8, 1, 6, 6), 7, dtype=torch.uint8), torch.zeros(8, dtype=torch.long))
+    split.images[:, :, :, :3] = 200  # left half bright: a flip or shift changes the image
+
+    def first_batch(rank: int) -> torch.Tensor:
+        loader = BatchLoader(
+            split, 4, (0.5,), (0.5,), augment=Augment(crop_padding=2, flip=True),
+            rank=rank, world_size=2,
+        )  # fmt: skip
+        return next(iter(loader))[0]
+
+    assert not torch.equal(first_batch(0), first_batch(1))
+
+
+def tiny_mlp() -> nn.Module:
+    torch.manual_seed(3)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def train_tiny(grad_accumulation: int) -> nn.Module:
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (22, 1, 4, 4), dtype=torch.uint8, generator=generator)
+    split = Split(images, torch.randint(0, 3, (22,), generator=generator))
+    # Batches of 6: the last one holds 4, cut into micro-batches of 2 + 2 (or 3 + 3 before).
+    loader = BatchLoader(split, 6, (0.5,), (0.5,), shuffle=True)
+    model = tiny_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    loss = nn.CrossEntropyLoss(label_smoothing=0.1)
+    Trainer(model, optimizer, loss, grad_accumulation=grad_accumulation).fit(loader, 3)
+    return model
+
+
+def test_grad_accumulation_matches_the_full_batch() -> None:
+    whole, accumulated = train_tiny(1), train_tiny(2)
+    assert not torch.equal(tiny_mlp()[1].weight, whole[1].weight)  # it did train
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(accumulated.state_dict()[name], value)
+
+
+def test_ddp_checkpoint_has_no_module_prefix_and_loads_in_one_process(tmp_path: Path) -> None:
+    store = f"file://{tmp_path / 'rendezvous'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(tiny_mlp())
+        assert all(name.startswith("module.") for name in wrapped.state_dict())
+        save_checkpoint(tmp_path / "ckpt", wrapped, {"model": {"name": "x", "args": {}}})
+    finally:
+        dist.destroy_process_group()
+    weights, _ = load_checkpoint(tmp_path / "ckpt")
+    tiny_mlp().load_state_dict(weights)  # strict: every name matches the bare model
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """The same config trained by 1 process and by 2 gloo processes (`neuralab train --nproc
+    2`, which runs torchrun); the 2-process run also accumulates 2 micro-batches, so DDP's
+    no_sync path runs too. Its output is kept in `two/stdout.txt`."""
+    pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
+    folder = tmp_path_factory.mktemp("ddp")
+    assert cli.main(["train", *DIGITS_MLP, "--out", str(folder / "one")]) == 0
+    two = ["train", *DIGITS_MLP, "--set", "train.grad_accumulation=2", "--nproc", "2"]
+    launched = subprocess.run(
+        [sys.executable, "-m", "neuralab", *two, "--out", str(folder / "two")],
+        capture_output=True,
+        text=True,
+        timeout=300,  # seconds: a hung process group fails the test instead of the suite
+    )
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    (folder / "two" / "stdout.txt").write_text(launched.stdout)
+    return {"one": folder / "one", "two": folder / "two"}
+
+
+def test_only_rank_zero_reports(runs: dict[str, Path]) -> None:
+    output = (runs["two"] / "stdout.txt").read_text()
+    assert output.count("test   accuracy") == 1
+    assert "batch  global 64 = 2 processes × 32 per device = 2 accumulated" in output
+
+
+def test_two_processes_train_the_same_weights_as_one(runs: dict[str, Path]) -> None:
+    one = load_file(str(runs["one"] / "checkpoint" / "model.safetensors"))
+    two = load_file(str(runs["two"] / "checkpoint" / "model.safetensors"))
+    assert sorted(two) == sorted(one)  # no `module.` prefixes
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_two_processes_evaluate_every_test_example_once(runs: dict[str, Path]) -> None:
+    metrics = {k: json.loads((v / "metrics.json").read_text()) for k, v in runs.items()}
+    assert metrics["one"]["count"] == metrics["two"]["count"] == 359
+    assert metrics["two"]["processes"] == 2
+    assert abs(metrics["one"]["accuracy"] - metrics["two"]["accuracy"]) <= 1 / 359
+    assert metrics["two"]["accuracy"] > 0.8  # it learned
+    histories = {k: json.loads((v / "history.json").read_text()) for k, v in runs.items()}
+    assert histories["two"][0]["train_loss"] == pytest.approx(histories["one"][0]["train_loss"])
+    # The 2-process checkpoint evaluates in this single process to the same metrics.
+    single = neuralab.evaluate(runs["two"])
+    assert single["count"] == 359
+    assert single["accuracy"] == pytest.approx(metrics["two"]["accuracy"])
