@@ -29,5 +29,7 @@ def machine_info() -> dict:
 
 def machine_line(info: dict) -> str:
     gpu = f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"
-    return (f"{info['cpu']} ({', '.join(info['flags']) or 'no AVX2'}), {info['cores']} cores, "
-            f"torch {info['torch']}, {info['threads']} threads{gpu}")
+    return (
+        f"{info['cpu']} ({', '.join(info['flags']) or 'no AVX2'}), {info['cores']} cores, "
+        f"torch {info['torch']}, {info['threads']} threads{gpu}"
+    )

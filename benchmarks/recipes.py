@@ -27,19 +27,30 @@ def run_recipe(recipe: str, overrides: list[str]) -> dict:
         start = time.perf_counter()
         run = neuralab.train(recipe, out=str(Path(folder) / "run"), overrides=overrides)
         total = time.perf_counter() - start
-    return {"recipe": recipe, "overrides": overrides, "accuracy": run.metrics["accuracy"],
-            "train_seconds": run.metrics["train_seconds"], "total_seconds": round(total, 1),
-            "epochs": run.metrics["epochs"], "engine": run.metrics["engine"],
-            "date": time.strftime("%Y-%m-%d"), "machine": machine_info()}
+    return {
+        "recipe": recipe,
+        "overrides": overrides,
+        "accuracy": run.metrics["accuracy"],
+        "train_seconds": run.metrics["train_seconds"],
+        "total_seconds": round(total, 1),
+        "epochs": run.metrics["epochs"],
+        "engine": run.metrics["engine"],
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine_info(),
+    }
 
 
 def table(records: list[dict]) -> str:
-    lines = ["| date | recipe | overrides | test accuracy | training time | engine | machine |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| date | recipe | overrides | test accuracy | training time | engine | machine |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in records:
-        lines.append(f"| {r['date']} | `{r['recipe']}` | {' '.join(r['overrides']) or '—'} | "
-                     f"{r['accuracy']:.2%} | {r['train_seconds']:.0f} s | {r['engine']} | "
-                     f"{machine_line(r['machine'])} |")
+        lines.append(
+            f"| {r['date']} | `{r['recipe']}` | {' '.join(r['overrides']) or '—'} | "
+            f"{r['accuracy']:.2%} | {r['train_seconds']:.0f} s | {r['engine']} | "
+            f"{machine_line(r['machine'])} |"
+        )
     return "\n".join(lines)
 
 

@@ -36,9 +36,13 @@ def main() -> int:
     dataset = load_dataset("digits" if recipe == "digits-best" else "mnist", download=False)
     images, labels = dataset.test.images[:8], dataset.test.labels[:8].tolist()
     guesses = predictor.predict(list(images), top_k=1)
-    print("first test images: " + ", ".join(
-        f"{dataset.classes[label]}→{top[0][0]} ({top[0][1]:.0%})"
-        for label, top in zip(labels, guesses, strict=True)))
+    print(
+        "first test images: "
+        + ", ".join(
+            f"{dataset.classes[label]}→{top[0][0]} ({top[0][1]:.0%})"
+            for label, top in zip(labels, guesses, strict=True)
+        )
+    )
     print(f"\nNext: neuralab evaluate {run.run_dir}   ·   neuralab predict {run.run_dir} IMAGE.png")
     return 0
 
