@@ -20,7 +20,8 @@ def choose_recipe() -> str:
         print("=" * 78)
         print("MNIST is not available here, so this quick start trains on scikit-learn's 8x8")
         print("digits instead (1,797 real handwritten digits that ship with scikit-learn).")
-        print(f"Why: {str(error).splitlines()[0]}")
+        reason = "\n     ".join(str(error).splitlines()[:3])  # the cause and each URL's failure
+        print(f"Why: {reason}")
         print(f"To use MNIST offline, put the four MNIST .gz files in {default_data_dir()}/mnist/")
         print("or point NEURALAB_DATA at a folder that holds mnist/.")
         print("=" * 78, flush=True)
