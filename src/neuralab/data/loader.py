@@ -11,6 +11,25 @@ from neuralab.data.augment import Augment, to_float
 from neuralab.data.dataset import Split
 
 
+def shard(order: torch.Tensor, rank: int, world_size: int, pad: bool) -> torch.Tensor:
+    """This rank's strided share of an epoch's `order`. With `pad`, the order first wraps
+    around to a multiple of `world_size`, so every rank gets as many examples."""
+    count = len(order)
+    if pad and count % world_size:
+        order = order[torch.arange(-(-count // world_size) * world_size) % count]
+    return order[rank::world_size]
+
+
+def shard_size(count: int, rank: int, world_size: int, pad: bool) -> int:
+    """len(shard(...)) for an order of `count` examples, without building it."""
+    return -(-count // world_size) if pad else len(range(rank, count, world_size))
+
+
+def batch_count(examples: int, batch_size: int, drop_last: bool) -> int:
+    full, rest = divmod(examples, batch_size)
+    return full + (1 if rest and not drop_last else 0)
+
+
 class BatchLoader:
     """Iterate over a `Split` in batches of normalised float images and int64 labels.
 
@@ -65,20 +84,14 @@ class BatchLoader:
     def _order(self, generator: torch.Generator) -> torch.Tensor:
         count = len(self.labels)
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
-        if self.pad_shards and count % self.world_size:
-            padded = -(-count // self.world_size) * self.world_size
-            order = order[torch.arange(padded) % count]  # wrap around to the start
-        return order[self.rank :: self.world_size].to(self.device)
+        return shard(order, self.rank, self.world_size, self.pad_shards).to(self.device)
 
     def shard_size(self) -> int:
         """How many examples this rank sees per epoch."""
-        if self.pad_shards:
-            return -(-len(self.labels) // self.world_size)
-        return len(range(self.rank, len(self.labels), self.world_size))
+        return shard_size(len(self.labels), self.rank, self.world_size, self.pad_shards)
 
     def __len__(self) -> int:
-        full, rest = divmod(self.shard_size(), self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return batch_count(self.shard_size(), self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Large odd multiplier keeps (seed, epoch) pairs from colliding.

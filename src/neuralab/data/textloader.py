@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from neuralab.data.loader import batch_count, shard, shard_size
+
 PAD_ID = 0
 # Examples sorted together when shuffling: 50 batches' worth keeps batches similar in length
 # (padding stays a few percent on IMDB) while the chunk boundaries still move every epoch.
@@ -80,22 +82,16 @@ class TextBatchLoader:
 
     def shard_size(self) -> int:
         """How many examples this rank sees per epoch."""
-        count = len(self.lengths)
-        if self.pad_shards:
-            return -(-count // self.world_size)
-        return len(range(self.rank, count, self.world_size))
+        return shard_size(len(self.lengths), self.rank, self.world_size, self.pad_shards)
 
     def __len__(self) -> int:
-        full, rest = divmod(self.shard_size(), self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return batch_count(self.shard_size(), self.batch_size, self.drop_last)
 
     def batches(self, generator: torch.Generator) -> list[torch.Tensor]:
         """This epoch's batches as index tensors (CPU), bucketed by length."""
         count = len(self.lengths)
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
-        if self.pad_shards and count % self.world_size:
-            order = order[torch.arange(-(-count // self.world_size) * self.world_size) % count]
-        order = order[self.rank :: self.world_size]
+        order = shard(order, self.rank, self.world_size, self.pad_shards)
         chunk = self.batch_size * self.bucket_batches if self.shuffle else len(order)
         batches = []
         for part in order.split(max(1, chunk)):
