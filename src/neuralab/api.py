@@ -170,7 +170,6 @@ def train_on_device(config: RunConfig, device: torch.device, verbose: bool) -> R
         autocast_dtype=engine.autocast_dtype,
         grad_clip=settings.grad_clip,
         ema_decay=settings.ema_decay,
-        channels_last=engine.channels_last,
         grad_accumulation=settings.grad_accumulation,
     )
     start = time.perf_counter()

@@ -248,12 +248,16 @@ def evaluate(
     count are added up over all processes, so every process returns the whole split's metrics.
     """
     model = local_module(model)
-    loss_sum, correct, count = 0.0, 0, 0
+    device = next(model.parameters()).device
+    # Sums stay on the device: one host synchronisation per evaluation, not per batch.
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
     for images, labels in loader:
         logits = predict_logits(model, images, autocast_dtype, tta)
-        loss_sum += loss_fn(logits, labels).item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
+        loss_sum += loss_fn(logits, labels).double() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
         count += len(labels)
-    loss_sum, correct, count = sum_over_shards(loader, [loss_sum, correct, count])
+    loss_sum, correct, count = sum_over_shards(loader, [loss_sum.item(), correct.item(), count])
     count = int(count)
     return {"loss": loss_sum / max(1, count), "accuracy": correct / max(1, count), "count": count}
