@@ -60,7 +60,7 @@ def test_learns_separable_data() -> None:
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_accuracy"] == after
-    assert {"lr", "seconds", "images_per_second", "val_loss"} <= set(history[0])
+    assert {"lr", "seconds", "examples_per_second", "val_loss"} <= set(history[0])
 
 
 def test_mse_loss_matches_manual_and_learns() -> None:

@@ -16,30 +16,22 @@ from neuralab import distributed
 from neuralab.callbacks import PlainProgress, StopOnNonFinite
 from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data import ImageDataset, load_dataset
-from neuralab.data.augment import Augment, to_float
 from neuralab.data.dataset import PATH_KINDS
 from neuralab.data.loader import BatchLoader
 from neuralab.engine import Engine, choose_engine, choose_threads, cpu_model, pick_device
-from neuralab.models import InputSpec, TextSpec, build_model
+from neuralab.imagerun import ImageInputs
+from neuralab.models import build_model
 from neuralab.optim import build_optimizer, build_scheduler
 from neuralab.predict import Predictor
-from neuralab.textrun import (
-    TOKENIZER_FILE,
-    describe_text_data,
-    fit_tokenizer,
-    sample_batch,
-    split_loader,
-    text_loaders,
-    text_meta,
-    text_spec,
-)
+from neuralab.textrun import TextInputs, prepare_text, split_loader
 from neuralab.tracking import RunWriter, write_text_atomic
 from neuralab.trainer import Trainer, make_loss, planned_steps
 from neuralab.trainer import evaluate as evaluate_loader
 
 if TYPE_CHECKING:
     from neuralab.data import TextDataset
-    from neuralab.data.tokenizer import TextTokenizer
+
+Inputs = ImageInputs | TextInputs
 
 
 class TrainingStopped(RuntimeError):
@@ -134,10 +126,9 @@ def train_on_device(config: RunConfig, device: torch.device, verbose: bool) -> R
     config = absolute_paths(config)
     with distributed.main_process_first():  # rank 0 downloads; the others then read the files
         dataset = load_data(config)
-    tokenizer = fit_tokenizer(dataset, config) if dataset.kind == "text" else None
-    spec = data_spec(dataset, tokenizer)
-    model = build_model(config.model.name, spec, **config.model.args).to(device)
-    say(verbose, describe_data(dataset, spec, tokenizer))
+        inputs = prepare_text(dataset, config) if dataset.kind == "text" else ImageInputs(dataset)
+    model = build_model(config.model.name, inputs.spec, **config.model.args).to(device)
+    say(verbose, inputs.describe())
     say(
         verbose,
         f"model  {config.model.name}{' ' + str(config.model.args) if config.model.args else ''}: "
@@ -146,19 +137,18 @@ def train_on_device(config: RunConfig, device: torch.device, verbose: bool) -> R
     say(verbose, describe_batch(settings.batch_size, settings.grad_accumulation))
     # Only once data and model are known to be good; rank 0 names it for every process.
     run_dir = distributed.on_main_process(prepare_run_dir, config)
-    initialise_from_data(model, dataset, device)
-    engine = agreed_engine(model, dataset, config, device, tokenizer)
+    inputs.initialise(model, device)
+    engine = agreed_engine(model, inputs, config, device)
     say(verbose, f"engine {engine.describe()}; {torch.get_num_threads()} threads on {cpu_model()}")
-    loaders = make_loaders(dataset, config, engine, tokenizer)
+    loaders = inputs.loaders(config, engine)
     model = distribute_model(model, engine, settings.sync_bn)
     optimizer = build_optimizer(distributed.unwrap(model), config.optim)
     steps_per_epoch = len(loaders["train"])
     scheduler = build_scheduler(
         optimizer, config.schedule, steps_per_epoch, planned_steps(settings.epochs, steps_per_epoch)
     )
-    meta = checkpoint_meta(config, dataset, spec, engine, tokenizer)
-    files = {TOKENIZER_FILE: tokenizer.to_json()} if tokenizer is not None else None
-    callbacks = [StopOnNonFinite(), RunWriter(run_dir, meta, files)]
+    writer = RunWriter(run_dir, inputs.meta(config, engine), inputs.files())
+    callbacks = [StopOnNonFinite(), writer]
     if verbose:
         callbacks.insert(0, PlainProgress())
     trainer = Trainer(
@@ -200,24 +190,6 @@ def train_on_device(config: RunConfig, device: torch.device, verbose: bool) -> R
     return Run(run_dir, history, metrics)
 
 
-def data_spec(dataset, tokenizer: TextTokenizer | None) -> InputSpec | TextSpec:
-    """What the model adapts to: image shape or (text) the tokenizer's vocabulary."""
-    if tokenizer is not None:
-        return text_spec(dataset, tokenizer)
-    return InputSpec(dataset.channels, *dataset.image_size, len(dataset.classes))
-
-
-def describe_data(dataset, spec: InputSpec | TextSpec, tokenizer: TextTokenizer | None) -> str:
-    """The `data` log line."""
-    if tokenizer is not None:
-        return describe_text_data(dataset, tokenizer)
-    return (
-        f"data   {dataset.name}: {len(dataset.train)} train, "
-        f"{len(dataset.val) if dataset.val else 0} val, {len(dataset.test)} test, "
-        f"{dataset.channels}×{spec.height}×{spec.width}, {spec.num_classes} classes"
-    )
-
-
 def describe_batch(global_batch: int, grad_accumulation: int) -> str:
     """The log line that makes the effective batch explicit, e.g. `batch  global 128 = 2
     processes × 64 per device`."""
@@ -232,15 +204,11 @@ def describe_batch(global_batch: int, grad_accumulation: int) -> str:
 
 
 def agreed_engine(
-    model: torch.nn.Module,
-    dataset: ImageDataset,
-    config: RunConfig,
-    device: torch.device,
-    tokenizer: TextTokenizer | None = None,
+    model: torch.nn.Module, inputs: Inputs, config: RunConfig, device: torch.device
 ) -> Engine:
     """Rank 0's engine choice for every process: timings differ between processes, and DDP
     needs the same memory format (and precision, for identical numerics) everywhere."""
-    engine = distributed.on_main_process(pick_engine, model, dataset, config, device, tokenizer)
+    engine = distributed.on_main_process(pick_engine, model, inputs, config, device)
     return dataclasses.replace(engine, device=device)
 
 
@@ -292,102 +260,18 @@ def prepare_run_dir(config: RunConfig) -> Path:
     return run_dir
 
 
-def initialise_from_data(
-    model: torch.nn.Module, dataset: ImageDataset, device: torch.device
-) -> None:
-    """Models with data-dependent initialisation (e.g. patch whitening) get a training sample."""
-    if hasattr(model, "initialize_from_data") and dataset.kind == "image":
-        sample = dataset.train.images[:5000].to(device)  # 5000: enough for stable statistics
-        model.initialize_from_data(to_float(sample, dataset.mean, dataset.std))
-
-
 def pick_engine(
-    model: torch.nn.Module,
-    dataset: ImageDataset,
-    config: RunConfig,
-    device: torch.device,
-    tokenizer: TextTokenizer | None = None,
+    model: torch.nn.Module, inputs: Inputs, config: RunConfig, device: torch.device
 ) -> Engine:
     """Time the thread count (unless train.threads is set), then precision and layout."""
     settings = config.train
-    if tokenizer is not None:
-        inputs, labels = sample_batch(dataset, tokenizer, config, device)
-    else:
-        # 128 images: enough to rank the candidates, cheap enough to time several rounds.
-        size = min(settings.batch_size, len(dataset.train), 128)
-        inputs = to_float(dataset.train.images[:size].to(device), dataset.mean, dataset.std)
-        labels = dataset.train.labels[:size].to(device)
+    batch, labels = inputs.sample_batch(settings.batch_size, device)
     note = ""
     if settings.threads is None and distributed.world_size() == 1 and device.type == "cpu":
         # Threads first: a stalled thread pool would distort every other timing.
-        _, note = choose_threads(model, inputs, labels, Engine(device, None, False, ""))
-    engine = choose_engine(
-        model, inputs, labels, device, settings.precision, settings.channels_last
-    )
+        _, note = choose_threads(model, batch, labels, Engine(device, None, False, ""))
+    engine = choose_engine(model, batch, labels, device, settings.precision, settings.channels_last)
     return dataclasses.replace(engine, reason=f"{engine.reason}; {note}") if note else engine
-
-
-def make_loaders(
-    dataset: ImageDataset,
-    config: RunConfig,
-    engine: Engine,
-    tokenizer: TextTokenizer | None = None,
-) -> dict:
-    if tokenizer is not None:
-        return text_loaders(dataset, tokenizer, config, engine)
-    common = {
-        "mean": dataset.mean,
-        "std": dataset.std,
-        "device": engine.device,
-        "channels_last": engine.channels_last,
-    }
-    eval_size = config.train.eval_batch_size
-    # Each process loads its shard of every global batch; training shards are padded so every
-    # process takes the same number of steps, evaluation shards count each example once.
-    shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
-    common.update(shard)
-    loaders = {
-        "train": BatchLoader(
-            dataset.train,
-            distributed.split_batch(config.train.batch_size, shard["world_size"]),
-            shuffle=True,
-            seed=config.train.seed,
-            augment=Augment(**config.augment.model_dump()),
-            pad_shards=True,
-            **common,
-        ),
-        "test": BatchLoader(dataset.test, eval_size, **common),
-    }
-    if dataset.val is not None:
-        loaders["val"] = BatchLoader(dataset.val, eval_size, **common)
-    return loaders
-
-
-def checkpoint_meta(
-    config: RunConfig,
-    dataset: ImageDataset,
-    spec: InputSpec,
-    engine: Engine,
-    tokenizer: TextTokenizer | None = None,
-) -> dict:
-    """Everything needed to rebuild and use the model without the config or the dataset."""
-    if tokenizer is not None:
-        return text_meta(config, dataset, spec, tokenizer, engine)
-    return {
-        "model": {"name": config.model.name, "args": config.model.args},
-        "spec": spec.to_dict(),
-        "classes": list(dataset.classes),
-        "dataset": dataset.name,
-        "preprocessing": {
-            "mean": list(dataset.mean),
-            "std": list(dataset.std),
-            "channels": spec.channels,
-            "image_size": [spec.height, spec.width],
-        },
-        "tta": config.train.tta,
-        "config": config.model_dump(mode="json"),
-        "engine": engine.describe(),
-    }
 
 
 def evaluate(

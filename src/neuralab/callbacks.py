@@ -39,7 +39,7 @@ class PlainProgress(Callback):
         if logs.get("val_loss") is not None:
             parts.append(f"val loss {logs['val_loss']:.4f} acc {logs['val_accuracy']:.2%}")
         parts.append(f"lr {logs['lr']:.3g}")
-        parts.append(f"{logs['seconds']:.1f}s ({logs['images_per_second']:.0f} img/s)")
+        parts.append(f"{logs['seconds']:.1f}s ({logs['examples_per_second']:.0f} examples/s)")
         print(" · ".join(parts), file=self.stream, flush=True)
 
 

@@ -43,6 +43,7 @@ class TokenizerConfig(Section):
     max_length: int = Field(400, ge=1)  # tokens per text; longer texts are truncated
     truncation: Literal["head", "head+tail"] = "head"  # head+tail: first quarter + last 3/4
     lowercase: bool = True
+    cache: bool = True  # reuse the tokenizer and token ids of an earlier identical run
 
 
 class ModelConfig(Section):

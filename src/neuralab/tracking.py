@@ -26,7 +26,7 @@ HISTORY_FIELDS = [
     "val_accuracy",
     "lr",
     "seconds",
-    "images_per_second",
+    "examples_per_second",
 ]
 
 

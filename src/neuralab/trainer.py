@@ -102,7 +102,7 @@ class Trainer:
                     }
                 )
             logs["seconds"] = time.perf_counter() - start
-            logs["images_per_second"] = logs.pop("count") / logs["seconds"]
+            logs["examples_per_second"] = logs.pop("count") / logs["seconds"]
             self.epoch += 1
             logs = {"epoch": self.epoch, **logs}
             self.history.append(logs)

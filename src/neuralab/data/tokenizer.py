@@ -31,6 +31,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from neuralab.data.dataset import DataError
+from neuralab.data.textloader import EncodedTexts
 
 PAD, UNK = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1
@@ -140,6 +141,10 @@ class TextTokenizer:
         """Token ids of each text, truncated to `max_length` by the truncation policy."""
         encodings = self.backend.encode_batch_fast(list(texts), add_special_tokens=False)
         return [self.truncate(encoding.ids) for encoding in encodings]
+
+    def encode_flat(self, texts: Sequence[str]) -> EncodedTexts:
+        """`encode` stored flat (what loaders and the token cache keep)."""
+        return EncodedTexts.from_lists(self.encode(texts))
 
     def tokens(self, text: str) -> list[str]:
         """The token strings of one text, truncated as `encode` truncates (for inspection)."""
