@@ -22,7 +22,7 @@ MODEL_KWARGS: dict[str, dict] = {
     "lstm": {"embed_dim": 8, "hidden": 6, "layers": 2, "pooling": "last"},
     "gru": {"embed_dim": 8, "hidden": 6, "pooling": "mean"},
     "transformer": {"embed_dim": 8, "heads": 2, "ff_dim": 16},
-    "ngram": {"embed_dim": 8, "ngrams": 3, "buckets": 101, "binary": True},
+    "ngram": {"embed_dim": 8, "ngrams": 3, "buckets": 101, "binary": True, "nb": True},
 }
 TEXT_MODELS = [name for name in MODELS.names() if model_input(name) == "text"]
 
@@ -144,3 +144,62 @@ def test_ngram_binary_counts_each_feature_once() -> None:
 def test_image_models_refuse_text_specs() -> None:
     with pytest.raises(ValueError, match="takes image input but the data is text"):
         build_model("lenet", SPEC)
+
+
+def test_nb_ratios_match_naive_bayes_counts_by_hand() -> None:
+    """Unigram NB ratios against the NBSVM formula computed directly: r = log((p/|p|)/(q/|q|))
+    with p = 1 + texts of the class holding the word, q = 1 + other texts holding it (0 for
+    words no text holds)."""
+    spec = TextSpec(vocab_size=6, num_classes=2, max_length=5)
+    model = build_model("ngram", spec, embed_dim=2, ngrams=1, binary=True, nb=True)
+    ids = torch.tensor([[2, 3, 3, 0], [2, 4, 0, 0], [5, 4, 4, 4], [3, 0, 0, 0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    model.initialize_from_texts([(ids[:2], labels[:2]), (ids[2:], labels[2:])])
+    holds = torch.zeros(4, 6)
+    for row, text in enumerate(ids):
+        holds[row, text[text != 0]] = 1.0  # binary: a word counts once per text
+    for c in (0, 1):
+        p = 1 + holds[labels == c].sum(0)
+        q = 1 + holds[labels != c].sum(0)
+        expected = ((p / p.sum()) / (q / q.sum())).log()
+        expected[holds.sum(0) == 0] = 0.0  # padding and unseen words carry no evidence
+        # Sums above run over all 6 rows incl. padding: the model's do the same (add-one there).
+        torch.testing.assert_close(model.nb_ratio[:, c], expected)
+
+
+def test_nb_term_is_scaled_ratio_times_weight_and_ignores_rare_features() -> None:
+    """logits = fastText part + nb_scale * sum over features of r * w; features seen in fewer
+    than nb_min_count texts get r = 0."""
+    spec = TextSpec(vocab_size=6, num_classes=2, max_length=5)
+    model = build_model(
+        "ngram", spec, embed_dim=2, ngrams=1, binary=True, nb=True, nb_scale=0.5, nb_min_count=2
+    )
+    ids = torch.tensor([[2, 3, 0], [4, 3, 5]])  # 3 is in both texts; 2, 4 and 5 in one
+    model.initialize_from_texts([(ids, torch.tensor([0, 1]))])
+    assert model.nb_ratio[[0, 2, 4, 5]].abs().sum() == 0 and model.nb_ratio[3].abs().sum() > 0
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        assert model.eval()(ids).abs().sum() == 0  # w starts at 0
+        model.nb_weight.weight.copy_(torch.arange(12.0).view(6, 2))
+        logits = model(ids)
+    expected = 0.5 * model.nb_ratio[3] * model.nb_weight.weight[3]
+    torch.testing.assert_close(logits, torch.stack([expected, expected]))
+
+
+def test_nb_alone_learns_and_embed_dim_zero_needs_nb() -> None:
+    """embed_dim=0 with nb=True is NB-weighted logistic regression alone; it fits a toy task."""
+    spec = TextSpec(vocab_size=8, num_classes=2, max_length=4)
+    with pytest.raises(ValueError, match="embed_dim must be >= 1"):
+        build_model("ngram", spec, embed_dim=0)
+    model = build_model("ngram", spec, embed_dim=0, ngrams=2, buckets=31, binary=True, nb=True)
+    ids = torch.tensor([[2, 3, 4, 0], [2, 3, 0, 0], [5, 6, 7, 0], [6, 7, 5, 0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    model.initialize_from_texts([(ids, labels)])
+    optimizer = torch.optim.Adagrad(model.parameters(), lr=0.5)
+    for _ in range(20):
+        optimizer.zero_grad()
+        F.cross_entropy(model(ids), labels).backward()
+        optimizer.step()
+    assert model(ids).argmax(1).tolist() == labels.tolist()
+    assert [name for name, _ in model.named_parameters()] == ["bias", "nb_weight.weight"]
