@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -85,7 +86,26 @@ def test_evaluate_reproduces_the_training_metrics(capsys, digits_run: Path) -> N
     assert evaluated["count"] == metrics["count"] == 359
     assert evaluated["accuracy"] > 0.3  # one epoch already beats chance (0.1) by far
     code, out, _ = run(capsys, "evaluate", str(digits_run))
-    assert code == 0 and out.startswith("digits test: accuracy")
+    assert code == 0 and out.startswith("digits test: 359 examples")
+    assert "macro avg" in out and "weighted avg" in out and "top-5" in out
+    assert "confusion (rows: true, columns: predicted)" in out
+    assert f"saved {digits_run / 'evaluation.json'}" in out
+
+
+def test_evaluate_saves_a_consistent_per_class_report(capsys, digits_run: Path) -> None:
+    code, out, _ = run(capsys, "evaluate", str(digits_run), "--json")
+    assert code == 0
+    printed = json.loads(out)
+    saved = json.loads((digits_run / "evaluation.json").read_text(encoding="utf-8"))
+    assert saved == printed
+    confusion = torch.tensor(saved["confusion_matrix"])
+    assert confusion.shape == (10, 10) and int(confusion.sum()) == saved["count"] == 359
+    assert saved["accuracy"] == pytest.approx(float(confusion.trace()) / 359)
+    for index, name in enumerate(saved["per_class"]):
+        row = saved["per_class"][name]
+        assert row["support"] == int(confusion[index].sum())
+        assert row["recall"] == pytest.approx(float(confusion[index, index]) / row["support"])
+    assert saved["top_k_accuracy"]["5"] >= saved["top_k_accuracy"]["1"] == saved["accuracy"]
 
 
 def test_predict_prints_top_k(capsys, digits_run: Path, digit_pngs) -> None:

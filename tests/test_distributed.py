@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import neuralab
 from neuralab import cli
+from neuralab.callbacks import Callback
 from neuralab.checkpoint import load_checkpoint, save_checkpoint
 from neuralab.data.augment import Augment
 from neuralab.data.dataset import Split
@@ -200,3 +201,41 @@ def test_two_processes_evaluate_every_test_example_once(runs: dict[str, Path]) -
     single = neuralab.evaluate(runs["two"])
     assert single["count"] == 359
     assert single["accuracy"] == pytest.approx(metrics["two"]["accuracy"])
+
+
+class Interrupt(Exception):
+    """Stands in for a crash after the first epoch's checkpoint was written."""
+
+
+class InterruptAfterFirstEpoch(Callback):
+    def on_epoch_end(self, trainer, logs: dict) -> None:
+        raise Interrupt
+
+
+def test_resume_under_two_processes_continues_a_one_process_run(tmp_path: Path) -> None:
+    """A run interrupted after epoch 1 of 2 is resumed by `neuralab train --resume RUN
+    --nproc 2`; it ends where an uninterrupted single-process run ends (up to the summation
+    order of two shards)."""
+    pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
+    two_epochs = [*DIGITS_MLP, "--epochs", "2"]
+    assert cli.main(["train", *two_epochs, "--out", str(tmp_path / "whole")]) == 0
+    args = cli.build_parser().parse_args(["train", *two_epochs, "--out", str(tmp_path / "cut")])
+    config = cli.resolve_train_config(args)
+    with pytest.raises(Interrupt):
+        neuralab.api.train_config(config, verbose=False, callbacks=[InterruptAfterFirstEpoch()])
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    launched = subprocess.run(
+        [sys.executable, "-m", "neuralab", "train", "--resume", str(tmp_path / "cut")]
+        + ["--nproc", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,  # seconds: a hung process group fails the test instead of the suite
+    )
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    assert "after epoch 1" in launched.stdout
+    whole = load_file(str(tmp_path / "whole" / "checkpoint" / "model.safetensors"))
+    resumed = load_file(str(tmp_path / "cut" / "checkpoint" / "model.safetensors"))
+    for name, value in whole.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-4, atol=1e-5)
+    history = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from neuralab.models import MODELS, TextSpec, build_model, model_input
-from neuralab.models.text import NgramBag
+from neuralab.models.text import NgramBag, RecurrentClassifier
 
 SPEC = TextSpec(vocab_size=50, num_classes=3, max_length=24)
 # Small sizes so every case runs in milliseconds.
@@ -203,3 +204,35 @@ def test_nb_alone_learns_and_embed_dim_zero_needs_nb() -> None:
         optimizer.step()
     assert model(ids).argmax(1).tolist() == labels.tolist()
     assert [name for name, _ in model.named_parameters()] == ["bias", "nb_weight.weight"]
+
+
+@pytest.mark.parametrize("pooling", ["max", "last"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_recurrent_layers_match_packed_bidirectional_pytorch(cell: str, pooling: str) -> None:
+    """Reference: our padded forward + in-place-reversed backward passes give the outputs of
+    PyTorch's own bidirectional RNN over packed sequences with the same weights."""
+    torch.manual_seed(0)
+    model = build_model(cell, SPEC, embed_dim=8, hidden=6, layers=2, pooling=pooling).eval()
+    reference = RecurrentClassifier.CELLS[cell](
+        8, 6, num_layers=2, bidirectional=True, batch_first=True
+    )
+    with torch.no_grad():
+        for layer in range(2):
+            for suffix, source in (("", model.forward_layers), ("_reverse", model.backward_layers)):
+                for name, value in source[layer].named_parameters():
+                    getattr(reference, name.replace("_l0", f"_l{layer}") + suffix).copy_(value)
+    ids = token_ids()[:3]  # lengths 12, 7, 1
+    lengths = (ids != 0).sum(1)
+    embedded = model.embedding(ids)
+    packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+    outputs, state = reference(packed)
+    expected, _ = pad_packed_sequence(outputs, batch_first=True)  # (B, T, 12)
+    if pooling == "max":
+        pooled_expected = expected.masked_fill(~(ids != 0).unsqueeze(2), float("-inf")).amax(1)
+    else:  # the last layer's final states, forward then backward: (B, 12)
+        final = state[0] if cell == "lstm" else state
+        pooled_expected = torch.cat([final[-2], final[-1]], dim=1)
+    ours = []
+    model.classifier.register_forward_hook(lambda m, inputs, out: ours.append(inputs[0]))
+    model(ids)
+    torch.testing.assert_close(ours[0], pooled_expected, rtol=1e-5, atol=1e-6)

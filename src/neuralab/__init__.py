@@ -6,9 +6,10 @@ Example:
     >>> neuralab.load(run.run_dir).predict(["digit.png"], top_k=3)
 """
 
-from neuralab.api import Run, evaluate, load, train
+from neuralab.api import Run, load, resume, train
 from neuralab.config import RunConfig, resolve_config
 from neuralab.data import DATASETS, load_dataset
+from neuralab.evaluation import evaluate
 from neuralab.models import MODELS, InputSpec, build_model
 from neuralab.predict import Predictor
 
@@ -24,6 +25,7 @@ __all__ = [
     "load",
     "load_dataset",
     "resolve_config",
+    "resume",
     "train",
 ]
 __version__ = "0.1.0"

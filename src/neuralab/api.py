@@ -6,30 +6,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from neuralab import distributed
-from neuralab.callbacks import PlainProgress, StopOnNonFinite
+from neuralab.callbacks import Callback, PlainProgress, StopOnNonFinite
+from neuralab.checkpoint import load_checkpoint, load_training_state
 from neuralab.config import RunConfig, dump_config, resolve_config
-from neuralab.data import ImageDataset, load_dataset
 from neuralab.data.dataset import PATH_KINDS
-from neuralab.data.loader import BatchLoader
 from neuralab.engine import Engine, choose_engine, choose_threads, cpu_model, pick_device
+from neuralab.evaluation import load_data
 from neuralab.imagerun import ImageInputs
 from neuralab.models import build_model
 from neuralab.optim import build_optimizer, build_scheduler
 from neuralab.predict import Predictor
-from neuralab.textrun import TextInputs, prepare_text, split_loader
+from neuralab.textrun import TextInputs, prepare_text
 from neuralab.tracking import RunWriter, write_text_atomic
 from neuralab.trainer import Trainer, make_loss, planned_steps
 from neuralab.trainer import evaluate as evaluate_loader
-
-if TYPE_CHECKING:
-    from neuralab.data import TextDataset
 
 Inputs = ImageInputs | TextInputs
 
@@ -63,6 +60,7 @@ def train(
     out: str | None = None,
     overrides: list[str] | None = None,
     verbose: bool = True,
+    callbacks: Sequence[Callback] = (),
 ) -> Run:
     """Train a model and write its run directory.
 
@@ -70,6 +68,7 @@ def train(
         recipe: a shipped recipe name (`neuralab recipes`) or a YAML path.
         data, model, epochs, batch_size, lr, seed, data_dir, out: shortcuts for config fields.
         overrides: `section.field=value` strings applied last.
+        callbacks: your own `neuralab.callbacks.Callback`s, called after the built-in ones.
 
     Example:
         >>> run = neuralab.train("mnist-lenet-classic", epochs=1)
@@ -89,7 +88,7 @@ def train(
             "out": out,
         },
     )
-    return train_config(config, verbose=verbose)
+    return train_config(config, verbose=verbose, callbacks=callbacks)
 
 
 def say(verbose: bool, text: str) -> None:
@@ -97,8 +96,72 @@ def say(verbose: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def train_config(config: RunConfig, verbose: bool = True) -> Run:
-    """Train from a validated RunConfig (what `train` and `neuralab train` call).
+def resume(run_dir: str | Path = "auto", verbose: bool = True) -> Run:
+    """Continue an interrupted run from its last checkpoint (the end of its last complete
+    epoch) with its own config: weights, optimizer, schedule, EMA, callbacks, epoch, step,
+    history, random state and engine (precision, layout, threads) are restored, so on CPU the
+    finished run equals one that was never interrupted, bit for bit (one process; under
+    torchrun, processes other than rank 0 restart their random streams from rank 0's).
+
+    `run_dir="auto"` picks the newest unfinished run under ./runs.
+
+    Example:
+        >>> neuralab.resume("runs/mnist-lenet-20261125-101500")  # doctest: +SKIP
+    """
+    folder = resumable_run(run_dir)
+    config = resolve_config(str(folder / "config.yaml"))
+    return train_config(config, verbose=verbose, resume_from=folder)
+
+
+def resumable_run(run_dir: str | Path) -> Path:
+    """The run directory to resume (`auto`: the newest unfinished one under ./runs), checked."""
+    folder = find_unfinished_run(Path("runs")) if str(run_dir) == "auto" else Path(run_dir)
+    check_resumable(folder)
+    return folder
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run directory was trained with (its config.yaml)."""
+    return resolve_config(str(resumable_run(run_dir) / "config.yaml"))
+
+
+def find_unfinished_run(parent: Path) -> Path:
+    """The most recently written run under `parent` that has a checkpoint but no metrics."""
+    candidates = [
+        folder
+        for folder in (parent.iterdir() if parent.is_dir() else [])
+        if (folder / "checkpoint").is_dir() and not (folder / "metrics.json").exists()
+    ]
+    if not candidates:
+        raise FileNotFoundError(
+            f"--resume auto: no unfinished run (checkpoint/ without metrics.json) under "
+            f"{parent.resolve()}; pass the run directory instead"
+        )
+    return max(candidates, key=lambda folder: (folder / "checkpoint").stat().st_mtime)
+
+
+def check_resumable(folder: Path) -> None:
+    if (folder / "metrics.json").exists():
+        raise FileExistsError(
+            f"{folder} is a finished run (it has metrics.json): there is nothing to resume. "
+            "Train again with a new --out to train more"
+        )
+    for needed in ("config.yaml", "checkpoint/training.json"):
+        if not (folder / needed).exists():
+            raise FileNotFoundError(
+                f"cannot resume {folder}: {folder / needed} is missing (a run can be resumed "
+                "once it has finished its first epoch)"
+            )
+
+
+def train_config(
+    config: RunConfig,
+    verbose: bool = True,
+    resume_from: Path | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> Run:
+    """Train from a validated RunConfig (what `train` and `neuralab train` call); with
+    `resume_from`, continue that run directory's interrupted training (see `resume`).
 
     Under torchrun (WORLD_SIZE > 1) every process calls this: it joins the process group,
     trains its shard of each global batch with DistributedDataParallel and leaves the group;
@@ -112,12 +175,19 @@ def train_config(config: RunConfig, verbose: bool = True) -> Run:
     threads = torch.get_num_threads()
     try:
         with distributed.process_group(device) as device:
-            return train_on_device(config, device, verbose and distributed.is_main_process())
+            verbose = verbose and distributed.is_main_process()
+            return train_on_device(config, device, verbose, resume_from, callbacks)
     finally:
         torch.set_num_threads(threads)  # the run's thread choice does not outlive it
 
 
-def train_on_device(config: RunConfig, device: torch.device, verbose: bool) -> Run:
+def train_on_device(
+    config: RunConfig,
+    device: torch.device,
+    verbose: bool,
+    resume_from: Path | None = None,
+    extra_callbacks: Sequence[Callback] = (),
+) -> Run:
     """The body of `train_config` for this process, once it knows its device."""
     settings = config.train
     if settings.threads:
@@ -135,10 +205,15 @@ def train_on_device(config: RunConfig, device: torch.device, verbose: bool) -> R
         f"{sum(p.numel() for p in model.parameters()):,} parameters",
     )
     say(verbose, describe_batch(settings.batch_size, settings.grad_accumulation))
-    # Only once data and model are known to be good; rank 0 names it for every process.
-    run_dir = distributed.on_main_process(prepare_run_dir, config)
-    inputs.initialise(model, device)
-    engine = agreed_engine(model, inputs, config, device)
+    if resume_from is not None:
+        run_dir = resume_from
+        weights, meta = load_checkpoint(run_dir / "checkpoint")
+        engine = resumed_engine(meta, device)
+    else:
+        # Only once data and model are known to be good; rank 0 names it for every process.
+        run_dir = distributed.on_main_process(prepare_run_dir, config)
+        inputs.initialise(model, device)
+        engine = agreed_engine(model, inputs, config, device)
     say(verbose, f"engine {engine.describe()}; {torch.get_num_threads()} threads on {cpu_model()}")
     loaders = inputs.loaders(config, engine)
     model = distribute_model(model, engine, settings.sync_bn)
@@ -147,8 +222,9 @@ def train_on_device(config: RunConfig, device: torch.device, verbose: bool) -> R
     scheduler = build_scheduler(
         optimizer, config.schedule, steps_per_epoch, planned_steps(settings.epochs, steps_per_epoch)
     )
-    writer = RunWriter(run_dir, inputs.meta(config, engine), inputs.files())
-    callbacks = [StopOnNonFinite(), writer]
+    meta = {**inputs.meta(config, engine), "engine_choice": engine_choice(engine)}
+    writer = RunWriter(run_dir, meta, inputs.files())
+    callbacks = [StopOnNonFinite(), writer, *extra_callbacks]
     if verbose:
         callbacks.insert(0, PlainProgress())
     trainer = Trainer(
@@ -162,6 +238,9 @@ def train_on_device(config: RunConfig, device: torch.device, verbose: bool) -> R
         ema_decay=settings.ema_decay,
         grad_accumulation=settings.grad_accumulation,
     )
+    if resume_from is not None:
+        trainer.load_state_dict(load_training_state(run_dir / "checkpoint"), weights)
+        say(verbose, f"resume {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
     start = time.perf_counter()
     history = trainer.fit(loaders["train"], settings.epochs, loaders.get("val"))
     train_seconds = time.perf_counter() - start
@@ -212,6 +291,24 @@ def agreed_engine(
     return dataclasses.replace(engine, device=device)
 
 
+def engine_choice(engine: Engine) -> dict:
+    """What a resumed run needs to run exactly as before (stored in the checkpoint's meta)."""
+    return {
+        "precision": "bf16" if engine.autocast_dtype == torch.bfloat16 else "fp32",
+        "channels_last": engine.channels_last,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def resumed_engine(meta: dict, device: torch.device) -> Engine:
+    """The interrupted run's engine, not a new timing: another choice of precision, layout or
+    thread count would change the arithmetic and the resumed result."""
+    choice = meta["engine_choice"]
+    torch.set_num_threads(choice["threads"])
+    dtype = torch.bfloat16 if choice["precision"] == "bf16" else None
+    return Engine(device, dtype, choice["channels_last"], "as before the interruption")
+
+
 def distribute_model(model: torch.nn.Module, engine: Engine, sync_bn: bool) -> torch.nn.Module:
     """Under torchrun, the model wrapped in DistributedDataParallel (see distributed.wrap_model);
     the memory format is set first, because DDP lays out its gradient buckets when it wraps."""
@@ -229,17 +326,6 @@ def absolute_paths(config: RunConfig) -> RunConfig:
     if config.data.data_dir:
         config.data.data_dir = str(Path(config.data.data_dir).expanduser().resolve())
     return config
-
-
-def load_data(config: RunConfig) -> ImageDataset | TextDataset:
-    return load_dataset(
-        config.data.name,
-        config.data.data_dir,
-        config.data.download,
-        config.data.val_split,
-        config.train.seed,
-        **config.data.options,
-    )
 
 
 def prepare_run_dir(config: RunConfig) -> Path:
@@ -272,41 +358,6 @@ def pick_engine(
         _, note = choose_threads(model, batch, labels, Engine(device, None, False, ""))
     engine = choose_engine(model, batch, labels, device, settings.precision, settings.channels_last)
     return dataclasses.replace(engine, reason=f"{engine.reason}; {note}") if note else engine
-
-
-def evaluate(
-    run_dir: str | Path, data: str | None = None, data_dir: str | None = None, verbose: bool = False
-) -> dict:
-    """Evaluate a saved run on the test split of its dataset (or of `data`).
-
-    Returns {"accuracy", "loss", "count", "dataset"}.
-    """
-    predictor = Predictor.load(run_dir)
-    raw = predictor.meta["config"]
-    config = RunConfig.model_validate(raw)
-    if data:
-        config.data.name = data
-    if data_dir:
-        config.data.data_dir = data_dir
-    dataset = load_data(config)
-    predictor.check_classes(dataset.classes, dataset.name)
-    if predictor.tokenizer is not None:
-        size = config.train.eval_batch_size
-        loader = split_loader(dataset.test, predictor.tokenizer, size, predictor.device)
-        metrics = evaluate_loader(predictor.model, loader, make_loss(config.train.loss))
-        return {**metrics, "dataset": dataset.name}
-    prep = predictor.meta["preprocessing"]
-    loader = BatchLoader(
-        dataset.test,
-        config.train.eval_batch_size,
-        tuple(prep["mean"]),
-        tuple(prep["std"]),
-        device=predictor.device,
-    )
-    metrics = evaluate_loader(
-        predictor.model, loader, make_loss(config.train.loss), tta=predictor.meta.get("tta", False)
-    )
-    return {**metrics, "dataset": dataset.name}
 
 
 def load(run_dir: str | Path) -> Predictor:

@@ -15,6 +15,9 @@ class Callback:
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 
+    def on_step_end(self, trainer: Trainer) -> None:
+        """After every optimizer step (`trainer.step` counts them); keep it cheap."""
+
     def on_epoch_end(self, trainer: Trainer, logs: dict) -> None: ...
 
     def on_fit_end(self, trainer: Trainer) -> None: ...

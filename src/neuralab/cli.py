@@ -12,9 +12,18 @@ from collections.abc import Sequence
 
 from neuralab import api, distributed
 from neuralab.checkpoint import CheckpointError
-from neuralab.config import ConfigError, TrainConfig, read_recipe, recipe_names, resolve_config
+from neuralab.config import (
+    ConfigError,
+    RunConfig,
+    TrainConfig,
+    read_recipe,
+    recipe_names,
+    resolve_config,
+)
 from neuralab.data import DATASETS, DataError
 from neuralab.engine import pick_device
+from neuralab.evaluation import evaluate, format_confusion, report_path
+from neuralab.metrics import format_report
 from neuralab.models import MODELS
 from neuralab.registry import UnknownNameError
 
@@ -25,6 +34,7 @@ USER_ERRORS = (
     UnknownNameError,
     CheckpointError,
     FileExistsError,
+    FileNotFoundError,
     api.TrainingStopped,
     TypeError,
     ValueError,
@@ -63,6 +73,12 @@ def add_train(commands) -> None:
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved config and exit without training"
+    )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue an interrupted run from its last checkpoint, with its own config "
+        "(`auto`: the newest unfinished run under ./runs); takes no other config flags",
     )
     parser.add_argument(
         "--nproc",
@@ -111,8 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_train(args: argparse.Namespace) -> int:
-    config = resolve_config(
+CONFIG_FLAGS = ("recipe", "data", "model", "epochs", "batch_size", "lr", "seed", "data_dir", "out")
+
+
+def resolve_train_config(args: argparse.Namespace) -> RunConfig:
+    """The config of `neuralab train ARGS`: recipe ← flags ← --set."""
+    return resolve_config(
         args.recipe,
         args.overrides,
         **{
@@ -126,6 +146,22 @@ def run_train(args: argparse.Namespace) -> int:
             "out": args.out,
         },
     )
+
+
+def run_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        given = [f"--{f.replace('_', '-')}" for f in CONFIG_FLAGS if getattr(args, f) is not None]
+        given += ["--set"] * bool(args.overrides) + ["--dry-run"] * args.dry_run
+        if given:
+            raise ValueError(
+                f"--resume continues a run exactly as it was configured; {', '.join(given)} "
+                "would change it. Drop them, or start a new run without --resume"
+            )
+        if args.nproc is not None and args.nproc > 1:
+            return launch_torchrun(args.nproc, args.argv, api.read_run_config(args.resume).train)
+        api.resume(args.resume)
+        return 0
+    config = resolve_train_config(args)
     if args.dry_run:
         from neuralab.config import dump_config
 
@@ -167,14 +203,15 @@ def launch_torchrun(processes: int, argv: Sequence[str], settings: TrainConfig) 
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    metrics = api.evaluate(args.run_dir, data=args.data, data_dir=args.data_dir)
+    report = evaluate(args.run_dir, data=args.data, data_dir=args.data_dir)
     if args.json:
-        print(json.dumps(metrics))
-    else:
-        print(
-            f"{metrics['dataset']} test: accuracy {metrics['accuracy']:.2%} · "
-            f"loss {metrics['loss']:.4f} · {metrics['count']} examples"
-        )
+        print(json.dumps(report))
+        return 0
+    classes = list(report["per_class"])
+    print(f"{report['dataset']} test: {report['count']} examples")
+    print(format_report(report, classes))
+    print(format_confusion(report, classes))
+    print(f"saved {report_path(args.run_dir, args.data)}")
     return 0
 
 

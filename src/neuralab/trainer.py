@@ -122,6 +122,7 @@ class Trainer:
         for images, labels in loader:
             if self.step >= total_steps:
                 break
+            lr = self.optimizer.param_groups[0]["lr"]  # logged: the epoch's last step's rate
             batch_loss, batch_correct = self.train_step(images, labels)
             if self.scheduler is not None:
                 self.scheduler.step()
@@ -131,6 +132,8 @@ class Trainer:
             correct += batch_correct
             count += len(labels)
             self.step += 1
+            for callback in self.callbacks:
+                callback.on_step_end(self)
         loss_total, correct_total, count = sum_over_shards(
             loader, [loss_sum.item(), correct.item(), count]
         )
@@ -188,7 +191,8 @@ class Trainer:
         return evaluate(self.eval_model, loader, self.loss_fn, self.autocast_dtype, tta)
 
     def state_dict(self) -> dict:
-        """Everything beyond the weights that resuming needs."""
+        """Everything beyond the saved weights that resuming needs. The checkpoint's weights
+        are `eval_model`'s; with EMA those are the average, so the trained weights go here."""
         return {
             "epoch": self.epoch,
             "step": self.step,
@@ -196,9 +200,25 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "callbacks": [c.state_dict() for c in self.callbacks],
+            "model": local_module(self.model).state_dict() if self.ema is not None else None,
+            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
             "rng": torch.get_rng_state(),
         }
+
+    def load_state_dict(self, state: dict, weights: dict[str, torch.Tensor]) -> None:
+        """Continue where `state_dict()` was taken: `weights` are the checkpoint's model
+        weights. The random state is restored too, so call this last, right before `fit`."""
+        model = local_module(self.model)
+        model.load_state_dict(state["model"] if state.get("model") is not None else weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        for callback in self.callbacks:  # by class name: progress printers may come and go
+            callback.load_state_dict(state["callbacks"].get(type(callback).__name__, {}))
+        self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
+        torch.set_rng_state(state["rng"])
 
 
 def sum_over_shards(loader: Iterable, values: Sequence[float]) -> list[float]:
