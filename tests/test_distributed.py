@@ -19,8 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import neuralab
 from neuralab import cli
-from neuralab.callbacks import Callback
 from neuralab.checkpoint import load_checkpoint, save_checkpoint
+from neuralab.config import dump_config
 from neuralab.data.augment import Augment
 from neuralab.data.dataset import Split
 from neuralab.data.loader import BatchLoader
@@ -203,35 +203,62 @@ def test_two_processes_evaluate_every_test_example_once(runs: dict[str, Path]) -
     assert single["accuracy"] == pytest.approx(metrics["two"]["accuracy"])
 
 
-class Interrupt(Exception):
-    """Stands in for a crash after the first epoch's checkpoint was written."""
+INTERRUPTED_UNDER_TORCHRUN = """
+import sys
+import neuralab
+from neuralab.callbacks import Callback
 
 
 class InterruptAfterFirstEpoch(Callback):
-    def on_epoch_end(self, trainer, logs: dict) -> None:
-        raise Interrupt
+    def on_epoch_end(self, trainer, logs):
+        raise KeyboardInterrupt  # every process, after epoch 1's checkpoint was written
 
 
-def test_resume_under_two_processes_continues_a_one_process_run(tmp_path: Path) -> None:
-    """A run interrupted after epoch 1 of 2 is resumed by `neuralab train --resume RUN
-    --nproc 2`; it ends where an uninterrupted single-process run ends (up to the summation
-    order of two shards)."""
+try:
+    neuralab.api.train_config(
+        neuralab.resolve_config(sys.argv[1]), verbose=False, callbacks=[InterruptAfterFirstEpoch()]
+    )
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_resume_under_two_processes_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    """2 processes interrupted after epoch 1 of 2, resumed by `neuralab train --resume RUN
+    --nproc 2` (the same world size), end where an uninterrupted single-process run ends (up
+    to the summation order of two shards)."""
     pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
     two_epochs = [*DIGITS_MLP, "--epochs", "2"]
     assert cli.main(["train", *two_epochs, "--out", str(tmp_path / "whole")]) == 0
     args = cli.build_parser().parse_args(["train", *two_epochs, "--out", str(tmp_path / "cut")])
-    config = cli.resolve_train_config(args)
-    with pytest.raises(Interrupt):
-        neuralab.api.train_config(config, verbose=False, callbacks=[InterruptAfterFirstEpoch()])
-    assert not (tmp_path / "cut" / "metrics.json").exists()
-    launched = subprocess.run(
-        [sys.executable, "-m", "neuralab", "train", "--resume", str(tmp_path / "cut")]
-        + ["--nproc", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,  # seconds: a hung process group fails the test instead of the suite
-    )
-    assert launched.returncode == 0, launched.stdout + launched.stderr
+    recipe = tmp_path / "cut.yaml"
+    recipe.write_text(dump_config(cli.resolve_train_config(args)))
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_UNDER_TORCHRUN)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    for command in (
+        [*torchrun, "--nproc-per-node", "2", str(script), str(recipe)],
+        [
+            sys.executable,
+            "-m",
+            "neuralab",
+            "train",
+            "--resume",
+            str(tmp_path / "cut"),
+            "--nproc",
+            "2",
+        ],
+    ):
+        launched = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=300,  # seconds: a hung process group fails the test instead of the suite
+        )
+        assert launched.returncode == 0, launched.stdout + launched.stderr
+        if command[-1] == str(recipe):
+            assert launched.stdout.count("interrupted") == 2
+            assert not (tmp_path / "cut" / "metrics.json").exists()
     assert "after epoch 1" in launched.stdout
     whole = load_file(str(tmp_path / "whole" / "checkpoint" / "model.safetensors"))
     resumed = load_file(str(tmp_path / "cut" / "checkpoint" / "model.safetensors"))

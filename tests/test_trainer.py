@@ -227,5 +227,5 @@ def test_state_dict_holds_what_resuming_needs() -> None:
     state = trainer.state_dict()
     assert (state["epoch"], state["step"], len(state["history"])) == (1, 8, 1)
     assert state["optimizer"]["state"]  # momentum buffers
-    assert state["callbacks"] == [{}]
+    assert state["callbacks"] == {"StopOnNonFinite": {}}
     assert state["rng"].dtype == torch.uint8

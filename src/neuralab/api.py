@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from neuralab import distributed
-from neuralab.callbacks import Callback, PlainProgress, StopOnNonFinite
+from neuralab.callbacks import Callback, EarlyStopping, PlainProgress, StopOnNonFinite
 from neuralab.checkpoint import load_checkpoint, load_training_state
 from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data.dataset import PATH_KINDS
@@ -24,7 +24,7 @@ from neuralab.models import build_model
 from neuralab.optim import build_optimizer, build_scheduler
 from neuralab.predict import Predictor
 from neuralab.textrun import TextInputs, prepare_text
-from neuralab.tracking import RunWriter, write_text_atomic
+from neuralab.tracking import BestCheckpoint, RunWriter, write_text_atomic
 from neuralab.trainer import Trainer, make_loss, planned_steps
 from neuralab.trainer import evaluate as evaluate_loader
 
@@ -205,6 +205,7 @@ def train_on_device(
         f"{sum(p.numel() for p in model.parameters()):,} parameters",
     )
     say(verbose, describe_batch(settings.batch_size, settings.grad_accumulation))
+    check_monitor(config, dataset.val is not None)
     if resume_from is not None:
         run_dir = resume_from
         weights, meta = load_checkpoint(run_dir / "checkpoint")
@@ -223,10 +224,13 @@ def train_on_device(
         optimizer, config.schedule, steps_per_epoch, planned_steps(settings.epochs, steps_per_epoch)
     )
     meta = {**inputs.meta(config, engine), "engine_choice": engine_choice(engine)}
-    writer = RunWriter(run_dir, meta, inputs.files())
-    callbacks = [StopOnNonFinite(), writer, *extra_callbacks]
-    if verbose:
-        callbacks.insert(0, PlainProgress())
+    callbacks = [
+        *([PlainProgress()] if verbose else []),
+        StopOnNonFinite(),
+        *monitor_callbacks(config, "val" in loaders, run_dir, meta, inputs.files()),
+        RunWriter(run_dir, meta, inputs.files()),
+        *extra_callbacks,
+    ]
     trainer = Trainer(
         model,
         optimizer,
@@ -244,11 +248,15 @@ def train_on_device(
     start = time.perf_counter()
     history = trainer.fit(loaders["train"], settings.epochs, loaders.get("val"))
     train_seconds = time.perf_counter() - start
-    if trainer.should_stop:
+    if trainer.failed:
         raise TrainingStopped(
             f"training stopped: {trainer.stop_reason}. The run directory "
             f"{run_dir} keeps the last complete epoch's checkpoint."
         )
+    if trainer.stop_reason:
+        say(verbose, f"stop   {trainer.stop_reason}")
+    if trainer.restored_epoch is not None:
+        say(verbose, f"best   weights of epoch {trainer.restored_epoch} restored")
     # Final metrics in fp32, exactly as `neuralab evaluate` and `predict` compute them.
     metrics = evaluate_loader(
         trainer.eval_model, loaders["test"], make_loss(settings.loss), tta=settings.tta
@@ -289,6 +297,30 @@ def agreed_engine(
     needs the same memory format (and precision, for identical numerics) everywhere."""
     engine = distributed.on_main_process(pick_engine, model, inputs, config, device)
     return dataclasses.replace(engine, device=device)
+
+
+def check_monitor(config: RunConfig, has_val: bool) -> None:
+    """Before anything is written: early stopping needs validation metrics."""
+    if config.monitor.early_stopping and not has_val:
+        raise ValueError(
+            f"monitor.early_stopping watches {config.monitor.metric}, but this run has no "
+            "validation split. Fix: set data.val_split (e.g. --set data.val_split=0.1)"
+        )
+
+
+def monitor_callbacks(
+    config: RunConfig, has_val: bool, run_dir: Path, meta: dict, files: dict | None
+) -> list[Callback]:
+    """Early stopping (before the RunWriter, see EarlyStopping) and the best checkpoint."""
+    monitor = config.monitor
+    callbacks: list[Callback] = []
+    if monitor.early_stopping:
+        callbacks.append(
+            EarlyStopping(monitor.metric, monitor.patience, monitor.min_delta, monitor.restore_best)
+        )
+    if monitor.keep_best and has_val:
+        callbacks.append(BestCheckpoint(run_dir, monitor.metric, meta, files, monitor.min_delta))
+    return callbacks
 
 
 def engine_choice(engine: Engine) -> dict:

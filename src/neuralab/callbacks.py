@@ -56,4 +56,90 @@ class StopOnNonFinite(Callback):
                 f"{logs['epoch']} (step {trainer.step}); lower the learning "
                 "rate or set train.grad_clip"
             )
+            trainer.should_stop = trainer.failed = True
+
+
+class MetricWatch:
+    """Whether a logged metric improved: loss-like names must fall, the others (accuracy) rise,
+    by more than `min_delta`."""
+
+    def __init__(self, metric: str, min_delta: float = 0.0) -> None:
+        self.metric, self.min_delta = metric, min_delta
+        self.lower_is_better = "loss" in metric
+        self.best: float | None = None
+        self.best_epoch = 0
+
+    def value(self, logs: dict) -> float:
+        if logs.get(self.metric) is None:
+            raise ValueError(
+                f"monitor.metric {self.metric!r} is not in this run's history (it has "
+                f"{', '.join(k for k, v in logs.items() if v is not None)}); validation metrics "
+                "need a validation split: set data.val_split, e.g. 0.1"
+            )
+        return float(logs[self.metric])
+
+    def update(self, logs: dict) -> bool:
+        """Record this epoch's value; True when it is the best so far."""
+        value = self.value(logs)
+        if self.best is None:
+            improved = True
+        elif self.lower_is_better:
+            improved = value < self.best - self.min_delta
+        else:
+            improved = value > self.best + self.min_delta
+        if improved:
+            self.best, self.best_epoch = value, logs["epoch"]
+        return improved
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+
+
+class EarlyStopping(Callback):
+    """Stop when `metric` has not improved by more than `min_delta` for `patience` epochs; with
+    `restore_best`, end with the best epoch's weights (kept in memory, and in the resume state).
+
+    Place it before the RunWriter: its state must be current when the checkpoint is written,
+    and the restored weights must be in place when the run writes its final checkpoint.
+    """
+
+    def __init__(
+        self, metric: str, patience: int, min_delta: float = 0.0, restore_best: bool = True
+    ) -> None:
+        self.watch = MetricWatch(metric, min_delta)
+        self.patience, self.restore_best = patience, restore_best
+        self.waited = 0
+        self.best_weights: dict | None = None
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
+        if self.watch.update(logs):
+            self.waited = 0
+            if self.restore_best:
+                weights = trainer.eval_model.state_dict()
+                self.best_weights = {k: v.detach().clone().cpu() for k, v in weights.items()}
+            return
+        self.waited += 1
+        if self.waited >= self.patience:
             trainer.should_stop = True
+            trainer.stop_reason = (
+                f"early stopping after epoch {logs['epoch']}: {self.watch.metric} did not "
+                f"improve for {self.patience} epochs (best {self.watch.best:.4g} at epoch "
+                f"{self.watch.best_epoch})"
+            )
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.restore_best and self.best_weights is not None:
+            if self.watch.best_epoch != trainer.epoch:
+                trainer.eval_model.load_state_dict(self.best_weights)
+                trainer.restored_epoch = self.watch.best_epoch
+
+    def state_dict(self) -> dict:
+        return {**self.watch.state_dict(), "waited": self.waited, "weights": self.best_weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self.watch.load_state_dict(state)
+            self.waited, self.best_weights = state["waited"], state["weights"]

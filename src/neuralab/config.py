@@ -98,6 +98,18 @@ class TrainConfig(Section):
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
+class MonitorConfig(Section):
+    """Watching a validation metric (runs with a validation split, e.g. data.val_split=0.1):
+    `<run>/best/` keeps the best epoch's weights, and early stopping can end the run."""
+
+    metric: Literal["val_loss", "val_accuracy"] = "val_loss"
+    early_stopping: bool = False
+    patience: int = Field(3, ge=1)  # epochs without improvement before stopping
+    min_delta: float = Field(0.0, ge=0.0)  # smaller changes do not count as improvement
+    restore_best: bool = True  # early stopping ends with the best epoch's weights
+    keep_best: bool = True  # write <run>/best/ whenever the metric improves
+
+
 class RunConfig(Section):
     """Everything that defines a run. `neuralab train --set train.epochs=3` edits one field."""
 
@@ -109,6 +121,7 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     out: str | None = None  # run directory; None: runs/<dataset>-<model>-<time>
 
 

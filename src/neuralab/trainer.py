@@ -72,6 +72,8 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.epoch, self.step, self.history = 0, 0, []
         self.planned_epochs, self.should_stop, self.stop_reason = 0, False, ""
+        self.failed = False  # stopped because training went wrong (not, e.g., early stopping)
+        self.restored_epoch: int | None = None  # set when a callback restored earlier weights
 
     def autocast(self) -> torch.autocast:
         dtype = self.autocast_dtype or torch.bfloat16

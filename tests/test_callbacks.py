@@ -1,0 +1,111 @@
+"""Early stopping and the best checkpoint: unit behaviour, and end to end on digits."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+import neuralab
+from neuralab.callbacks import EarlyStopping, MetricWatch
+
+
+def fake_trainer() -> SimpleNamespace:
+    model = nn.Linear(2, 2)
+    return SimpleNamespace(
+        eval_model=model, should_stop=False, stop_reason="", epoch=0, restored_epoch=None
+    )
+
+
+def test_early_stopping_waits_patience_epochs_and_restores_the_best() -> None:
+    trainer = fake_trainer()
+    stopper = EarlyStopping("val_loss", patience=2)
+    best = None
+    for epoch, loss in enumerate([1.0, 0.9, 0.95, 0.96, 0.5], start=1):
+        with torch.no_grad():
+            trainer.eval_model.weight.fill_(epoch)  # weights name their epoch
+        trainer.epoch = epoch
+        stopper.on_epoch_end(trainer, {"epoch": epoch, "val_loss": loss})
+        if epoch == 2:
+            best = trainer.eval_model.weight.clone()
+        if trainer.should_stop:
+            break
+    assert trainer.epoch == 4 and "did not improve for 2 epochs" in trainer.stop_reason
+    assert "best 0.9 at epoch 2" in trainer.stop_reason
+    stopper.on_fit_end(trainer)
+    assert trainer.restored_epoch == 2
+    assert torch.equal(trainer.eval_model.weight, best)
+
+
+def test_accuracy_must_rise_loss_must_fall_by_more_than_min_delta() -> None:
+    accuracy = MetricWatch("val_accuracy", min_delta=0.01)
+    assert accuracy.update({"epoch": 1, "val_accuracy": 0.5})
+    assert not accuracy.update({"epoch": 2, "val_accuracy": 0.505})
+    assert accuracy.update({"epoch": 3, "val_accuracy": 0.52}) and accuracy.best_epoch == 3
+    loss = MetricWatch("val_loss")
+    assert loss.update({"epoch": 1, "val_loss": 1.0})
+    assert not loss.update({"epoch": 2, "val_loss": 1.0})
+    with pytest.raises(ValueError, match="set data.val_split"):
+        loss.update({"epoch": 3, "val_loss": None, "train_loss": 0.3})
+
+
+def test_early_stopping_state_round_trips() -> None:
+    trainer = fake_trainer()
+    stopper = EarlyStopping("val_loss", patience=3)
+    stopper.on_epoch_end(trainer, {"epoch": 1, "val_loss": 0.7})
+    stopper.on_epoch_end(trainer, {"epoch": 2, "val_loss": 0.8})
+    copy = EarlyStopping("val_loss", patience=3)
+    copy.load_state_dict(stopper.state_dict())
+    assert (copy.waited, copy.watch.best, copy.watch.best_epoch) == (1, 0.7, 1)
+    assert torch.equal(copy.best_weights["weight"], stopper.best_weights["weight"])
+
+
+DIGITS = {"data": "digits", "model": "mlp", "epochs": 6, "batch_size": 64, "verbose": False}
+
+
+def test_early_stopping_run_ends_with_the_best_epochs_weights(tmp_path: Path) -> None:
+    """min_delta so large that no later epoch counts as better: the run stops after
+    1 + patience epochs and its final checkpoint, best/ and metrics are epoch 1's."""
+    pytest.importorskip("sklearn")
+    overrides = [
+        "data.val_split=0.2",
+        "monitor.early_stopping=true",
+        "monitor.patience=2",
+        "monitor.min_delta=100",
+        "train.threads=1",
+    ]
+    run = neuralab.train(**DIGITS, out=str(tmp_path / "run"), overrides=overrides)
+    assert [row["epoch"] for row in run.history] == [1, 2, 3]
+    final = load_file(tmp_path / "run" / "checkpoint" / "model.safetensors")
+    best = load_file(tmp_path / "run" / "best" / "model.safetensors")
+    assert all(torch.equal(final[name], best[name]) for name in best)
+    best_meta = json.loads((tmp_path / "run" / "best" / "meta.json").read_text())
+    assert best_meta["epoch"] == 1 and best_meta["best"]["metric"] == "val_loss"
+    final_meta = json.loads((tmp_path / "run" / "checkpoint" / "meta.json").read_text())
+    assert final_meta["weights_from_epoch"] == 1 and final_meta["epoch"] == 3
+    assert neuralab.evaluate(run.run_dir)["accuracy"] == run.metrics["accuracy"]
+
+
+def test_best_checkpoint_follows_the_metric_without_early_stopping(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    overrides = ["data.val_split=0.2", "monitor.metric=val_accuracy", "train.threads=1"]
+    run = neuralab.train(**DIGITS, out=str(tmp_path / "run"), overrides=overrides)
+    assert len(run.history) == 6  # no early stopping: every epoch ran
+    best_epoch = max(run.history, key=lambda row: row["val_accuracy"])["epoch"]
+    meta = json.loads((tmp_path / "run" / "best" / "meta.json").read_text())
+    assert meta["epoch"] == best_epoch
+    assert meta["best"]["value"] == max(row["val_accuracy"] for row in run.history)
+
+
+def test_early_stopping_without_validation_fails_before_writing(tmp_path: Path) -> None:
+    pytest.importorskip("sklearn")
+    with pytest.raises(ValueError, match="no validation split"):
+        neuralab.train(
+            **DIGITS, out=str(tmp_path / "run"), overrides=["monitor.early_stopping=true"]
+        )
+    assert not (tmp_path / "run").exists()
