@@ -109,3 +109,35 @@ def test_early_stopping_without_validation_fails_before_writing(tmp_path: Path) 
             **DIGITS, out=str(tmp_path / "run"), overrides=["monitor.early_stopping=true"]
         )
     assert not (tmp_path / "run").exists()
+
+
+def test_bar_progress_draws_steps_and_leaves_one_line_per_epoch(tmp_path: Path) -> None:
+    """The rich bar on a (recorded) terminal: live status while training, then each epoch's
+    summary line, the same text PlainProgress writes to log files."""
+    pytest.importorskip("sklearn")
+    from rich.console import Console
+
+    from neuralab.callbacks import BarProgress
+
+    console = Console(record=True, force_terminal=True, width=120)
+    bar = BarProgress(console=console, refresh_per_second=1e6)  # refresh on every step
+    neuralab.train(
+        **{**DIGITS, "epochs": 2},
+        out=str(tmp_path / "run"),
+        overrides=["train.threads=1"],
+        callbacks=[bar],
+    )
+    text = console.export_text()
+    assert text.count("epoch   1/2 · train loss") == 1 and text.count("epoch   2/2 · train") == 1
+    assert "examples/s" in text
+
+
+def test_progress_modes(capsys: pytest.CaptureFixture) -> None:
+    from neuralab.callbacks import BarProgress, PlainProgress, progress_callbacks
+
+    assert progress_callbacks("none") == []
+    assert isinstance(progress_callbacks("plain")[0], PlainProgress)
+    assert isinstance(progress_callbacks("bar")[0], BarProgress)
+    assert isinstance(progress_callbacks("auto")[0], PlainProgress)  # pytest's stdout: no TTY
+    with pytest.raises(ValueError, match="valid: auto, bar, plain, none"):
+        progress_callbacks("fancy")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from neuralab import distributed
-from neuralab.callbacks import Callback, EarlyStopping, PlainProgress, StopOnNonFinite
+from neuralab.callbacks import Callback, EarlyStopping, StopOnNonFinite, progress_callbacks
 from neuralab.checkpoint import load_checkpoint, load_training_state
 from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data.dataset import PATH_KINDS
@@ -61,6 +61,7 @@ def train(
     overrides: list[str] | None = None,
     verbose: bool = True,
     callbacks: Sequence[Callback] = (),
+    progress: str = "auto",
 ) -> Run:
     """Train a model and write its run directory.
 
@@ -69,6 +70,8 @@ def train(
         data, model, epochs, batch_size, lr, seed, data_dir, out: shortcuts for config fields.
         overrides: `section.field=value` strings applied last.
         callbacks: your own `neuralab.callbacks.Callback`s, called after the built-in ones.
+        progress: auto (a live bar in a terminal, else a line per epoch), bar, plain or none;
+            `verbose=False` prints nothing at all.
 
     Example:
         >>> run = neuralab.train("mnist-lenet-classic", epochs=1)
@@ -88,7 +91,7 @@ def train(
             "out": out,
         },
     )
-    return train_config(config, verbose=verbose, callbacks=callbacks)
+    return train_config(config, verbose=verbose, callbacks=callbacks, progress=progress)
 
 
 def say(verbose: bool, text: str) -> None:
@@ -96,7 +99,7 @@ def say(verbose: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def resume(run_dir: str | Path = "auto", verbose: bool = True) -> Run:
+def resume(run_dir: str | Path = "auto", verbose: bool = True, progress: str = "auto") -> Run:
     """Continue an interrupted run from its last checkpoint (the end of its last complete
     epoch) with its own config: weights, optimizer, schedule, EMA, callbacks, epoch, step,
     history, random state and engine (precision, layout, threads) are restored, so on CPU the
@@ -110,7 +113,7 @@ def resume(run_dir: str | Path = "auto", verbose: bool = True) -> Run:
     """
     folder = resumable_run(run_dir)
     config = resolve_config(str(folder / "config.yaml"))
-    return train_config(config, verbose=verbose, resume_from=folder)
+    return train_config(config, verbose=verbose, resume_from=folder, progress=progress)
 
 
 def resumable_run(run_dir: str | Path) -> Path:
@@ -159,6 +162,7 @@ def train_config(
     verbose: bool = True,
     resume_from: Path | None = None,
     callbacks: Sequence[Callback] = (),
+    progress: str = "auto",
 ) -> Run:
     """Train from a validated RunConfig (what `train` and `neuralab train` call); with
     `resume_from`, continue that run directory's interrupted training (see `resume`).
@@ -176,7 +180,8 @@ def train_config(
     try:
         with distributed.process_group(device) as device:
             verbose = verbose and distributed.is_main_process()
-            return train_on_device(config, device, verbose, resume_from, callbacks)
+            shown = progress_callbacks(progress) if verbose else []
+            return train_on_device(config, device, verbose, resume_from, [*shown, *callbacks])
     finally:
         torch.set_num_threads(threads)  # the run's thread choice does not outlive it
 
@@ -225,11 +230,10 @@ def train_on_device(
     )
     meta = {**inputs.meta(config, engine), "engine_choice": engine_choice(engine)}
     callbacks = [
-        *([PlainProgress()] if verbose else []),
         StopOnNonFinite(),
         *monitor_callbacks(config, "val" in loaders, run_dir, meta, inputs.files()),
         RunWriter(run_dir, meta, inputs.files()),
-        *extra_callbacks,
+        *extra_callbacks,  # progress displays first among them: they print the epoch's line
     ]
     trainer = Trainer(
         model,

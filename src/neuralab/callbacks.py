@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -14,6 +15,8 @@ class Callback:
     """Override what you need; every hook receives the trainer."""
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
+
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
 
     def on_step_end(self, trainer: Trainer) -> None:
         """After every optimizer step (`trainer.step` counts them); keep it cheap."""
@@ -28,6 +31,19 @@ class Callback:
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def epoch_line(trainer: Trainer, logs: dict) -> str:
+    """The one-line summary of an epoch that both progress displays print."""
+    parts = [
+        f"epoch {logs['epoch']:>3}/{trainer.planned_epochs}",
+        f"train loss {logs['train_loss']:.4f} acc {logs['train_accuracy']:.2%}",
+    ]
+    if logs.get("val_loss") is not None:
+        parts.append(f"val loss {logs['val_loss']:.4f} acc {logs['val_accuracy']:.2%}")
+    parts.append(f"lr {logs['lr']:.3g}")
+    parts.append(f"{logs['seconds']:.1f}s ({logs['examples_per_second']:.0f} examples/s)")
+    return " · ".join(parts)
+
+
 class PlainProgress(Callback):
     """One line per epoch (no carriage returns), safe for log files."""
 
@@ -35,15 +51,84 @@ class PlainProgress(Callback):
         self.stream = stream or sys.stdout
 
     def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
-        parts = [
-            f"epoch {logs['epoch']:>3}/{trainer.planned_epochs}",
-            f"train loss {logs['train_loss']:.4f} acc {logs['train_accuracy']:.2%}",
-        ]
-        if logs.get("val_loss") is not None:
-            parts.append(f"val loss {logs['val_loss']:.4f} acc {logs['val_accuracy']:.2%}")
-        parts.append(f"lr {logs['lr']:.3g}")
-        parts.append(f"{logs['seconds']:.1f}s ({logs['examples_per_second']:.0f} examples/s)")
-        print(" · ".join(parts), file=self.stream, flush=True)
+        print(epoch_line(trainer, logs), file=self.stream, flush=True)
+
+
+class BarProgress(Callback):
+    """A live bar per epoch in a terminal (rich): steps, running loss and accuracy, examples/s
+    and ETA; each finished epoch leaves its summary line, as PlainProgress prints it.
+
+    The running loss is read from the trainer at most `refresh_per_second` times a second, so
+    the bar costs no host synchronisation per step on a GPU.
+    """
+
+    def __init__(self, console=None, refresh_per_second: float = 4.0) -> None:
+        from rich.console import Console  # imported lazily: only terminals need it
+
+        self.console = console or Console()
+        self.interval = 1.0 / refresh_per_second
+        self.progress = None
+        self.task = None
+        self.last_refresh = 0.0
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn(f"epoch {trainer.epoch + 1}/{trainer.planned_epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=trainer.steps_this_epoch, status="")
+        self.epoch_start = self.last_refresh = time.perf_counter()
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        now = time.perf_counter()
+        if now - self.last_refresh < self.interval:
+            self.progress.advance(self.task)
+            return
+        self.last_refresh = now
+        loss, accuracy, count = trainer.running_metrics()
+        speed = count / max(now - self.epoch_start, 1e-9)
+        status = f"loss {loss:.4f} · acc {accuracy:.2%} · {speed:,.0f} examples/s"
+        self.progress.update(self.task, advance=1, status=status)
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        self.console.print(epoch_line(trainer, logs), highlight=False)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.progress is not None:  # stopped mid-epoch
+            self.progress.stop()
+
+
+def progress_callbacks(mode: str, stream=None) -> list[Callback]:
+    """`auto`: a bar when standard output is a terminal, else plain lines; `bar`, `plain`,
+    `none` force a choice."""
+    if mode not in ("auto", "bar", "plain", "none"):
+        raise ValueError(f"progress {mode!r} is unknown; valid: auto, bar, plain, none")
+    stream = stream or sys.stdout
+    if mode == "auto":
+        mode = "bar" if stream.isatty() else "plain"
+    if mode == "bar":
+        return [BarProgress()]
+    return [PlainProgress(stream)] if mode == "plain" else []
 
 
 class StopOnNonFinite(Callback):

@@ -75,6 +75,12 @@ def add_train(commands) -> None:
         "--dry-run", action="store_true", help="print the resolved config and exit without training"
     )
     parser.add_argument(
+        "--progress",
+        choices=["auto", "bar", "plain", "none"],
+        default="auto",
+        help="auto: a live bar per epoch in a terminal, one line per epoch otherwise (default)",
+    )
+    parser.add_argument(
         "--resume",
         metavar="RUN",
         help="continue an interrupted run from its last checkpoint, with its own config "
@@ -159,7 +165,7 @@ def run_train(args: argparse.Namespace) -> int:
             )
         if args.nproc is not None and args.nproc > 1:
             return launch_torchrun(args.nproc, args.argv, api.read_run_config(args.resume).train)
-        api.resume(args.resume)
+        api.resume(args.resume, progress=args.progress)
         return 0
     config = resolve_train_config(args)
     if args.dry_run:
@@ -169,7 +175,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     if args.nproc is not None and args.nproc > 1:
         return launch_torchrun(args.nproc, args.argv, config.train)
-    api.train_config(config)
+    api.train_config(config, progress=args.progress)
     return 0
 
 

@@ -72,6 +72,8 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.epoch, self.step, self.history = 0, 0, []
         self.planned_epochs, self.should_stop, self.stop_reason = 0, False, ""
+        self.steps_this_epoch = 0  # optimizer steps the current epoch will take
+        self.running = (0.0, 0.0, 0)  # the current epoch's loss sum, correct, count so far
         self.failed = False  # stopped because training went wrong (not, e.g., early stopping)
         self.restored_epoch: int | None = None  # set when a callback restored earlier weights
 
@@ -92,6 +94,9 @@ class Trainer:
             callback.on_fit_start(self)
         while self.step < total_steps and not self.should_stop:
             train_loader.set_epoch(self.epoch)
+            self.steps_this_epoch = min(len(train_loader), total_steps - self.step)
+            for callback in self.callbacks:
+                callback.on_epoch_start(self)
             start = time.perf_counter()
             logs = self.train_epoch(train_loader, total_steps)
             broadcast_buffers(self.eval_model)  # all processes evaluate and save rank 0's model
@@ -133,6 +138,7 @@ class Trainer:
             loss_sum += batch_loss
             correct += batch_correct
             count += len(labels)
+            self.running = (loss_sum, correct, count)
             self.step += 1
             for callback in self.callbacks:
                 callback.on_step_end(self)
@@ -182,6 +188,14 @@ class Trainer:
         if last_micro_batch or not hasattr(self.model, "no_sync"):
             return contextlib.nullcontext()
         return self.model.no_sync()
+
+    def running_metrics(self) -> tuple[float, float, int]:
+        """This process's mean loss and accuracy so far this epoch, and its example count
+        (reads device tensors: a host synchronisation, so call it sparingly)."""
+        loss_sum, correct, count = self.running
+        if not count:
+            return 0.0, 0.0, 0
+        return float(loss_sum) / count, float(correct) / count, count
 
     @property
     def eval_model(self) -> nn.Module:
