@@ -23,6 +23,7 @@ from neuralab.imagerun import ImageInputs
 from neuralab.models import build_model
 from neuralab.optim import build_optimizer, build_scheduler
 from neuralab.predict import Predictor
+from neuralab.summary import ModelSummary, summarize
 from neuralab.textrun import TextInputs, prepare_text
 from neuralab.tracking import BestCheckpoint, RunWriter, write_text_atomic
 from neuralab.trainer import Trainer, make_loss, planned_steps
@@ -204,11 +205,10 @@ def train_on_device(
         inputs = prepare_text(dataset, config) if dataset.kind == "text" else ImageInputs(dataset)
     model = build_model(config.model.name, inputs.spec, **config.model.args).to(device)
     say(verbose, inputs.describe())
-    say(
-        verbose,
-        f"model  {config.model.name}{' ' + str(config.model.args) if config.model.args else ''}: "
-        f"{sum(p.numel() for p in model.parameters()):,} parameters",
-    )
+    if verbose:
+        args = f" {config.model.args}" if config.model.args else ""
+        totals = summarize(model, inputs.example(device)).totals()
+        say(verbose, f"model  {config.model.name}{args}: {totals}")
     say(verbose, describe_batch(settings.batch_size, settings.grad_accumulation))
     check_monitor(config, dataset.val is not None)
     if resume_from is not None:
@@ -394,6 +394,28 @@ def pick_engine(
         _, note = choose_threads(model, batch, labels, Engine(device, None, False, ""))
     engine = choose_engine(model, batch, labels, device, settings.precision, settings.channels_last)
     return dataclasses.replace(engine, reason=f"{engine.reason}; {note}") if note else engine
+
+
+def summary(
+    recipe: str | None = None,
+    *,
+    data: str | None = None,
+    model: str | None = None,
+    data_dir: str | None = None,
+    overrides: list[str] | None = None,
+) -> ModelSummary:
+    """Layers, output shapes, parameters and FLOPs of the model a config would train, on its
+    dataset's input (`neuralab summary`). `.format()` gives the table.
+
+    Example:
+        >>> print(neuralab.summary(model="lenet", data="mnist").format())  # doctest: +SKIP
+    """
+    fields = {"data.name": data, "model.name": model, "data.data_dir": data_dir}
+    config = resolve_config(recipe, overrides, **fields)
+    dataset = load_data(config)
+    inputs = prepare_text(dataset, config) if dataset.kind == "text" else ImageInputs(dataset)
+    built = build_model(config.model.name, inputs.spec, **config.model.args)
+    return summarize(built, inputs.example(torch.device("cpu")))
 
 
 def load(run_dir: str | Path) -> Predictor:

@@ -113,6 +113,17 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     predict.add_argument("--file", help="a UTF-8 file with one text per line (text runs)")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true")
+    summary = commands.add_parser(
+        "summary",
+        help="layers, output shapes, parameters and FLOPs of a model on a dataset's input",
+    )
+    summary.add_argument("model", nargs="?", help="model name (or take it from --recipe)")
+    summary.add_argument("--data", help="dataset whose input shape (or vocabulary) to use")
+    summary.add_argument("--recipe", help="recipe name or YAML path")
+    summary.add_argument("--data-dir")
+    summary.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE"
+    )
     for name, what in (
         ("models", "registered models"),
         ("datasets", "registered datasets"),
@@ -221,6 +232,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_summary(args: argparse.Namespace) -> int:
+    found = api.summary(
+        args.recipe,
+        data=args.data,
+        model=args.model,
+        data_dir=args.data_dir,
+        overrides=args.overrides,
+    )
+    print(found.format())
+    return 0
+
+
 def predict_inputs(args: argparse.Namespace, text_model: bool) -> list:
     """Image paths for image runs; --text values and --file lines for text runs."""
     texts = list(args.text)
@@ -284,6 +307,7 @@ HANDLERS = {
     "train": run_train,
     "evaluate": run_evaluate,
     "predict": run_predict,
+    "summary": run_summary,
     "models": run_listing,
     "datasets": run_listing,
     "recipes": run_listing,

@@ -49,6 +49,11 @@ class ImageInputs:
             sample = self.dataset.train.images[:INIT_SAMPLE].to(device)
             model.initialize_from_data(to_float(sample, self.dataset.mean, self.dataset.std))
 
+    def example(self, device: torch.device) -> torch.Tensor:
+        """One input of the model's shape, (1, C, H, W), for `neuralab summary`."""
+        spec = self.spec
+        return torch.zeros(1, spec.channels, spec.height, spec.width, device=device)
+
     def sample_batch(
         self, batch_size: int, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
