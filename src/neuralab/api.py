@@ -273,6 +273,7 @@ def train_on_device(
     )
     if distributed.is_main_process():
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        say(verbose, draw_curves(run_dir, trainer.history))
     say(
         verbose,
         f"test   accuracy {metrics['accuracy']:.2%} · loss {metrics['loss']:.4f} · "
@@ -301,6 +302,16 @@ def agreed_engine(
     needs the same memory format (and precision, for identical numerics) everywhere."""
     engine = distributed.on_main_process(pick_engine, model, inputs, config, device)
     return dataclasses.replace(engine, device=device)
+
+
+def draw_curves(run_dir: Path, history: list[dict]) -> str:
+    """curves.png of the run (when matplotlib is installed); returns the log line."""
+    from neuralab import plots
+
+    if not plots.have_matplotlib():
+        return f"plots  skipped: {plots.PLOTS_EXTRA} draws curves.png and `neuralab report`"
+    plots.history_figure(history, run_dir / "curves.png")
+    return f"plots  {run_dir / 'curves.png'}; `neuralab report {run_dir}` adds the rest"
 
 
 def check_monitor(config: RunConfig, has_val: bool) -> None:

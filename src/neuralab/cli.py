@@ -22,7 +22,7 @@ from neuralab.config import (
 )
 from neuralab.data import DATASETS, DataError
 from neuralab.engine import pick_device
-from neuralab.evaluation import evaluate, format_confusion, report_path
+from neuralab.evaluation import evaluate, format_confusion, report_path, write_report
 from neuralab.metrics import format_report
 from neuralab.models import MODELS
 from neuralab.registry import UnknownNameError
@@ -35,6 +35,7 @@ USER_ERRORS = (
     CheckpointError,
     FileExistsError,
     FileNotFoundError,
+    ImportError,
     api.TrainingStopped,
     TypeError,
     ValueError,
@@ -113,6 +114,12 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     predict.add_argument("--file", help="a UTF-8 file with one text per line (text runs)")
     predict.add_argument("--top-k", type=int, default=3)
     predict.add_argument("--json", action="store_true")
+    report = commands.add_parser(
+        "report",
+        help="evaluate a run and write its figures and a self-contained report.html",
+    )
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    report.add_argument("--data-dir")
     summary = commands.add_parser(
         "summary",
         help="layers, output shapes, parameters and FLOPs of a model on a dataset's input",
@@ -232,6 +239,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_report(args: argparse.Namespace) -> int:
+    page = write_report(args.run_dir, data_dir=args.data_dir)
+    print(f"wrote {page} (and its figures beside it)")
+    return 0
+
+
 def run_summary(args: argparse.Namespace) -> int:
     found = api.summary(
         args.recipe,
@@ -308,6 +321,7 @@ HANDLERS = {
     "evaluate": run_evaluate,
     "predict": run_predict,
     "summary": run_summary,
+    "report": run_report,
     "models": run_listing,
     "datasets": run_listing,
     "recipes": run_listing,

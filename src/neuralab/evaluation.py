@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import torch
+from torch.nn import functional as F
 
 from neuralab.config import RunConfig
 from neuralab.data import ImageDataset, TextDataset, load_dataset
@@ -20,6 +21,7 @@ from neuralab.tracking import write_text_atomic
 from neuralab.trainer import make_loss, predict_logits
 
 TOP_K = (1, 5)
+WORST_KEPT = 16  # worst-predicted test examples listed in the report (a 4×4 grid of images)
 
 
 def load_data(config: RunConfig) -> ImageDataset | TextDataset:
@@ -40,13 +42,24 @@ def evaluate(
     """Evaluate a saved run on the test split of its dataset (or of `data`).
 
     Returns the report: accuracy, loss, count, top_k_accuracy, macro and weighted
-    precision/recall/F1, per_class, confusion_matrix ([true][predicted]) and dataset. With
+    precision/recall/F1, per_class, confusion_matrix ([true][predicted]), worst (the
+    highest-loss test examples) and dataset. With
     `save`, it is also written to `<run>/evaluation.json` (`evaluation-<data>.json` for
     another dataset).
 
     Example:
         >>> neuralab.evaluate("runs/mnist-lenet-…")["per_class"]["7"]["recall"]  # doctest: +SKIP
     """
+    report, _ = evaluate_with_data(run_dir, data, data_dir)
+    if save:
+        write_text_atomic(report_path(run_dir, data), json.dumps(report, indent=2))
+    return report
+
+
+def evaluate_with_data(
+    run_dir: str | Path, data: str | None = None, data_dir: str | None = None
+) -> tuple[dict, ImageDataset | TextDataset]:
+    """`evaluate`'s report (unsaved) and the dataset it was computed on."""
     predictor = Predictor.load(run_dir)
     config = RunConfig.model_validate(predictor.meta["config"])
     if data:
@@ -63,14 +76,77 @@ def evaluate(
         mean, std = tuple(prep["mean"]), tuple(prep["std"])
         loader = BatchLoader(dataset.test, size, mean, std, device=predictor.device)
     counts = ClassificationCounts(len(dataset.classes), TOP_K)
+    worst = WorstExamples(WORST_KEPT)
     loss_fn, tta = make_loss(config.train.loss), predictor.meta.get("tta", False)
-    for inputs, labels in loader:
+    for index, inputs, labels in loader.indexed():
         logits = predict_logits(predictor.model, inputs, tta=tta)
         counts.update(logits, labels, float(loss_fn(logits, labels)) * len(labels))
+        worst.update(index, logits, labels)
     report = {**classification_report(counts, list(dataset.classes)), "dataset": dataset.name}
-    if save:
-        write_text_atomic(report_path(run_dir, data), json.dumps(report, indent=2))
-    return report
+    report["worst"] = worst.describe(list(dataset.classes))
+    return report, dataset
+
+
+def write_report(run_dir: str | Path, data_dir: str | None = None) -> Path:
+    """`neuralab report RUN`: evaluation.json, curves.png, confusion.png, worst.png (image
+    runs) and a self-contained report.html in the run directory. Returns the page's path."""
+    from neuralab import plots
+
+    if not plots.have_matplotlib():
+        raise ImportError(f"neuralab report draws its figures with matplotlib: {plots.PLOTS_EXTRA}")
+    folder = Path(run_dir)
+    if folder.name == "checkpoint":
+        folder = folder.parent
+    report, dataset = evaluate_with_data(folder, data_dir=data_dir)
+    write_text_atomic(folder / "evaluation.json", json.dumps(report, indent=2))
+    figures = []
+    if (folder / "history.json").exists():
+        history = json.loads((folder / "history.json").read_text(encoding="utf-8"))
+        figures.append(plots.history_figure(history, folder / "curves.png"))
+    figures.append(plots.confusion_figure(report, folder / "confusion.png"))
+    texts = []
+    if dataset.kind == "text":
+        texts = [dataset.test.texts[w["index"]] for w in report["worst"]]
+    else:
+        figures.append(plots.worst_images_figure(dataset.test.images, report["worst"],
+                                                 folder / "worst.png"))  # fmt: skip
+    page = plots.report_page(folder, report, figures, texts)
+    write_text_atomic(folder / "report.html", page)
+    return folder / "report.html"
+
+
+class WorstExamples:
+    """The `kept` test examples with the highest cross-entropy loss seen so far."""
+
+    def __init__(self, kept: int) -> None:
+        self.kept = kept
+        self.loss = torch.empty(0)
+        self.rows = torch.empty(0, 4)  # index, true class, predicted class, its probability
+
+    def update(self, index: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        logits, labels = logits.float().cpu(), labels.cpu()
+        loss = F.cross_entropy(logits, labels, reduction="none")  # (B,)
+        confidence, predicted = logits.softmax(1).max(1)
+        rows = torch.stack([index.cpu().double(), labels.double(), predicted.double(),
+                            confidence.double()], dim=1)  # fmt: skip
+        self.loss = torch.cat([self.loss, loss])
+        self.rows = torch.cat([self.rows.double(), rows])
+        keep = self.loss.topk(min(self.kept, len(self.loss))).indices
+        self.loss, self.rows = self.loss[keep], self.rows[keep]
+
+    def describe(self, classes: list[str]) -> list[dict]:
+        """Worst first: test-split index, true and predicted class, the prediction's
+        probability and the example's loss."""
+        return [
+            {
+                "index": int(row[0]),
+                "true": classes[int(row[1])],
+                "predicted": classes[int(row[2])],
+                "probability": round(float(row[3]), 4),
+                "loss": round(float(loss), 4),
+            }
+            for row, loss in zip(self.rows, self.loss, strict=True)
+        ]
 
 
 def report_path(run_dir: str | Path, data: str | None) -> Path:

@@ -94,6 +94,11 @@ class BatchLoader:
         return batch_count(self.shard_size(), self.batch_size, self.drop_last)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, batch, labels in self.indexed():
+            yield batch, labels
+
+    def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Like iterating, with each batch's example indices into the split first."""
         # Large odd multiplier keeps (seed, epoch) pairs from colliding.
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = self._order(generator)
@@ -110,4 +115,4 @@ class BatchLoader:
             batch = to_float(images, self.mean, self.std)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            yield batch, self.labels[index]
+            yield index, batch, self.labels[index]

@@ -141,7 +141,12 @@ class TextBatchLoader:
         return torch.where(real, self.tokens[grid], PAD_ID)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, ids, labels in self.indexed():
+            yield ids, labels
+
+    def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Like iterating, with each batch's example indices into the split first."""
         # Large odd multiplier keeps (seed, epoch) pairs from colliding (as BatchLoader does).
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         for index in self.batches(generator):
-            yield self.gather(index), self.labels[index.to(self.device)]
+            yield index, self.gather(index), self.labels[index.to(self.device)]
