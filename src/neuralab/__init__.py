@@ -10,6 +10,7 @@ from neuralab.api import Run, load, resume, train
 from neuralab.config import RunConfig, resolve_config
 from neuralab.data import DATASETS, load_dataset
 from neuralab.evaluation import evaluate
+from neuralab.lrfind import lr_find
 from neuralab.models import MODELS, InputSpec, build_model
 from neuralab.predict import Predictor
 
@@ -24,6 +25,7 @@ __all__ = [
     "evaluate",
     "load",
     "load_dataset",
+    "lr_find",
     "resolve_config",
     "resume",
     "train",

@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 from neuralab import api, distributed
@@ -120,6 +121,19 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--data-dir")
+    finder = commands.add_parser(
+        "lr-find",
+        help="learning-rate range test on a copy of the model; suggests a learning rate",
+    )
+    finder.add_argument("--recipe", help="recipe name or YAML path")
+    finder.add_argument("--data")
+    finder.add_argument("--model")
+    finder.add_argument("--data-dir")
+    finder.add_argument("--start", type=float, default=1e-7, help="first learning rate")
+    finder.add_argument("--end", type=float, default=10.0, help="last learning rate")
+    finder.add_argument("--steps", type=int, default=100, help="training steps (batches)")
+    finder.add_argument("--out", help="folder for lr-find.csv/json/png")
+    finder.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     summary = commands.add_parser(
         "summary",
         help="layers, output shapes, parameters and FLOPs of a model on a dataset's input",
@@ -239,6 +253,29 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_lr_find(args: argparse.Namespace) -> int:
+    from neuralab.lrfind import lr_find
+
+    out = args.out or f"runs/lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = lr_find(
+        args.recipe,
+        data=args.data,
+        model=args.model,
+        data_dir=args.data_dir,
+        overrides=args.overrides,
+        start=args.start,
+        end=args.end,
+        steps=args.steps,
+        out=out,
+    )
+    print(
+        f"suggested learning rate {result.suggestion:.3g} (steepest descent of the smoothed "
+        f"loss over {len(result.lrs)} steps); curve and table in {out}/lr-find.png|csv. Train "
+        f"with --lr {result.suggestion:.2g}, or a little lower for a one-cycle peak."
+    )
+    return 0
+
+
 def run_report(args: argparse.Namespace) -> int:
     page = write_report(args.run_dir, data_dir=args.data_dir)
     print(f"wrote {page} (and its figures beside it)")
@@ -322,6 +359,7 @@ HANDLERS = {
     "predict": run_predict,
     "summary": run_summary,
     "report": run_report,
+    "lr-find": run_lr_find,
     "models": run_listing,
     "datasets": run_listing,
     "recipes": run_listing,
