@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from neuralab import api, distributed
 from neuralab.checkpoint import CheckpointError
@@ -121,6 +122,11 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     )
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.add_argument("--data-dir")
+    runs = commands.add_parser("runs", help="a table of the runs in a folder")
+    runs.add_argument("folder", nargs="?", default="runs", help="default: ./runs")
+    compare = commands.add_parser("compare", help="overlay the curves of several runs in a PNG")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", default="compare.png", help="PNG path (default compare.png)")
     finder = commands.add_parser(
         "lr-find",
         help="learning-rate range test on a copy of the model; suggests a learning rate",
@@ -253,6 +259,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_runs(args: argparse.Namespace) -> int:
+    from neuralab.runs import format_runs, list_runs
+
+    rows = list_runs(args.folder)
+    print(format_runs(rows) if rows else f"no runs in {args.folder}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from neuralab.plots import PLOTS_EXTRA, have_matplotlib
+    from neuralab.runs import compare_figure
+
+    if not have_matplotlib():
+        raise ImportError(f"neuralab compare draws with matplotlib: {PLOTS_EXTRA}")
+    print(f"wrote {compare_figure(args.run_dirs, Path(args.out))}")
+    return 0
+
+
 def run_lr_find(args: argparse.Namespace) -> int:
     from neuralab.lrfind import lr_find
 
@@ -360,6 +384,8 @@ HANDLERS = {
     "summary": run_summary,
     "report": run_report,
     "lr-find": run_lr_find,
+    "runs": run_runs,
+    "compare": run_compare,
     "models": run_listing,
     "datasets": run_listing,
     "recipes": run_listing,

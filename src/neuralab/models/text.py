@@ -48,7 +48,8 @@ def masked_max(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 class TextCNN(nn.Module):
     """Kim (2014): parallel 1-D convolutions of several widths over word embeddings, each
     max-pooled over time (windows that start in the padding are masked out), then dropout and
-    a linear classifier."""
+    a linear classifier. `embed_dropout` drops whole embedding channels of the input
+    (Dropout1d over (B, E, T)), a regulariser against memorising words."""
 
     def __init__(
         self,
@@ -57,9 +58,11 @@ class TextCNN(nn.Module):
         widths: Sequence[int],
         filters: Sequence[int],
         dropout: float,
+        embed_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.embedding = embedding(spec, embed_dim)
+        self.embed_dropout = nn.Dropout1d(embed_dropout)
         self.widths = list(widths)
         self.convs = nn.ModuleList(
             nn.Conv1d(embed_dim, count, width) for width, count in zip(widths, filters, strict=True)
@@ -72,7 +75,7 @@ class TextCNN(nn.Module):
         short = max(self.widths) - ids.shape[1]
         if short > 0:  # every window must fit; the extra padding embeds to zeros
             ids = nn.functional.pad(ids, (0, short), value=PAD_ID)
-        x = self.embedding(ids).transpose(1, 2)  # (B, E, T)
+        x = self.embed_dropout(self.embedding(ids).transpose(1, 2))  # (B, E, T)
         pooled = []
         for width, conv in zip(self.widths, self.convs, strict=True):
             features = conv(x)  # (B, F, T - width + 1): one value per window start
@@ -336,9 +339,11 @@ def textcnn(
     widths: Sequence[int] = (3, 4, 5),
     filters: int | Sequence[int] = 100,
     dropout: float = 0.5,
+    embed_dropout: float = 0.0,
 ) -> nn.Module:
     """TextCNN; `filters` is one count for every width or one per width (e.g. [32, 64, 128])."""
-    return TextCNN(spec, embed_dim, widths, as_list(filters, len(widths), "filters"), dropout)
+    counts = as_list(filters, len(widths), "filters")
+    return TextCNN(spec, embed_dim, widths, counts, dropout, embed_dropout)
 
 
 def recurrent_factory(cell: str, summary: str) -> None:
