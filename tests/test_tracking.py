@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -64,3 +65,28 @@ def test_run_writer_saves_history_and_a_resumable_checkpoint(tmp_path: Path) -> 
     assert state["step"] == 4
     momentum = state["optimizer"]["state"][0]["momentum_buffer"]
     assert torch.equal(momentum, optimizer.state[model.weight]["momentum_buffer"])
+
+
+def test_tensorboard_logs_epochs_steps_examples_and_graph(tmp_path) -> None:
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("sklearn")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    import neuralab
+
+    run = neuralab.train(
+        data="digits",
+        model="mlp",
+        epochs=2,
+        batch_size=16,
+        out=str(tmp_path / "run"),
+        overrides=["train.tensorboard=on", "data.val_split=0.2", "train.threads=1"],
+        verbose=False,
+    )
+    events = EventAccumulator(str(run.run_dir / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"epoch/train_loss", "epoch/val_accuracy", "step/lr"} <= set(scalars)
+    assert [e.step for e in events.Scalars("epoch/train_loss")] == [1, 2]
+    assert len(events.Scalars("step/lr")) == 2 * 72 // 50  # every 50 of 2 × 72 steps
+    assert events.Tags()["images"] == ["examples"] and events.Tags()["graph"]

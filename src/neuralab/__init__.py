@@ -6,13 +6,14 @@ Example:
     >>> neuralab.load(run.run_dir).predict(["digit.png"], top_k=3)
 """
 
-from neuralab.api import Run, load, resume, train
+from neuralab.api import Run, load, train
 from neuralab.config import RunConfig, resolve_config
 from neuralab.data import DATASETS, load_dataset
 from neuralab.evaluation import evaluate
 from neuralab.lrfind import lr_find
 from neuralab.models import MODELS, InputSpec, build_model
 from neuralab.predict import Predictor
+from neuralab.resuming import resume
 
 __all__ = [
     "DATASETS",

@@ -13,11 +13,19 @@ from pathlib import Path
 import torch
 
 from neuralab import distributed
-from neuralab.callbacks import Callback, EarlyStopping, StopOnNonFinite, progress_callbacks
+from neuralab.callbacks import Callback, StopOnNonFinite, progress_callbacks
 from neuralab.checkpoint import load_checkpoint, load_training_state
 from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data.dataset import PATH_KINDS
-from neuralab.engine import Engine, choose_engine, choose_threads, cpu_model, pick_device
+from neuralab.engine import (
+    Engine,
+    choose_engine,
+    choose_threads,
+    cpu_model,
+    engine_choice,
+    pick_device,
+    resumed_engine,
+)
 from neuralab.evaluation import load_data
 from neuralab.imagerun import ImageInputs
 from neuralab.models import build_model
@@ -25,7 +33,14 @@ from neuralab.optim import build_optimizer, build_scheduler
 from neuralab.predict import Predictor
 from neuralab.summary import ModelSummary, summarize
 from neuralab.textrun import TextInputs, prepare_text
-from neuralab.tracking import BestCheckpoint, RunWriter, write_text_atomic
+from neuralab.tracking import (
+    RunWriter,
+    check_monitor,
+    draw_curves,
+    monitor_callbacks,
+    tensorboard_callbacks,
+    write_text_atomic,
+)
 from neuralab.trainer import Trainer, make_loss, planned_steps
 from neuralab.trainer import evaluate as evaluate_loader
 
@@ -100,64 +115,6 @@ def say(verbose: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def resume(run_dir: str | Path = "auto", verbose: bool = True, progress: str = "auto") -> Run:
-    """Continue an interrupted run from its last checkpoint (the end of its last complete
-    epoch) with its own config: weights, optimizer, schedule, EMA, callbacks, epoch, step,
-    history, random state and engine (precision, layout, threads) are restored, so on CPU the
-    finished run equals one that was never interrupted, bit for bit (one process; under
-    torchrun, processes other than rank 0 restart their random streams from rank 0's).
-
-    `run_dir="auto"` picks the newest unfinished run under ./runs.
-
-    Example:
-        >>> neuralab.resume("runs/mnist-lenet-20261125-101500")  # doctest: +SKIP
-    """
-    folder = resumable_run(run_dir)
-    config = resolve_config(str(folder / "config.yaml"))
-    return train_config(config, verbose=verbose, resume_from=folder, progress=progress)
-
-
-def resumable_run(run_dir: str | Path) -> Path:
-    """The run directory to resume (`auto`: the newest unfinished one under ./runs), checked."""
-    folder = find_unfinished_run(Path("runs")) if str(run_dir) == "auto" else Path(run_dir)
-    check_resumable(folder)
-    return folder
-
-
-def read_run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run directory was trained with (its config.yaml)."""
-    return resolve_config(str(resumable_run(run_dir) / "config.yaml"))
-
-
-def find_unfinished_run(parent: Path) -> Path:
-    """The most recently written run under `parent` that has a checkpoint but no metrics."""
-    candidates = [
-        folder
-        for folder in (parent.iterdir() if parent.is_dir() else [])
-        if (folder / "checkpoint").is_dir() and not (folder / "metrics.json").exists()
-    ]
-    if not candidates:
-        raise FileNotFoundError(
-            f"--resume auto: no unfinished run (checkpoint/ without metrics.json) under "
-            f"{parent.resolve()}; pass the run directory instead"
-        )
-    return max(candidates, key=lambda folder: (folder / "checkpoint").stat().st_mtime)
-
-
-def check_resumable(folder: Path) -> None:
-    if (folder / "metrics.json").exists():
-        raise FileExistsError(
-            f"{folder} is a finished run (it has metrics.json): there is nothing to resume. "
-            "Train again with a new --out to train more"
-        )
-    for needed in ("config.yaml", "checkpoint/training.json"):
-        if not (folder / needed).exists():
-            raise FileNotFoundError(
-                f"cannot resume {folder}: {folder / needed} is missing (a run can be resumed "
-                "once it has finished its first epoch)"
-            )
-
-
 def train_config(
     config: RunConfig,
     verbose: bool = True,
@@ -229,10 +186,15 @@ def train_on_device(
         optimizer, config.schedule, steps_per_epoch, planned_steps(settings.epochs, steps_per_epoch)
     )
     meta = {**inputs.meta(config, engine), "engine_choice": engine_choice(engine)}
+    graph_input = inputs.sample_batch(8, engine.device)[0]  # 8 examples: enough to trace
+    board, note = tensorboard_callbacks(config, run_dir, inputs.examples(), graph_input)
+    if note:
+        say(verbose, f"track  {note}")
     callbacks = [
         StopOnNonFinite(),
         *monitor_callbacks(config, "val" in loaders, run_dir, meta, inputs.files()),
         RunWriter(run_dir, meta, inputs.files()),
+        *board,
         *extra_callbacks,  # progress displays first among them: they print the epoch's line
     ]
     trainer = Trainer(
@@ -302,58 +264,6 @@ def agreed_engine(
     needs the same memory format (and precision, for identical numerics) everywhere."""
     engine = distributed.on_main_process(pick_engine, model, inputs, config, device)
     return dataclasses.replace(engine, device=device)
-
-
-def draw_curves(run_dir: Path, history: list[dict]) -> str:
-    """curves.png of the run (when matplotlib is installed); returns the log line."""
-    from neuralab import plots
-
-    if not plots.have_matplotlib():
-        return f"plots  skipped: {plots.PLOTS_EXTRA} draws curves.png and `neuralab report`"
-    plots.history_figure(history, run_dir / "curves.png")
-    return f"plots  {run_dir / 'curves.png'}; `neuralab report {run_dir}` adds the rest"
-
-
-def check_monitor(config: RunConfig, has_val: bool) -> None:
-    """Before anything is written: early stopping needs validation metrics."""
-    if config.monitor.early_stopping and not has_val:
-        raise ValueError(
-            f"monitor.early_stopping watches {config.monitor.metric}, but this run has no "
-            "validation split. Fix: set data.val_split (e.g. --set data.val_split=0.1)"
-        )
-
-
-def monitor_callbacks(
-    config: RunConfig, has_val: bool, run_dir: Path, meta: dict, files: dict | None
-) -> list[Callback]:
-    """Early stopping (before the RunWriter, see EarlyStopping) and the best checkpoint."""
-    monitor = config.monitor
-    callbacks: list[Callback] = []
-    if monitor.early_stopping:
-        callbacks.append(
-            EarlyStopping(monitor.metric, monitor.patience, monitor.min_delta, monitor.restore_best)
-        )
-    if monitor.keep_best and has_val:
-        callbacks.append(BestCheckpoint(run_dir, monitor.metric, meta, files, monitor.min_delta))
-    return callbacks
-
-
-def engine_choice(engine: Engine) -> dict:
-    """What a resumed run needs to run exactly as before (stored in the checkpoint's meta)."""
-    return {
-        "precision": "bf16" if engine.autocast_dtype == torch.bfloat16 else "fp32",
-        "channels_last": engine.channels_last,
-        "threads": torch.get_num_threads(),
-    }
-
-
-def resumed_engine(meta: dict, device: torch.device) -> Engine:
-    """The interrupted run's engine, not a new timing: another choice of precision, layout or
-    thread count would change the arithmetic and the resumed result."""
-    choice = meta["engine_choice"]
-    torch.set_num_threads(choice["threads"])
-    dtype = torch.bfloat16 if choice["precision"] == "bf16" else None
-    return Engine(device, dtype, choice["channels_last"], "as before the interruption")
 
 
 def distribute_model(model: torch.nn.Module, engine: Engine, sync_bn: bool) -> torch.nn.Module:

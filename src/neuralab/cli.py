@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from neuralab import api, distributed
+from neuralab import api, distributed, resuming
 from neuralab.checkpoint import CheckpointError
 from neuralab.config import (
     ConfigError,
@@ -202,8 +202,10 @@ def run_train(args: argparse.Namespace) -> int:
                 "would change it. Drop them, or start a new run without --resume"
             )
         if args.nproc is not None and args.nproc > 1:
-            return launch_torchrun(args.nproc, args.argv, api.read_run_config(args.resume).train)
-        api.resume(args.resume, progress=args.progress)
+            return launch_torchrun(
+                args.nproc, args.argv, resuming.read_run_config(args.resume).train
+            )
+        resuming.resume(args.resume, progress=args.progress)
         return 0
     config = resolve_train_config(args)
     if args.dry_run:

@@ -90,8 +90,10 @@ class TrainConfig(Section):
     # With several processes (torchrun): batch norm uses the whole global batch's statistics
     # instead of each process's shard (nn.SyncBatchNorm; GPUs only in torch 2.13).
     sync_bn: bool = False
+    # TensorBoard event files in <run>/tensorboard/: auto = when the package is installed.
+    tensorboard: Literal["auto", "on", "off"] = "auto"
 
-    @field_validator("channels_last", mode="before")
+    @field_validator("channels_last", "tensorboard", mode="before")
     @classmethod
     def on_off_from_yaml(cls, value: Any) -> Any:
         """YAML 1.1 reads a bare `on` / `off` as true / false; take them back."""

@@ -179,3 +179,21 @@ def choose_threads(
     torch.set_num_threads(best)
     summary = ", ".join(f"{t}: {s * 1000:.0f} ms" for t, s in timings.items())
     return best, f"{best} threads (timed: {summary})"
+
+
+def engine_choice(engine: Engine) -> dict:
+    """What a resumed run needs to run exactly as before (stored in the checkpoint's meta)."""
+    return {
+        "precision": "bf16" if engine.autocast_dtype == torch.bfloat16 else "fp32",
+        "channels_last": engine.channels_last,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def resumed_engine(meta: dict, device: torch.device) -> Engine:
+    """The interrupted run's engine, not a new timing: another choice of precision, layout or
+    thread count would change the arithmetic and the resumed result."""
+    choice = meta["engine_choice"]
+    torch.set_num_threads(choice["threads"])
+    dtype = torch.bfloat16 if choice["precision"] == "bf16" else None
+    return Engine(device, dtype, choice["channels_last"], "as before the interruption")

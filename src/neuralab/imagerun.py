@@ -49,6 +49,10 @@ class ImageInputs:
             sample = self.dataset.train.images[:INIT_SAMPLE].to(device)
             model.initialize_from_data(to_float(sample, self.dataset.mean, self.dataset.std))
 
+    def examples(self) -> torch.Tensor:
+        """A few training images as stored (uint8 (N, C, H, W)), to show in TensorBoard."""
+        return self.dataset.train.images[:32]
+
     def example(self, device: torch.device) -> torch.Tensor:
         """One input of the model's shape, (1, C, H, W), for `neuralab summary`."""
         spec = self.spec

@@ -77,6 +77,10 @@ class TextInputs:
             loader = TextBatchLoader(self.splits["train"], self.labels("train"), 256, device=device)
             model.initialize_from_texts(loader)
 
+    def examples(self) -> list[str]:
+        """A few training texts, to show in TensorBoard."""
+        return list(self.dataset.train.texts[:8])
+
     def example(self, device: torch.device) -> torch.Tensor:
         """One text of max_length tokens, (1, T), for `neuralab summary` (FLOPs grow with T)."""
         return torch.ones(1, self.spec.max_length, dtype=torch.long, device=device)

@@ -13,10 +13,14 @@ import csv
 import io
 import json
 import os
+import warnings
 from pathlib import Path
 
-from neuralab.callbacks import Callback, MetricWatch
+import torch
+
+from neuralab.callbacks import Callback, EarlyStopping, MetricWatch
 from neuralab.checkpoint import save_checkpoint
+from neuralab.config import RunConfig
 from neuralab.distributed import is_main_process
 
 HISTORY_FIELDS = [
@@ -123,3 +127,131 @@ class BestCheckpoint(Callback):
     def load_state_dict(self, state: dict) -> None:
         if state:
             self.watch.load_state_dict(state)
+
+
+class TensorBoardLogger(Callback):
+    """TensorBoard event files in `<run>/tensorboard/`: every history field per epoch, the
+    learning rate and running training loss every `every` steps, the model graph (when
+    tracing works) and a sample of the inputs (an image grid, or a few texts).
+
+    `tensorboard --logdir runs` shows every run side by side.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        examples: torch.Tensor | list[str],
+        graph_input: torch.Tensor | None = None,
+        every: int = 50,
+    ) -> None:
+        """examples: uint8 images (N, C, H, W) or texts, shown once; graph_input: one batch
+        in the model's input format, traced for the graph (None: no graph)."""
+        from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+        self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        self.examples, self.graph_input, self.every = examples, graph_input, every
+        self.graph_note = "model graph written"
+
+    def on_fit_start(self, trainer) -> None:
+        if not is_main_process():
+            return
+        if isinstance(self.examples, list):
+            shown = "\n\n".join(f"- {text[:300]}" for text in self.examples[:8])
+            self.writer.add_text("examples", shown)
+        else:
+            self.writer.add_images("examples", self.examples[:32])
+        if self.graph_input is not None:
+            self.add_graph(trainer.eval_model)
+
+    def add_graph(self, model: torch.nn.Module) -> None:
+        """Trace in eval mode with the random state set aside: tracing must not change what
+        training draws next (a resumed run would otherwise differ from an uninterrupted one)."""
+        training = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch.jit.trace's deprecation notices
+                self.writer.add_graph(model, self.graph_input)
+        except Exception as error:  # tracing fails for some models; training must not
+            self.graph_note = f"model graph not traced ({type(error).__name__})"
+        finally:
+            model.train(training)
+
+    def on_step_end(self, trainer) -> None:
+        if trainer.step % self.every or not is_main_process():
+            return
+        loss, accuracy, _ = trainer.running_metrics()
+        self.writer.add_scalar("step/train_loss_running", loss, trainer.step)
+        self.writer.add_scalar("step/train_accuracy_running", accuracy, trainer.step)
+        self.writer.add_scalar("step/lr", trainer.optimizer.param_groups[0]["lr"], trainer.step)
+
+    def on_epoch_end(self, trainer, logs: dict) -> None:
+        if not is_main_process():
+            return
+        for key, value in logs.items():
+            if key != "epoch" and isinstance(value, int | float):
+                self.writer.add_scalar(f"epoch/{key}", value, logs["epoch"])
+        self.writer.flush()
+
+    def on_fit_end(self, trainer) -> None:
+        self.writer.close()
+
+
+def have_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def draw_curves(run_dir: Path, history: list[dict]) -> str:
+    """curves.png of the run (when matplotlib is installed); returns the log line."""
+    from neuralab import plots
+
+    if not plots.have_matplotlib():
+        return f"plots  skipped: {plots.PLOTS_EXTRA} draws curves.png and `neuralab report`"
+    plots.history_figure(history, run_dir / "curves.png")
+    return f"plots  {run_dir / 'curves.png'}; `neuralab report {run_dir}` adds the rest"
+
+
+def check_monitor(config: RunConfig, has_val: bool) -> None:
+    """Before anything is written: early stopping needs validation metrics."""
+    if config.monitor.early_stopping and not has_val:
+        raise ValueError(
+            f"monitor.early_stopping watches {config.monitor.metric}, but this run has no "
+            "validation split. Fix: set data.val_split (e.g. --set data.val_split=0.1)"
+        )
+
+
+def monitor_callbacks(
+    config: RunConfig, has_val: bool, run_dir: Path, meta: dict, files: dict | None
+) -> list[Callback]:
+    """Early stopping (before the RunWriter, see EarlyStopping) and the best checkpoint."""
+    monitor = config.monitor
+    callbacks: list[Callback] = []
+    if monitor.early_stopping:
+        callbacks.append(
+            EarlyStopping(monitor.metric, monitor.patience, monitor.min_delta, monitor.restore_best)
+        )
+    if monitor.keep_best and has_val:
+        callbacks.append(BestCheckpoint(run_dir, monitor.metric, meta, files, monitor.min_delta))
+    return callbacks
+
+
+def tensorboard_callbacks(
+    config: RunConfig, run_dir: Path, examples: torch.Tensor | list[str], batch: torch.Tensor
+) -> tuple[list[Callback], str]:
+    """The TensorBoard logger when `train.tensorboard` asks for it (auto: when installed),
+    and the log line that says so."""
+    setting = config.train.tensorboard
+    if setting == "off" or not is_main_process():
+        return [], ""
+    if not have_tensorboard():
+        if setting == "on":
+            raise ImportError(
+                "train.tensorboard=on needs the tensorboard package: pip install tensorboard"
+            )
+        return [], "tensorboard not installed (pip install tensorboard to log runs for it)"
+    logger = TensorBoardLogger(run_dir, examples, batch)
+    return [logger], f"tensorboard --logdir {run_dir / 'tensorboard'}"
