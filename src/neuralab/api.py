@@ -331,12 +331,25 @@ def summary(
     Example:
         >>> print(neuralab.summary(model="lenet", data="mnist").format())  # doctest: +SKIP
     """
+    _, inputs, built = model_for(recipe, data, model, data_dir, overrides)
+    return summarize(built, inputs.example(torch.device("cpu")))
+
+
+def model_for(
+    recipe: str | None,
+    data: str | None,
+    model: str | None,
+    data_dir: str | None,
+    overrides: list[str] | None,
+) -> tuple[RunConfig, Inputs, torch.nn.Module]:
+    """The config, inputs and freshly built (CPU) model that these train arguments name, for
+    tools that inspect a model without training it (summary, lr-find)."""
     fields = {"data.name": data, "model.name": model, "data.data_dir": data_dir}
     config = resolve_config(recipe, overrides, **fields)
+    torch.manual_seed(config.train.seed)
     dataset = load_data(config)
     inputs = prepare_text(dataset, config) if dataset.kind == "text" else ImageInputs(dataset)
-    built = build_model(config.model.name, inputs.spec, **config.model.args)
-    return summarize(built, inputs.example(torch.device("cpu")))
+    return config, inputs, build_model(config.model.name, inputs.spec, **config.model.args)
 
 
 def load(run_dir: str | Path) -> Predictor:

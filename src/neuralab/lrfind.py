@@ -149,24 +149,16 @@ def lr_find(
     import json
     import time
 
-    from neuralab.config import resolve_config
+    from neuralab.api import model_for
     from neuralab.engine import Engine, pick_device
-    from neuralab.evaluation import load_data
-    from neuralab.imagerun import ImageInputs
-    from neuralab.models import build_model
     from neuralab.optim import build_optimizer
     from neuralab.plots import have_matplotlib
-    from neuralab.textrun import prepare_text
     from neuralab.tracking import write_text_atomic
     from neuralab.trainer import make_loss
 
-    fields = {"data.name": data, "model.name": model, "data.data_dir": data_dir}
-    config = resolve_config(recipe, overrides, **fields)
-    torch.manual_seed(config.train.seed)
+    config, inputs, network = model_for(recipe, data, model, data_dir, overrides)
     device = pick_device(config.train.device)
-    dataset = load_data(config)
-    inputs = prepare_text(dataset, config) if dataset.kind == "text" else ImageInputs(dataset)
-    network = build_model(config.model.name, inputs.spec, **config.model.args).to(device)
+    network = network.to(device)
     inputs.initialise(network, device)
     loaders = inputs.loaders(config, Engine(device, None, False, "lr-find"))
     result = lr_range_test(

@@ -15,6 +15,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,28 +76,18 @@ class RunWriter(Callback):
             return
         write_text_atomic(self.run_dir / "history.json", json.dumps(trainer.history, indent=2))
         write_text_atomic(self.run_dir / "history.csv", history_csv(trainer.history))
-        meta = {**self.meta, "epoch": trainer.epoch, "step": trainer.step}
-        save_checkpoint(
-            self.run_dir / "checkpoint",
-            trainer.eval_model,
-            meta,
-            trainer.state_dict(),
-            files=self.files,
-        )
+        self.save(trainer)
 
     def on_fit_end(self, trainer) -> None:
         """When a callback (early stopping) put an earlier epoch's weights back, they become
         the run's final checkpoint; otherwise the last epoch's is already on disk."""
         if trainer.restored_epoch is not None and is_main_process():
-            meta = {**self.meta, "epoch": trainer.epoch, "step": trainer.step}
-            meta["weights_from_epoch"] = trainer.restored_epoch
-            save_checkpoint(
-                self.run_dir / "checkpoint",
-                trainer.eval_model,
-                meta,
-                trainer.state_dict(),
-                files=self.files,
-            )
+            self.save(trainer, weights_from_epoch=trainer.restored_epoch)
+
+    def save(self, trainer, **meta: Any) -> None:
+        meta = {**self.meta, "epoch": trainer.epoch, "step": trainer.step, **meta}
+        state = trainer.state_dict()
+        save_checkpoint(self.run_dir / "checkpoint", trainer.eval_model, meta, state, self.files)
 
 
 class BestCheckpoint(Callback):
