@@ -18,7 +18,7 @@ from neuralab.models.text import NgramBag, RecurrentClassifier
 SPEC = TextSpec(vocab_size=50, num_classes=3, max_length=24)
 # Small sizes so every case runs in milliseconds.
 MODEL_KWARGS: dict[str, dict] = {
-    "textcnn": {"embed_dim": 8, "filters": [2, 3, 4]},
+    "textcnn": {"embed_dim": 8, "filters": [2, 3, 4], "pooling": "max+mean"},
     "rnn": {"embed_dim": 8, "hidden": 6},
     "lstm": {"embed_dim": 8, "hidden": 6, "layers": 2, "pooling": "last"},
     "gru": {"embed_dim": 8, "hidden": 6, "pooling": "mean"},

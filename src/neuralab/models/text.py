@@ -49,7 +49,10 @@ class TextCNN(nn.Module):
     """Kim (2014): parallel 1-D convolutions of several widths over word embeddings, each
     max-pooled over time (windows that start in the padding are masked out), then dropout and
     a linear classifier. `embed_dropout` drops whole embedding channels of the input
-    (Dropout1d over (B, E, T)), a regulariser against memorising words."""
+    (Dropout1d over (B, E, T)), a regulariser against memorising words. `pooling="max+mean"`
+    adds each filter's mean over the real windows to its max (concat pooling, as ULMFiT does
+    for its classifier): the max finds the strongest phrase, the mean how the whole text leans,
+    which matters for long reviews."""
 
     def __init__(
         self,
@@ -59,8 +62,12 @@ class TextCNN(nn.Module):
         filters: Sequence[int],
         dropout: float,
         embed_dropout: float = 0.0,
+        pooling: str = "max",
     ) -> None:
         super().__init__()
+        if pooling not in ("max", "max+mean"):
+            raise ValueError(f"textcnn: pooling {pooling!r} is unknown; valid: max, max+mean")
+        self.mean_pooling = pooling == "max+mean"
         self.embedding = embedding(spec, embed_dim)
         self.embed_dropout = nn.Dropout1d(embed_dropout)
         self.widths = list(widths)
@@ -68,7 +75,7 @@ class TextCNN(nn.Module):
             nn.Conv1d(embed_dim, count, width) for width, count in zip(widths, filters, strict=True)
         )
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(sum(filters), spec.num_classes)
+        self.classifier = nn.Linear(sum(filters) * (1 + self.mean_pooling), spec.num_classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         lengths = lengths_of(ids)  # (B,)
@@ -82,7 +89,10 @@ class TextCNN(nn.Module):
             starts = torch.arange(features.shape[2], device=ids.device)
             valid = starts < (lengths - width + 1).clamp_min(1).unsqueeze(1)  # (B, T - width + 1)
             pooled.append(features.masked_fill(~valid.unsqueeze(1), float("-inf")).amax(2))
-        features = torch.relu(torch.cat(pooled, dim=1))  # (B, sum(filters))
+            if self.mean_pooling:  # mean of the rectified windows (ReLU first, as for max)
+                rectified = torch.relu(features) * valid.unsqueeze(1)
+                pooled.append(rectified.sum(2) / valid.sum(1, keepdim=True).clamp_min(1))
+        features = torch.relu(torch.cat(pooled, dim=1))  # (B, sum(filters) * poolings)
         return self.classifier(self.dropout(features))
 
 
@@ -340,10 +350,11 @@ def textcnn(
     filters: int | Sequence[int] = 100,
     dropout: float = 0.5,
     embed_dropout: float = 0.0,
+    pooling: str = "max",
 ) -> nn.Module:
     """TextCNN; `filters` is one count for every width or one per width (e.g. [32, 64, 128])."""
     counts = as_list(filters, len(widths), "filters")
-    return TextCNN(spec, embed_dim, widths, counts, dropout, embed_dropout)
+    return TextCNN(spec, embed_dim, widths, counts, dropout, embed_dropout, pooling)
 
 
 def recurrent_factory(cell: str, summary: str) -> None:
