@@ -186,14 +186,14 @@ def train_on_device(
         optimizer, config.schedule, steps_per_epoch, planned_steps(settings.epochs, steps_per_epoch)
     )
     meta = {**inputs.meta(config, engine), "engine_choice": engine_choice(engine)}
-    graph_input = inputs.sample_batch(8, engine.device)[0]  # 8 examples: enough to trace
-    board, note = tensorboard_callbacks(config, run_dir, inputs.examples(), graph_input)
+    files = inputs.files()  # the tokenizer's JSON for text runs: serialised once
+    board, note = tensorboard_callbacks(config, run_dir, inputs, engine.device)
     if note:
         say(verbose, f"track  {note}")
     callbacks = [
         StopOnNonFinite(),
-        *monitor_callbacks(config, "val" in loaders, run_dir, meta, inputs.files()),
-        RunWriter(run_dir, meta, inputs.files()),
+        *monitor_callbacks(config, "val" in loaders, run_dir, meta, files),
+        RunWriter(run_dir, meta, files),
         *board,
         *extra_callbacks,  # progress displays first among them: they print the epoch's line
     ]

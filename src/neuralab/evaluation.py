@@ -121,7 +121,7 @@ class WorstExamples:
     def __init__(self, kept: int) -> None:
         self.kept = kept
         self.loss = torch.empty(0)
-        self.rows = torch.empty(0, 4)  # index, true class, predicted class, its probability
+        self.rows = torch.empty(0, 4, dtype=torch.float64)  # index, true, predicted, probability
 
     def update(self, index: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         logits, labels = logits.float().cpu(), labels.cpu()
@@ -130,7 +130,7 @@ class WorstExamples:
         rows = torch.stack([index.cpu().double(), labels.double(), predicted.double(),
                             confidence.double()], dim=1)  # fmt: skip
         self.loss = torch.cat([self.loss, loss])
-        self.rows = torch.cat([self.rows.double(), rows])
+        self.rows = torch.cat([self.rows, rows])
         keep = self.loss.topk(min(self.kept, len(self.loss))).indices
         self.loss, self.rows = self.loss[keep], self.rows[keep]
 

@@ -90,10 +90,10 @@ class TextInputs:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A training-sized batch (at most ENGINE_SAMPLE) to time engine candidates with."""
         size = min(batch_size, len(self.dataset.train), ENGINE_SAMPLE)
-        labels = self.labels("train")
-        loader = TextBatchLoader(self.splits["train"], labels, size, device=device)
+        labels = self.labels("train")[:size]
+        loader = TextBatchLoader(self.splits["train"].head(size), labels, size, device=device)
         first = torch.arange(size)  # the first texts as stored (sorted order would be shortest)
-        return loader.gather(first), labels[:size].to(device)
+        return loader.gather(first), labels.to(device)
 
     def loaders(self, config: RunConfig, engine: Engine) -> dict[str, TextBatchLoader]:
         """Train (shuffled, bucketed, sharded per process), test and val loaders."""

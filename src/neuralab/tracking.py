@@ -231,10 +231,10 @@ def monitor_callbacks(
 
 
 def tensorboard_callbacks(
-    config: RunConfig, run_dir: Path, examples: torch.Tensor | list[str], batch: torch.Tensor
+    config: RunConfig, run_dir: Path, inputs: Any, device: torch.device
 ) -> tuple[list[Callback], str]:
     """The TensorBoard logger when `train.tensorboard` asks for it (auto: when installed),
-    and the log line that says so."""
+    and the log line that says so. `inputs`: the run's ImageInputs or TextInputs."""
     setting = config.train.tensorboard
     if setting == "off" or not is_main_process():
         return [], ""
@@ -244,5 +244,6 @@ def tensorboard_callbacks(
                 "train.tensorboard=on needs the tensorboard package: pip install tensorboard"
             )
         return [], "tensorboard not installed (pip install tensorboard to log runs for it)"
-    logger = TensorBoardLogger(run_dir, examples, batch)
+    graph_input = inputs.sample_batch(8, device)[0]  # 8 examples: enough to trace the graph
+    logger = TensorBoardLogger(run_dir, inputs.examples(), graph_input)
     return [logger], f"tensorboard --logdir {run_dir / 'tensorboard'}"

@@ -41,6 +41,11 @@ class EncodedTexts:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def head(self, count: int) -> EncodedTexts:
+        """The first `count` texts (no copy of the others)."""
+        lengths = self.lengths[:count]
+        return EncodedTexts(self.tokens[: int(lengths.sum())], lengths)
+
     def to_lists(self) -> list[list[int]]:
         return [part.tolist() for part in self.tokens.split(self.lengths.tolist())]
 

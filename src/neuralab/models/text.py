@@ -300,7 +300,8 @@ class NgramBag(nn.Module):
         rows, classes = self.nb_ratio.shape
         counts = torch.zeros(classes * rows, dtype=torch.float64, device=self.nb_ratio.device)
         for ids, labels in batches:
-            present = distinct(self.features(ids))  # (B, L): each feature once per text
+            features = self.features(ids)  # already distinct when binary
+            present = features if self.binary else distinct(features)  # (B, L): once per text
             cells = labels.unsqueeze(1) * rows + present  # (B, L) flat (class, row) index
             counts += torch.bincount(cells[present != PAD_ID], minlength=classes * rows)
         per_class = counts.view(classes, rows).T  # (rows, classes) texts holding f, per class
