@@ -102,6 +102,25 @@ def test_best_checkpoint_follows_the_metric_without_early_stopping(tmp_path: Pat
     assert meta["best"]["value"] == max(row["val_accuracy"] for row in run.history)
 
 
+def test_keep_epochs_holds_the_last_n_epochs_weights(tmp_path: Path) -> None:
+    """keep_epochs=2 over 6 epochs: epochs 5 and 6 remain; epoch 6's snapshot equals the
+    final checkpoint, epoch 5's differs from it, and a snapshot loads like a run."""
+    pytest.importorskip("sklearn")
+    overrides = ["monitor.keep_epochs=2", "train.threads=1"]
+    run = neuralab.train(**DIGITS, out=str(tmp_path / "run"), overrides=overrides)
+    folders = sorted(p.name for p in (tmp_path / "run" / "epochs").iterdir())
+    assert folders == ["epoch-0005", "epoch-0006"]
+    final = load_file(tmp_path / "run" / "checkpoint" / "model.safetensors")
+    last = load_file(tmp_path / "run" / "epochs" / "epoch-0006" / "model.safetensors")
+    before = load_file(tmp_path / "run" / "epochs" / "epoch-0005" / "model.safetensors")
+    assert all(torch.equal(final[name], last[name]) for name in final)
+    assert not all(torch.equal(final[name], before[name]) for name in final)
+    meta = json.loads((tmp_path / "run" / "epochs" / "epoch-0005" / "meta.json").read_text())
+    assert meta["epoch"] == 5
+    model = neuralab.load(tmp_path / "run" / "epochs" / "epoch-0005")
+    assert len(model.classes) == 10
+
+
 def test_early_stopping_without_validation_fails_before_writing(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     with pytest.raises(ValueError, match="no validation split"):

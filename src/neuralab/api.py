@@ -193,7 +193,7 @@ def train_on_device(
     callbacks = [
         StopOnNonFinite(),
         *monitor_callbacks(config, "val" in loaders, run_dir, meta, files),
-        RunWriter(run_dir, meta, files),
+        RunWriter(run_dir, meta, files, config.monitor.keep_epochs),
         *board,
         *extra_callbacks,  # progress displays first among them: they print the epoch's line
     ]

@@ -400,7 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv  # `train --nproc` hands the same arguments to torchrun
     try:
-        return HANDLERS[args.command](args)
+        # Commands defined in their own modules (export, serve) set `handler` on the parser.
+        handler = getattr(args, "handler", None) or HANDLERS[args.command]
+        return handler(args)
     except USER_ERRORS as error:
         where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
         print(f"neuralab {args.command}{where}: error: {error}", file=sys.stderr)

@@ -110,6 +110,9 @@ class MonitorConfig(Section):
     min_delta: float = Field(0.0, ge=0.0)  # smaller changes do not count as improvement
     restore_best: bool = True  # early stopping ends with the best epoch's weights
     keep_best: bool = True  # write <run>/best/ whenever the metric improves
+    # Besides the latest checkpoint/, keep the weights of the last N epochs in
+    # <run>/epochs/epoch-NNNN/ (0: none). Each is loadable like a run (evaluate/predict/export).
+    keep_epochs: int = Field(0, ge=0)
 
 
 class RunConfig(Section):

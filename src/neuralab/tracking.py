@@ -5,6 +5,7 @@
 <run>/metrics.json           final test metrics
 <run>/checkpoint/            the latest checkpoint (see neuralab.checkpoint)
 <run>/best/                  the best epoch's weights by monitor.metric (runs with validation)
+<run>/epochs/epoch-NNNN/     the last monitor.keep_epochs epochs' weights (when asked for)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -67,9 +69,15 @@ class RunWriter(Callback):
     """
 
     def __init__(
-        self, run_dir: str | Path, meta: dict, files: dict[str, str] | None = None
+        self,
+        run_dir: str | Path,
+        meta: dict,
+        files: dict[str, str] | None = None,
+        keep_epochs: int = 0,
     ) -> None:
+        """keep_epochs: also keep the weights of the last N epochs in <run>/epochs/."""
         self.run_dir, self.meta, self.files = Path(run_dir), meta, files
+        self.keep_epochs = keep_epochs
 
     def on_epoch_end(self, trainer, logs: dict) -> None:
         if not is_main_process():
@@ -77,6 +85,8 @@ class RunWriter(Callback):
         write_text_atomic(self.run_dir / "history.json", json.dumps(trainer.history, indent=2))
         write_text_atomic(self.run_dir / "history.csv", history_csv(trainer.history))
         self.save(trainer)
+        if self.keep_epochs:
+            keep_epoch_snapshot(self.run_dir, int(logs["epoch"]), self.keep_epochs)
 
     def on_fit_end(self, trainer) -> None:
         """When a callback (early stopping) put an earlier epoch's weights back, they become
@@ -88,6 +98,31 @@ class RunWriter(Callback):
         meta = {**self.meta, "epoch": trainer.epoch, "step": trainer.step, **meta}
         state = trainer.state_dict()
         save_checkpoint(self.run_dir / "checkpoint", trainer.eval_model, meta, state, self.files)
+
+
+SNAPSHOT_FILES = ("model.safetensors", "meta.json", "tokenizer.json")
+
+
+def keep_epoch_snapshot(run_dir: Path, epoch: int, keep: int) -> Path:
+    """Link the fresh checkpoint's weights into <run>/epochs/epoch-NNNN/ and drop all but the
+    newest `keep` snapshots. Hard links cost no copy: a later save renames a new checkpoint
+    folder into place, so the linked files are never overwritten in place."""
+    source, folder = run_dir / "checkpoint", run_dir / "epochs" / f"epoch-{epoch:04d}"
+    staging = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in SNAPSHOT_FILES:
+        if (source / name).exists():
+            try:
+                os.link(source / name, staging / name)
+            except OSError:  # file systems without hard links: a plain copy
+                shutil.copy2(source / name, staging / name)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(staging, folder)
+    snapshots = sorted(p for p in folder.parent.glob("epoch-*") if p.is_dir())
+    for old in snapshots[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 class BestCheckpoint(Callback):
