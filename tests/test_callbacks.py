@@ -108,6 +108,7 @@ def test_keep_epochs_holds_the_last_n_epochs_weights(tmp_path: Path) -> None:
     pytest.importorskip("sklearn")
     overrides = ["monitor.keep_epochs=2", "train.threads=1"]
     run = neuralab.train(**DIGITS, out=str(tmp_path / "run"), overrides=overrides)
+    assert len(run.history) == 6
     folders = sorted(p.name for p in (tmp_path / "run" / "epochs").iterdir())
     assert folders == ["epoch-0005", "epoch-0006"]
     final = load_file(tmp_path / "run" / "checkpoint" / "model.safetensors")
