@@ -19,3 +19,42 @@ def _private_token_cache(tmp_path_factory: pytest.TempPathFactory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("NEURALAB_CACHE", str(tmp_path_factory.mktemp("neuralab-cache")))
         yield
+
+
+# The fault table (issue: reliability): tests that try a fault or a hostile input record one row
+# after their assertions pass; the table is printed at the end of the run and written to
+# $NEURALAB_FAULT_TABLE when that is set.
+FAULTS: list[tuple[str, int, str, str]] = []
+
+
+@pytest.fixture
+def fault_table():
+    """record(fault, cases, outcome, data_lost="nothing") — call it after the assertions."""
+
+    def record(fault: str, cases: int, outcome: str, data_lost: str = "nothing") -> None:
+        FAULTS.append((fault, cases, outcome, data_lost))
+
+    return record
+
+
+def fault_table_markdown() -> str:
+    lines = [
+        "| fault or hostile input | cases | what happened | data lost |",
+        "| --- | ---: | --- | --- |",
+    ]
+    lines += [f"| {f} | {c} | {o} | {d} |" for f, c, o, d in FAULTS]
+    total = sum(c for _, c, _, _ in FAULTS)
+    return "\n".join(lines) + f"\n\n{len(FAULTS)} faults, {total} cases, all passed.\n"
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    import os
+
+    if not FAULTS:
+        return
+    table = fault_table_markdown()
+    terminalreporter.write_sep("=", "fault table (faults tried by this run's passing tests)")
+    terminalreporter.write(table)
+    if os.environ.get("NEURALAB_FAULT_TABLE"):
+        with open(os.environ["NEURALAB_FAULT_TABLE"], "w", encoding="utf-8") as handle:
+            handle.write(table)

@@ -3,7 +3,9 @@ clear errors for incomplete folders; atomic replacement; no wrapper prefixes."""
 
 from __future__ import annotations
 
+import errno
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,7 @@ def test_restored_optimizer_takes_the_same_next_step(tmp_path: Path) -> None:
 def test_without_training_state_there_is_none_to_load(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "ckpt", small_net(), META)
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "manifest.json",
         "meta.json",
         "model.safetensors",
     ]
@@ -130,20 +133,114 @@ class Sentinel:
         return (open, (str(self.path), "w"))
 
 
-def test_pickle_named_model_safetensors_is_refused_and_never_run(tmp_path: Path) -> None:
-    folder = tmp_path / "ckpt"
-    save_checkpoint(folder, small_net(), META)
-    sentinel = tmp_path / "executed"
+def plant_pickle(folder: Path, sentinel: Path, name: str = "model.safetensors") -> None:
+    """A live payload: unpickling it creates `sentinel`."""
     payload = {"weights": small_net().state_dict(), "x": Sentinel(sentinel)}
-    torch.save(payload, folder / "model.safetensors")
-    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
-        load_checkpoint(folder)
+    torch.save(payload, folder / name)
+
+
+def reseal(folder: Path) -> None:
+    """What an attacker who also edits the manifest would do."""
+    (folder / "manifest.json").unlink()
+    checkpoint.write_manifest(folder)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "training.safetensors"])
+def test_pickle_in_place_of_safetensors_is_refused_and_never_run(
+    tmp_path: Path, name: str, fault_table
+) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(), META, {"epoch": 1})
+    sentinel = tmp_path / "executed"
+    plant_pickle(folder, sentinel, name)
+    with pytest.raises(CheckpointError, match=f"{name} does not match .*manifest.json"):
+        load_checkpoint(folder) if name.startswith("model") else load_training_state(folder)
+    reseal(folder)  # the manifest now vouches for the pickle: refused by its content
+    load = load_checkpoint if name.startswith("model") else load_training_state
+    with pytest.raises(CheckpointError, match="zip archive .torch.save.*never loads pickles"):
+        load(folder)
     with pytest.raises(CheckpointError):
         Predictor.load(folder)
     assert not sentinel.exists()
     # The file really is a live payload: a pickle loader would have run it.
-    torch.load(io.BytesIO((folder / "model.safetensors").read_bytes()), weights_only=False)
+    torch.load(io.BytesIO((folder / name).read_bytes()), weights_only=False)
     assert sentinel.exists()
+    fault_table(
+        f"checkpoint: code-running pickle as {name} (manifest kept, then re-sealed)",
+        2,
+        "refused: digest mismatch, then 'is a zip archive (torch.save)'; sentinel file "
+        "never created",
+    )
+
+
+def test_raw_pickle_protocol_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(), META)
+    import pickle
+
+    (folder / "model.safetensors").write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    reseal(folder)
+    with pytest.raises(CheckpointError, match="is a Python pickle"):
+        load_checkpoint(folder)
+
+
+def flip_one_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "meta.json", "training.json"])
+def test_tampered_file_is_refused_naming_both_digests(
+    tmp_path: Path, name: str, fault_table
+) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(), META, {"epoch": 1})
+    expected = checkpoint.file_digest(folder / name)
+    flip_one_byte(folder / name, (folder / name).stat().st_size - 3)
+    actual = checkpoint.file_digest(folder / name)
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(folder)
+        load_training_state(folder)
+    assert f"expected SHA-256 {expected}, found {actual}" in str(error.value)
+    assert str(folder / name) in str(error.value)
+    fault_table(
+        f"checkpoint: one bit flipped in {name}",
+        1,
+        "refused before loading, naming the file, expected and actual SHA-256",
+    )
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"_target_": "os.system"},
+        {"model": {"name": "mlp", "args": {"activation": {"__class__": "subprocess.Popen"}}}},
+        {"hooks": [{"py/object": "builtins.eval"}]},
+        {"model": {"name": "os.system", "args": {}}},
+    ],
+)
+def test_metadata_naming_code_is_refused(tmp_path: Path, edit: dict, fault_table) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(), META)
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, **edit}))
+    reseal(folder)
+    with pytest.raises(CheckpointError, match="names code to import|not a registered model"):
+        load_checkpoint(folder)
+    fault_table(
+        f"checkpoint: meta.json naming code ({json.dumps(edit)[:40]})",
+        1,
+        "refused with the field's path; nothing imported",
+    )
+
+
+def test_missing_manifest_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(), META)
+    (folder / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="manifest.json is missing"):
+        load_checkpoint(folder)
 
 
 def test_missing_meta_json_is_a_clear_error(tmp_path: Path) -> None:
@@ -154,23 +251,27 @@ def test_missing_meta_json_is_a_clear_error(tmp_path: Path) -> None:
         load_checkpoint(folder)
 
 
-def test_missing_weights_bad_json_and_wrong_format_are_errors(tmp_path: Path) -> None:
+def test_missing_files_are_named(tmp_path: Path) -> None:
     folder = tmp_path / "ckpt"
     save_checkpoint(folder, small_net(), META, {"epoch": 1})
     (folder / "training.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="training.safetensors is missing"):
+    with pytest.raises(CheckpointError, match="training.safetensors is missing, but manifest"):
         load_training_state(folder)
     (folder / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="model.safetensors is missing"):
+    with pytest.raises(CheckpointError, match="model.safetensors is missing, but manifest"):
         load_checkpoint(folder)
-    (folder / "meta.json").write_text('{"format": 99}', encoding="utf-8")
-    with pytest.raises(CheckpointError, match="format 99"):
-        load_checkpoint(folder)
-    (folder / "meta.json").write_text("{not json", encoding="utf-8")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
-        load_checkpoint(folder)
-    (folder / "meta.json").write_text("[1, 2]", encoding="utf-8")
-    with pytest.raises(CheckpointError, match="JSON object"):
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [('{"format": 99}', "format 99"), ("{not json", "not valid JSON"), ("[1, 2]", "JSON object")],
+)
+def test_bad_meta_json_is_named(tmp_path: Path, text: str, message: str) -> None:
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(), META)
+    (folder / "meta.json").write_text(text, encoding="utf-8")
+    reseal(folder)
+    with pytest.raises(CheckpointError, match=message):
         load_checkpoint(folder)
 
 
@@ -178,8 +279,9 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
-def test_failed_save_keeps_the_previous_checkpoint_and_no_temp_folder(
-    tmp_path: Path, monkeypatch
+@pytest.mark.parametrize("failing", ["model.safetensors", "training.safetensors"])
+def test_disk_full_during_save_keeps_the_previous_checkpoint_and_says_so(
+    tmp_path: Path, monkeypatch, failing: str, fault_table
 ) -> None:
     folder = tmp_path / "ckpt"
     save_checkpoint(folder, small_net(0), META, {"epoch": 1})
@@ -187,15 +289,23 @@ def test_failed_save_keeps_the_previous_checkpoint_and_no_temp_folder(
     real_save_file = checkpoint.save_file
 
     def failing_save_file(tensors, filename, *args, **kwargs):
-        if filename.endswith("training.safetensors"):
-            raise OSError("disk full (simulated)")
+        if filename.endswith(failing):
+            real_save_file(tensors, filename, *args, **kwargs)  # part written, then:
+            raise OSError(errno.ENOSPC, "No space left on device")
         return real_save_file(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint, "save_file", failing_save_file)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(OSError, match="the disk is full.*previous checkpoint .* is intact") as e:
         save_checkpoint(folder, small_net(1), {**META, "epoch": 2}, {"epoch": 2})
+    assert e.value.errno == errno.ENOSPC
     assert snapshot(folder) == before
     assert [path.name for path in tmp_path.iterdir()] == ["ckpt"]
+    assert torch.equal(load_checkpoint(folder)[0]["0.weight"], small_net(0)[0].weight.detach())
+    fault_table(
+        f"disk full (ENOSPC) while writing {failing}",
+        1,
+        "OSError says the disk is full and the previous checkpoint is intact; no temp folder",
+    )
 
 
 def test_successful_save_replaces_the_old_one_completely(tmp_path: Path) -> None:

@@ -179,7 +179,11 @@ def test_ema_weights_are_the_average_of_the_raw_weights() -> None:
 
 
 class NaNLoader:
-    """Any object with set_epoch, __len__ and __iter__ is a loader; this one yields NaN images."""
+    """Any object with set_epoch, __len__ and __iter__ is a loader; this one yields NaN images
+    from batch `bad_batch` (counted from 1) of epoch `bad_epoch` on, finite ones before."""
+
+    def __init__(self, bad_epoch: int = 1, bad_batch: int = 1) -> None:
+        self.bad_epoch, self.bad_batch = bad_epoch, bad_batch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -188,14 +192,51 @@ class NaNLoader:
         return 4
 
     def __iter__(self):
-        for _ in range(4):
-            yield torch.full((2, 1, 4, 4), float("nan")), torch.tensor([0, 1])
+        for batch in range(1, 5):
+            bad = (self.epoch + 1, batch) >= (self.bad_epoch, self.bad_batch)
+            images = torch.full((2, 1, 4, 4), float("nan") if bad else 0.5)
+            yield images, torch.tensor([0, 1])
 
 
-def test_stop_on_non_finite_names_epoch_and_step() -> None:
+def weights_of(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_non_finite_loss_stops_at_that_step_before_the_update() -> None:
+    """Epoch 2, batch 3 is NaN: the run stops there, names epoch/step/batch, logs only the
+    complete epoch, and the weights are those after the last good step (step 6)."""
     trainer = make_trainer(callbacks=[StopOnNonFinite()])
+    good = make_trainer()
+    good.fit(NaNLoader(bad_epoch=9), epochs=1.5)  # the same 6 good steps, nothing else
+    history = trainer.fit(NaNLoader(bad_epoch=2, bad_batch=3), epochs=3)
+    assert trainer.failed and [row["epoch"] for row in history] == [1]
+    assert trainer.step == 6
+    assert "training loss became nan at epoch 2, step 7 (batch 3 of the epoch)" in (
+        trainer.stop_reason
+    )
+    for got, expected in zip(weights_of(trainer.model), weights_of(good.model), strict=True):
+        assert torch.equal(got, expected)
+
+
+def test_non_finite_gradient_names_the_parameter() -> None:
+    """A finite loss with an infinite gradient (a hook poisons the bias's gradient)."""
+    model = linear_model()
+    trainer = make_trainer(model)
+    model[1].bias.register_hook(lambda grad: grad * float("inf"))
+    before = weights_of(model)
+    trainer.fit(loaders()[0], epochs=1)
+    assert trainer.failed and trainer.step == 0 and trainer.history == []
+    assert "gradient of parameter '1.bias' became non-finite at epoch 1, step 1" in (
+        trainer.stop_reason
+    )
+    assert all(torch.equal(a, b) for a, b in zip(weights_of(model), before, strict=True))
+
+
+def test_epoch_check_stops_after_the_epoch_when_steps_are_not_checked() -> None:
+    """check_finite=False (a GPU's default): StopOnNonFinite catches it at the epoch's end."""
+    trainer = make_trainer(callbacks=[StopOnNonFinite()], check_finite=False)
     history = trainer.fit(NaNLoader(), epochs=3)
-    assert trainer.should_stop and len(history) == 1
+    assert trainer.should_stop and trainer.failed and len(history) == 1
     assert "epoch 1 (step 4)" in trainer.stop_reason
     assert "learning rate" in trainer.stop_reason
 
@@ -206,9 +247,9 @@ def test_huge_learning_rate_is_stopped() -> None:
     trainer = make_trainer(model, lr=1e10, callbacks=[StopOnNonFinite()])
     train, _ = loaders()
     history = trainer.fit(train, epochs=3)
-    assert trainer.should_stop and len(history) < 3
-    assert history[-1]["train_loss"] != history[-1]["train_loss"]  # NaN
-    assert f"epoch {len(history)} (step {trainer.step})" in trainer.stop_reason
+    assert trainer.failed and len(history) < 3
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # no bad step was taken
+    assert f"step {trainer.step + 1} " in trainer.stop_reason
 
 
 def test_plain_progress_writes_one_line_per_epoch() -> None:

@@ -14,7 +14,7 @@ import torch
 
 from neuralab import distributed
 from neuralab.callbacks import Callback, StopOnNonFinite, progress_callbacks
-from neuralab.checkpoint import load_checkpoint, load_training_state
+from neuralab.checkpoint import CheckpointError, load_checkpoint, load_training_state
 from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data.dataset import PATH_KINDS
 from neuralab.engine import (
@@ -45,6 +45,20 @@ from neuralab.trainer import Trainer, make_loss, planned_steps
 from neuralab.trainer import evaluate as evaluate_loader
 
 Inputs = ImageInputs | TextInputs
+
+
+def step_finite_check(setting: str, device: torch.device) -> bool:
+    """train.finite_check → whether the trainer checks every step (see TrainConfig)."""
+    return setting == "step" or (setting == "auto" and device.type == "cpu")
+
+
+def last_good(run_dir: Path) -> str:
+    """Where the last good weights are after a failed run (nothing bad is ever saved)."""
+    try:
+        epoch = load_checkpoint(run_dir / "checkpoint")[1]["epoch"]
+    except CheckpointError:
+        return f"No epoch completed, so {run_dir} holds no checkpoint."
+    return f"The last good checkpoint is {run_dir / 'checkpoint'} (epoch {epoch})."
 
 
 class TrainingStopped(RuntimeError):
@@ -207,6 +221,7 @@ def train_on_device(
         grad_clip=settings.grad_clip,
         ema_decay=settings.ema_decay,
         grad_accumulation=settings.grad_accumulation,
+        check_finite=step_finite_check(settings.finite_check, engine.device),
     )
     if resume_from is not None:
         trainer.load_state_dict(load_training_state(run_dir / "checkpoint"), weights)
@@ -215,10 +230,7 @@ def train_on_device(
     history = trainer.fit(loaders["train"], settings.epochs, loaders.get("val"))
     train_seconds = time.perf_counter() - start
     if trainer.failed:
-        raise TrainingStopped(
-            f"training stopped: {trainer.stop_reason}. The run directory "
-            f"{run_dir} keeps the last complete epoch's checkpoint."
-        )
+        raise TrainingStopped(f"training stopped: {trainer.stop_reason}. {last_good(run_dir)}")
     if trainer.stop_reason:
         say(verbose, f"stop   {trainer.stop_reason}")
     if trainer.restored_epoch is not None:

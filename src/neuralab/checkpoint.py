@@ -6,13 +6,20 @@
                           preprocessing, resolved config, epoch/step, metrics
     training.safetensors  optimizer / scheduler / RNG tensors   (optional, for resume)
     training.json         the non-tensor rest of that state      (optional)
+    manifest.json         SHA-256 digest and size of every file above, written last
 
-Loading reads only safetensors and JSON, so it never executes code from the files. A folder is
-written beside its destination and renamed into place, so a crash never leaves half a checkpoint.
+Loading reads only safetensors and JSON, so it never executes code from the files; it checks
+every file against the manifest first and refuses a pickle, a metadata field that names code
+(a class, a callable, an import path) and a model name that is not registered. A folder is
+written beside its destination, fsynced and renamed into place, by the main process only, so
+a crash never leaves half a checkpoint; an error while writing (a full disk) leaves the previous
+checkpoint as it was and says so.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import shutil
@@ -27,7 +34,24 @@ from torch import nn
 
 from neuralab.distributed import unwrap
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifest.json with SHA-256 digests
+MANIFEST = "manifest.json"
+HASH_CHUNK = 1 << 20  # bytes read at a time while hashing
+# Keys that serialisation libraries use to name code to import or call (Hydra, pickle,
+# jsonpickle, PyYAML, Lightning): a neuralab checkpoint never needs them, so they are refused.
+CODE_KEYS = {
+    "_target_",
+    "__class__",
+    "__reduce__",
+    "__callable__",
+    "py/object",
+    "py/reduce",
+    "py/function",
+    "class_path",
+    "callable",
+    "__import__",
+}
+PICKLE_SIGNATURES = {b"\x80": "a Python pickle", b"PK\x03\x04": "a zip archive (torch.save)"}
 
 
 class CheckpointError(ValueError):
@@ -59,13 +83,71 @@ def save_checkpoint(
             plain = encode(training_state, "training", tensors)
             save_file(tensors, str(staging / "training.safetensors"))
             write_json(staging / "training.json", plain)
+        write_manifest(staging)
         fsync_folder(staging)
         share_like_umask(staging)
         replace_folder(staging, directory)
+    except OSError as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise save_failed(directory, error) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return directory
+
+
+def save_failed(directory: Path, error: OSError) -> OSError:
+    """The same OSError kind, with a message that says what happened to the user's files."""
+    kept = (
+        f"the previous checkpoint in {directory} is intact"
+        if (directory / MANIFEST).exists()
+        else f"no earlier checkpoint existed in {directory}"
+    )
+    cause = "the disk is full" if error.errno == errno.ENOSPC else str(error)
+    fix = "free some space" if error.errno == errno.ENOSPC else "check the folder"
+    message = f"could not write the checkpoint {directory} ({cause}); {kept}. Fix: {fix} and resume"
+    return type(error)(error.errno, message) if error.errno else OSError(message)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """manifest.json: digest and size of every file in `folder` (written last, so a folder
+    with a manifest is complete)."""
+    files = {
+        path.name: {"sha256": file_digest(path), "bytes": path.stat().st_size}
+        for path in sorted(folder.iterdir())
+    }
+    write_json(folder / MANIFEST, {"format": FORMAT_VERSION, "files": files})
+
+
+def verify_manifest(folder: Path) -> None:
+    """Every file the manifest lists is present with its size and SHA-256 digest."""
+    manifest = read_json(folder / MANIFEST)
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{folder / MANIFEST} lists no files; the checkpoint is damaged")
+    for name, expected in files.items():
+        path = folder / str(name)
+        if Path(str(name)).name != name or not path.is_file():
+            raise CheckpointError(
+                f"{path} is missing, but {MANIFEST} lists it: {folder} is not a complete "
+                "neuralab checkpoint; use the whole folder"
+            )
+        actual = file_digest(path)
+        if not isinstance(expected, dict) or actual != expected.get("sha256"):
+            raise CheckpointError(
+                f"{path} does not match {folder / MANIFEST}: expected SHA-256 "
+                f"{expected.get('sha256') if isinstance(expected, dict) else expected}, "
+                f"found {actual}. The file was changed or damaged after it was saved; "
+                "use an intact copy of the checkpoint (nothing was loaded)"
+            )
 
 
 def replace_folder(staging: Path, directory: Path) -> None:
@@ -90,9 +172,15 @@ def share_like_umask(folder: Path) -> None:
 
 
 def fsync_folder(folder: Path) -> None:
+    """Flush every file and the folder's own entry list to the disk."""
     for path in folder.iterdir():
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -152,6 +240,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{path} is missing: the checkpoint folder {path.parent} is incomplete"
         )
+    refuse_pickle(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -161,15 +250,64 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(weights, meta) of a checkpoint folder."""
-    directory = Path(directory)
-    meta = read_json(directory / "meta.json")
+def refuse_pickle(path: Path) -> None:
+    """A pickle renamed .safetensors is named as such; it is never unpickled."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    for signature, kind in PICKLE_SIGNATURES.items():
+        if head.startswith(signature):
+            raise CheckpointError(
+                f"{path} is {kind}, not a safetensors file: neuralab never loads pickles, "
+                "because loading one can run any code. Re-save the weights with "
+                "safetensors.torch.save_file in a trusted environment"
+            )
+
+
+def refuse_code_references(value: Any, where: str) -> None:
+    """Metadata is plain data: a key that names code to import or call is refused."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in CODE_KEYS:
+                raise CheckpointError(
+                    f"{where}: field {key!r} names code to import or call; neuralab "
+                    "checkpoints never do, so this file is refused (nothing was run)"
+                )
+            refuse_code_references(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            refuse_code_references(item, f"{where}[{index}]")
+
+
+def check_meta(directory: Path, meta: dict) -> None:
+    """The format version, no code references, and a registered model name."""
     if meta.get("format") != FORMAT_VERSION:
         raise CheckpointError(
             f"{directory / 'meta.json'}: format {meta.get('format')!r}, "
             f"this neuralab reads format {FORMAT_VERSION}"
         )
+    refuse_code_references(meta, str(directory / "meta.json"))
+    name = meta.get("model", {}).get("name") if isinstance(meta.get("model"), dict) else None
+    from neuralab.models import MODELS  # here: models import nothing from checkpoints
+
+    if name is not None and name not in MODELS.names():
+        raise CheckpointError(
+            f"{directory / 'meta.json'}: model {name!r} is not a registered model "
+            f"(valid: {', '.join(MODELS.names())}); the checkpoint cannot be rebuilt"
+        )
+
+
+def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, meta) of a checkpoint folder, after checking it against its manifest."""
+    directory = Path(directory)
+    if not (directory / MANIFEST).is_file():
+        read_json(directory / "meta.json")  # a missing meta.json says more than the manifest
+        raise CheckpointError(
+            f"{directory / MANIFEST} is missing: {directory} is not a complete neuralab "
+            "checkpoint (it may have been copied in part); use the whole folder"
+        )
+    verify_manifest(directory)
+    meta = read_json(directory / "meta.json")
+    check_meta(directory, meta)
     return read_tensors(directory / "model.safetensors"), meta
 
 
@@ -178,6 +316,7 @@ def load_training_state(directory: str | Path) -> dict | None:
     directory = Path(directory)
     if not (directory / "training.json").exists():
         return None
+    verify_manifest(directory)
     return decode(
         read_json(directory / "training.json"), read_tensors(directory / "training.safetensors")
     )

@@ -77,6 +77,10 @@ class TrainConfig(Section):
     loss: Literal["cross_entropy", "mse"] = "cross_entropy"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     grad_clip: float | None = Field(None, gt=0.0)
+    # Stop at the first step whose loss or gradients are NaN/Inf, before it changes the weights
+    # (auto: every step on a CPU, where the check is free; once per epoch on a GPU, where it
+    # would cost a host synchronisation per step).
+    finite_check: Literal["auto", "step", "epoch"] = "auto"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"

@@ -80,7 +80,7 @@ class RunWriter(Callback):
         self.keep_epochs = keep_epochs
 
     def on_epoch_end(self, trainer, logs: dict) -> None:
-        if not is_main_process():
+        if not is_main_process() or trainer.failed:  # never save a non-finite epoch
             return
         write_text_atomic(self.run_dir / "history.json", json.dumps(trainer.history, indent=2))
         write_text_atomic(self.run_dir / "history.csv", history_csv(trainer.history))
@@ -142,6 +142,8 @@ class BestCheckpoint(Callback):
         self.watch = MetricWatch(metric, min_delta)
 
     def on_epoch_end(self, trainer, logs: dict) -> None:
+        if trainer.failed:
+            return
         if self.watch.update(logs) and is_main_process():
             meta = {**self.meta, "epoch": logs["epoch"], "step": trainer.step}
             meta["best"] = {"metric": self.watch.metric, "value": self.watch.best}

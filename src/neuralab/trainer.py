@@ -61,8 +61,13 @@ class Trainer:
         ema_decay: float | None = None,
         channels_last: bool = False,
         grad_accumulation: int = 1,
+        check_finite: bool = True,
     ) -> None:
+        """check_finite: before every optimizer step, check that the loss and the gradients
+        are finite, and stop at the first step where they are not (one host synchronisation
+        per step: free on a CPU; on a GPU `False` leaves it to StopOnNonFinite per epoch)."""
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.check_finite = check_finite
         self.scheduler, self.callbacks = scheduler, list(callbacks)
         self.autocast_dtype, self.grad_clip = autocast_dtype, grad_clip
         self.grad_accumulation = grad_accumulation  # micro-batches per optimizer step
@@ -99,6 +104,8 @@ class Trainer:
                 callback.on_epoch_start(self)
             start = time.perf_counter()
             logs = self.train_epoch(train_loader, total_steps)
+            if logs is None:  # a non-finite step: the partial epoch is neither logged nor saved
+                break
             broadcast_buffers(self.eval_model)  # all processes evaluate and save rank 0's model
             if val_loader is not None:
                 logs.update(
@@ -119,8 +126,11 @@ class Trainer:
             callback.on_fit_end(self)
         return self.history
 
-    def train_epoch(self, loader: Iterable, total_steps: int) -> dict:
-        """One pass; running sums stay on the device so the loop never waits for the host."""
+    def train_epoch(self, loader: Iterable, total_steps: int) -> dict | None:
+        """One pass; running sums stay on the device so the loop never waits for the host.
+
+        Returns None when a step's loss or gradients were not finite (see `stop_non_finite`).
+        """
         self.model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -130,7 +140,11 @@ class Trainer:
             if self.step >= total_steps:
                 break
             lr = self.optimizer.param_groups[0]["lr"]  # logged: the epoch's last step's rate
-            batch_loss, batch_correct = self.train_step(images, labels)
+            try:
+                batch_loss, batch_correct = self.train_step(images, labels)
+            except NonFiniteStep as error:
+                self.stop_non_finite(str(error), count // max(1, len(labels)))
+                return None
             if self.scheduler is not None:
                 self.scheduler.step()
             if self.ema is not None:
@@ -177,10 +191,33 @@ class Trainer:
                 (loss * (len(micro_labels) / len(labels))).backward()
             loss_sum += loss.detach() * len(micro_labels)
             correct += (logits.argmax(1) == micro_labels).sum()
-        if self.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.check_and_clip(loss_sum)
         self.optimizer.step()
         return loss_sum, correct
+
+    def check_and_clip(self, loss_sum: torch.Tensor) -> None:
+        """Raise NonFiniteStep before a bad update reaches the weights; clip the gradients'
+        global norm to `grad_clip` (one norm computation serves both)."""
+        if not (self.check_finite or self.grad_clip):
+            return
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        norm = nn.utils.get_total_norm([p.grad for p in parameters])
+        if self.check_finite:
+            if not bool(torch.isfinite(loss_sum)):  # one host sync per step (see __init__)
+                raise NonFiniteStep(f"the training loss became {float(loss_sum)}")
+            if not bool(torch.isfinite(norm)):
+                raise NonFiniteStep(first_non_finite_grad(self.model))
+        if self.grad_clip:
+            nn.utils.clip_grads_with_norm_(parameters, self.grad_clip, norm)
+
+    def stop_non_finite(self, what: str, batch: int) -> None:
+        """Stop the run at this step: the optimizer did not take it, so the weights are those
+        of the step before; callbacks do not see the partial epoch (nothing is saved)."""
+        self.stop_reason = (
+            f"{what} at epoch {self.epoch + 1}, step {self.step + 1} (batch {batch + 1} of "
+            "the epoch); the step was not taken. Lower the learning rate or set train.grad_clip"
+        )
+        self.should_stop = self.failed = True
 
     def gradient_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """DDP's `no_sync()` for all but the last micro-batch: their gradients only accumulate
@@ -235,6 +272,18 @@ class Trainer:
             callback.load_state_dict(state["callbacks"].get(type(callback).__name__, {}))
         self.epoch, self.step, self.history = state["epoch"], state["step"], list(state["history"])
         torch.set_rng_state(state["rng"])
+
+
+class NonFiniteStep(ArithmeticError):
+    """A training step produced a NaN or infinite loss or gradient."""
+
+
+def first_non_finite_grad(model: nn.Module) -> str:
+    """Names the first parameter whose gradient holds NaN or Inf."""
+    for name, parameter in local_module(model).named_parameters():
+        if parameter.grad is not None and not bool(torch.isfinite(parameter.grad).all()):
+            return f"the gradient of parameter {name!r} became non-finite"
+    return "the gradients' global norm overflowed to infinity"
 
 
 def sum_over_shards(loader: Iterable, values: Sequence[float]) -> list[float]:
