@@ -162,6 +162,26 @@ def replace_folder(staging: Path, directory: Path) -> None:
         os.replace(staging, directory)
 
 
+def recover_interrupted_save(directory: str | Path) -> list[str]:
+    """Tidy up after a process killed while saving `directory`; returns what was done.
+
+    `replace_folder` moves the old checkpoint aside before renaming the new one in: killed
+    between the two renames, only the old copy (complete) exists, and it is put back. Staging
+    folders of killed saves are incomplete by definition (a complete one is renamed in) and
+    are removed.
+    """
+    directory, notes = Path(directory), []
+    old = directory.with_name(f".{directory.name}.old")
+    if not directory.exists() and (old / MANIFEST).is_file():
+        os.replace(old, directory)
+        notes.append(f"{directory}: put back the previous checkpoint (a save was interrupted)")
+    for staging in directory.parent.glob(f".{directory.name}.*"):
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+            notes.append(f"removed {staging}: an interrupted save's unfinished folder")
+    return notes
+
+
 def share_like_umask(folder: Path) -> None:
     """mkdtemp and safetensors create owner-only files; give them the user's usual modes."""
     umask = os.umask(0)

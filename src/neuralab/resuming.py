@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from neuralab.api import Run, train_config
+from neuralab.checkpoint import recover_interrupted_save
 from neuralab.config import RunConfig, resolve_config
 
 
@@ -23,7 +24,19 @@ def resume(run_dir: str | Path = "auto", verbose: bool = True, progress: str = "
         >>> neuralab.resume("runs/mnist-lenet-20261125-101500")  # doctest: +SKIP
     """
     folder = resumable_run(run_dir)
+    for name in ("checkpoint", "best"):
+        for note in recover_interrupted_save(folder / name):
+            if verbose:
+                print(f"resume {note}")
     config = resolve_config(str(folder / "config.yaml"))
+    if not (folder / "checkpoint" / "training.json").exists():
+        # Killed before its first checkpoint: nothing to continue from, so the run starts
+        # over in the same folder with the same config (and seed): the result is the same.
+        if verbose:
+            print(f"resume {folder} has no checkpoint yet: starting the run over")
+        return train_config(
+            config.model_copy(update={"out": str(folder)}), verbose=verbose, progress=progress
+        )
     return train_config(config, verbose=verbose, resume_from=folder, progress=progress)
 
 
@@ -40,18 +53,24 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
 
 
 def find_unfinished_run(parent: Path) -> Path:
-    """The most recently written run under `parent` that has a checkpoint but no metrics."""
+    """The most recently written run under `parent` that has no metrics.json yet."""
     candidates = [
         folder
         for folder in (parent.iterdir() if parent.is_dir() else [])
-        if (folder / "checkpoint").is_dir() and not (folder / "metrics.json").exists()
+        if (folder / "config.yaml").is_file() and not (folder / "metrics.json").exists()
     ]
     if not candidates:
         raise FileNotFoundError(
-            f"--resume auto: no unfinished run (checkpoint/ without metrics.json) under "
+            f"--resume auto: no unfinished run (config.yaml without metrics.json) under "
             f"{parent.resolve()}; pass the run directory instead"
         )
-    return max(candidates, key=lambda folder: (folder / "checkpoint").stat().st_mtime)
+    return max(candidates, key=last_written)
+
+
+def last_written(folder: Path) -> float:
+    """When the run last saved: its checkpoint, else its config (written at the start)."""
+    checkpoint = folder / "checkpoint"
+    return (checkpoint if checkpoint.exists() else folder / "config.yaml").stat().st_mtime
 
 
 def check_resumable(folder: Path) -> None:
@@ -60,9 +79,8 @@ def check_resumable(folder: Path) -> None:
             f"{folder} is a finished run (it has metrics.json): there is nothing to resume. "
             "Train again with a new --out to train more"
         )
-    for needed in ("config.yaml", "checkpoint/training.json"):
-        if not (folder / needed).exists():
-            raise FileNotFoundError(
-                f"cannot resume {folder}: {folder / needed} is missing (a run can be resumed "
-                "once it has finished its first epoch)"
-            )
+    if not (folder / "config.yaml").exists():
+        raise FileNotFoundError(
+            f"cannot resume {folder}: {folder / 'config.yaml'} is missing, so it is not a "
+            "neuralab run directory (pass the folder `neuralab train` printed)"
+        )

@@ -79,6 +79,13 @@ class RunWriter(Callback):
         self.run_dir, self.meta, self.files = Path(run_dir), meta, files
         self.keep_epochs = keep_epochs
 
+    def on_fit_start(self, trainer) -> None:
+        """A run killed between its save and the epoch's snapshot takes it on resuming."""
+        epoch = trainer.epoch
+        snapshot = self.run_dir / "epochs" / f"epoch-{epoch:04d}"
+        if self.keep_epochs and epoch and not snapshot.exists() and is_main_process():
+            keep_epoch_snapshot(self.run_dir, epoch, self.keep_epochs)
+
     def on_epoch_end(self, trainer, logs: dict) -> None:
         if not is_main_process() or trainer.failed:  # never save a non-finite epoch
             return
