@@ -119,3 +119,114 @@ def test_public_api_is_explicit() -> None:
     for name in neuralab.__all__:
         assert hasattr(neuralab, name), name
     assert {"train", "evaluate", "load", "Predictor", "resolve_config"} <= set(neuralab.__all__)
+
+
+SEEDED = ["model.args.dropout=0.3", "augment.crop_padding=1", "train.threads=1"]
+
+
+def weights_and_history(run_dir: Path) -> tuple[dict, list]:
+    from safetensors.torch import load_file
+
+    history = json.loads((Path(run_dir) / "history.json").read_text())
+    timeless = [{k: v for k, v in row.items() if "second" not in k} for row in history]
+    return load_file(Path(run_dir) / "checkpoint" / "model.safetensors"), timeless
+
+
+def test_same_seed_gives_bit_identical_runs_and_another_seed_does_not(
+    tmp_path: Path, fault_table
+) -> None:
+    results = []
+    for index, seed in enumerate((5, 5, 6)):
+        out = tmp_path / f"run{index}"
+        neuralab.train(
+            data="digits",
+            model="mlp",
+            epochs=2,
+            seed=seed,
+            out=str(out),
+            overrides=SEEDED,
+            verbose=False,
+        )
+        results.append(weights_and_history(out))
+    (first, history), (second, again), (other, _) = results
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert history == again
+    assert not all(torch.equal(first[name], other[name]) for name in first)
+    fault_table(
+        "the same seed twice (dropout, augmentation, shuffling)",
+        2,
+        "bit-identical weights and history; a third seed differs",
+    )
+
+
+def test_deterministic_flag_pins_the_engine_and_the_kernels(tmp_path: Path) -> None:
+    """--deterministic: nothing timed, only deterministic kernels while training (checked
+    from inside the loop), and the global setting restored afterwards."""
+    from neuralab import cli
+    from neuralab.callbacks import Callback
+
+    seen = []
+
+    class Watch(Callback):
+        def on_step_end(self, trainer) -> None:
+            seen.append(torch.are_deterministic_algorithms_enabled())
+
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        neuralab.train(
+            data="digits",
+            model="mlp",
+            epochs=1,
+            out=str(out),
+            verbose=False,
+            overrides=["train.deterministic=true"],
+            callbacks=[Watch()],
+        )
+    assert seen and all(seen) and not torch.are_deterministic_algorithms_enabled()
+    first, second = (weights_and_history(out) for out in outs)
+    assert all(torch.equal(first[0][name], second[0][name]) for name in first[0])
+    assert "deterministic: true" in (outs[0] / "config.yaml").read_text()
+    args = cli.build_parser().parse_args(["train", "--deterministic", "--data", "digits"])
+    assert cli.resolve_train_config(args).train.deterministic is True
+
+
+def test_non_finite_step_in_epoch_two_names_the_last_good_checkpoint(
+    tmp_path: Path, fault_table
+) -> None:
+    """A gradient poisoned from the 5th step of epoch 2 on: the run stops at that step, the
+    error names epoch/step/batch and the epoch-1 checkpoint, which is untouched and finite."""
+    from neuralab.api import TrainingStopped
+    from neuralab.callbacks import Callback
+
+    class PoisonGradients(Callback):
+        def on_step_end(self, trainer) -> None:
+            if trainer.epoch == 1 and trainer.step == trainer.steps_this_epoch + 4:
+                weight = next(trainer.model.parameters())
+                weight.register_hook(lambda grad: grad * float("nan"))
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingStopped) as stopped:
+        neuralab.train(
+            data="digits",
+            model="mlp",
+            epochs=3,
+            batch_size=64,
+            out=str(out),
+            verbose=False,
+            callbacks=[PoisonGradients()],
+            overrides=["train.threads=1"],
+        )
+    message = str(stopped.value)
+    steps = 23  # 1437 digits / 64
+    assert f"at epoch 2, step {steps + 5} (batch 5 of the epoch)" in message
+    assert "gradient of parameter" in message
+    assert f"last good checkpoint is {out / 'checkpoint'} (epoch 1)" in message
+    weights, history = weights_and_history(out)
+    assert [row["epoch"] for row in history] == [1]
+    assert all(torch.isfinite(tensor).all() for tensor in weights.values())
+    fault_table(
+        "NaN gradient in the middle of epoch 2",
+        1,
+        "stopped at that step naming epoch, step, batch, parameter and the last good "
+        "checkpoint (epoch 1, intact and finite)",
+    )

@@ -198,7 +198,7 @@ def test_train_evaluate_predict_on_an_image_folder(capsys, tmp_path: Path) -> No
         (["--set", "optim.name=sgdd"], "unknown optimizer 'sgdd'; did you mean 'sgd'", False),
         (["--set", "train.epoch=1"], "Did you mean 'epochs'", True),
         (["--set", "model.args.depht=2"], "unexpected keyword argument 'depht'", True),
-        (["--lr", "1e10"], "training loss became nan in epoch 1", False),
+        (["--lr", "1e10"], "training loss became nan at epoch 1, step", False),
     ],
     ids=["model", "dataset", "optimizer", "config-key", "model-argument", "diverged"],
 )

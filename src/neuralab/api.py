@@ -22,7 +22,9 @@ from neuralab.engine import (
     choose_engine,
     choose_threads,
     cpu_model,
+    deterministic_mode,
     engine_choice,
+    fixed_engine,
     pick_device,
     resumed_engine,
 )
@@ -150,7 +152,10 @@ def train_config(
     distributed.check_sync_bn(settings.sync_bn, device, processes)
     threads = torch.get_num_threads()
     try:
-        with distributed.process_group(device) as device:
+        with (
+            distributed.process_group(device) as device,
+            deterministic_mode(settings.deterministic),
+        ):
             verbose = verbose and distributed.is_main_process()
             shown = progress_callbacks(progress) if verbose else []
             return train_on_device(config, device, verbose, resume_from, [*shown, *callbacks])
@@ -320,6 +325,8 @@ def pick_engine(
 ) -> Engine:
     """Time the thread count (unless train.threads is set), then precision and layout."""
     settings = config.train
+    if settings.deterministic:
+        return fixed_engine(device, settings.precision, settings.channels_last)
     batch, labels = inputs.sample_batch(settings.batch_size, device)
     note = ""
     if settings.threads is None and distributed.world_size() == 1 and device.type == "cpu":

@@ -81,6 +81,10 @@ class TrainConfig(Section):
     # (auto: every step on a CPU, where the check is free; once per epoch on a GPU, where it
     # would cost a host synchronisation per step).
     finite_check: Literal["auto", "step", "epoch"] = "auto"
+    # The same results on every run on this machine: deterministic kernels only
+    # (torch.use_deterministic_algorithms, no cuDNN autotuning) and no timing-based engine
+    # choice (threads as set, else torch's default; fp32 unless set; layout as set, auto = off).
+    deterministic: bool = False
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: Literal["auto", "fp32", "bf16"] = "auto"

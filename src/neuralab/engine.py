@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -197,3 +200,33 @@ def resumed_engine(meta: dict, device: torch.device) -> Engine:
     torch.set_num_threads(choice["threads"])
     dtype = torch.bfloat16 if choice["precision"] == "bf16" else None
     return Engine(device, dtype, choice["channels_last"], "as before the interruption")
+
+
+def fixed_engine(device: torch.device, precision: str, channels_last: str) -> Engine:
+    """The engine of a deterministic run: the configured choices, `auto` meaning fp32 and the
+    contiguous layout; nothing is timed, so nothing depends on the machine's load."""
+    dtype = torch.bfloat16 if precision == "bf16" else None
+    return Engine(device, dtype, channels_last == "on", "deterministic: nothing timed")
+
+
+@contextlib.contextmanager
+def deterministic_mode(enabled: bool) -> Iterator[None]:
+    """Only deterministic kernels while the block runs (an op without one raises, naming it);
+    cuDNN autotuning off. The previous settings come back afterwards."""
+    if not enabled:
+        yield
+        return
+    # cuBLAS needs a fixed workspace to be deterministic; it reads this when CUDA starts.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before[1:]
