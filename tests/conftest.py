@@ -42,9 +42,12 @@ def fault_table_markdown() -> str:
         "| fault or hostile input | cases | what happened | data lost |",
         "| --- | ---: | --- | --- |",
     ]
-    lines += [f"| {f} | {c} | {o} | {d} |" for f, c, o, d in FAULTS]
-    total = sum(c for _, c, _, _ in FAULTS)
-    return "\n".join(lines) + f"\n\n{len(FAULTS)} faults, {total} cases, all passed.\n"
+    merged: dict[tuple[str, str, str], int] = {}  # parametrised cases add up in one row
+    for fault, cases, outcome, lost in FAULTS:
+        merged[(fault, outcome, lost)] = merged.get((fault, outcome, lost), 0) + cases
+    lines += [f"| {f} | {c} | {o} | {d} |" for (f, o, d), c in merged.items()]
+    total = sum(merged.values())
+    return "\n".join(lines) + f"\n\n{len(merged)} faults, {total} cases, all passed.\n"
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -68,7 +68,7 @@ def test_falls_back_to_mirror_when_first_url_404s(served, tmp_path: Path) -> Non
     assert path.read_bytes() == PAYLOAD
 
 
-def test_checksum_mismatch_leaves_no_file(served, tmp_path: Path) -> None:
+def test_checksum_mismatch_leaves_no_file(served, tmp_path: Path, fault_table) -> None:
     folder, base = served
     (folder / "file.bin").write_bytes(b"not the canonical bytes")
     dest = tmp_path / "dest"
@@ -78,14 +78,24 @@ def test_checksum_mismatch_leaves_no_file(served, tmp_path: Path) -> None:
     assert md5(PAYLOAD) in message and md5(b"not the canonical bytes") in message
     assert base + "file.bin" in message and "HTTP 404" in message  # every URL, with its failure
     assert leftovers(dest) == []
+    fault_table(
+        "download: a different file served (checksum mismatch), mirror 404",
+        1,
+        "DataError lists every URL with its failure, expected and actual MD5; no file left",
+    )
 
 
-def test_oversized_download_is_cut_off(served, tmp_path: Path) -> None:
+def test_oversized_download_is_cut_off(served, tmp_path: Path, fault_table) -> None:
     folder, base = served
     (folder / "file.bin").write_bytes(PAYLOAD * 2)
     with pytest.raises(DataError, match="checksum mismatch"):
         fetch(resource(base + "file.bin"), tmp_path, download=True)
     assert leftovers(tmp_path) == ["served"]
+    fault_table(
+        "download: body larger than the expected size",
+        1,
+        "cut off at the size, refused by checksum; no file left",
+    )
 
 
 def test_file_url(tmp_path: Path) -> None:
@@ -104,7 +114,7 @@ def test_present_file_is_verified_without_network(tmp_path: Path) -> None:
     assert fetch(resource("http://unused/"), tmp_path, download=True, opener=no_network).exists()
 
 
-def test_corrupted_file_is_reported_and_kept(tmp_path: Path) -> None:
+def test_corrupted_file_is_reported_and_kept(tmp_path: Path, fault_table) -> None:
     truncated = PAYLOAD[:100]
     (tmp_path / "file.bin").write_bytes(truncated)
     with pytest.raises(DataError) as error:
@@ -115,14 +125,41 @@ def test_corrupted_file_is_reported_and_kept(tmp_path: Path) -> None:
     assert f"{len(PAYLOAD):,} bytes" in message and "100 bytes" in message
     assert "delete it" in message and "replace it" in message
     assert (tmp_path / "file.bin").read_bytes() == truncated  # never delete user files
+    fault_table(
+        "archive on disk truncated",
+        1,
+        "DataError names the path, expected/actual MD5 and size, and the fix; the file is kept",
+    )
 
 
-def test_missing_file_without_download(tmp_path: Path) -> None:
+def test_bit_flipped_file_is_reported_and_kept(tmp_path: Path, fault_table) -> None:
+    flipped = bytearray(PAYLOAD)
+    flipped[1000] ^= 0x04
+    (tmp_path / "file.bin").write_bytes(bytes(flipped))
+    with pytest.raises(DataError) as error:
+        fetch(resource("http://unused/"), tmp_path, download=True)
+    message = str(error.value)
+    assert md5(PAYLOAD) in message and md5(bytes(flipped)) in message
+    assert str(tmp_path / "file.bin") in message
+    assert (tmp_path / "file.bin").read_bytes() == bytes(flipped)
+    fault_table(
+        "archive on disk with one bit flipped (same size)",
+        1,
+        "DataError names the path, expected and actual MD5 and the fix; the file is kept",
+    )
+
+
+def test_missing_file_without_download(tmp_path: Path, fault_table) -> None:
     with pytest.raises(DataError) as error:
         fetch(resource("http://unused/"), tmp_path / "mnist", download=False)
     message = str(error.value)
     assert str(tmp_path / "mnist" / "file.bin") in message
     assert "NEURALAB_DATA" in message and "mnist/file.bin" in message and "download" in message
+    fault_table(
+        "archive missing, downloads off",
+        1,
+        "DataError names the path, NEURALAB_DATA and how to download",
+    )
 
 
 # ------------------------------------------------------------------------- safe extraction
@@ -178,25 +215,31 @@ UNSAFE = {
 
 
 @pytest.mark.parametrize("case", list(UNSAFE))
-def test_unsafe_member_is_refused(tmp_path: Path, case: str) -> None:
+def test_unsafe_member_is_refused(tmp_path: Path, case: str, fault_table) -> None:
     # A good file first, so a refusal after partial extraction would show up as leftovers.
     members = [entry("top", kind=tarfile.DIRTYPE), entry("top/good.txt", b"ok"), *UNSAFE[case]]
     archive = make_tar(tmp_path / "a.tar.gz", members)
     with pytest.raises(DataError, match="refusing to extract"):
         extract_tar(archive, tmp_path / "dest")
     assert leftovers(tmp_path) == ["a.tar.gz"]
+    fault_table(
+        "tar member escaping the target (traversal, absolute, links, device)",
+        1,
+        "refused before anything is extracted; no leftovers",
+    )
 
 
-def test_decompression_bomb_is_refused(tmp_path: Path) -> None:
+def test_decompression_bomb_is_refused(tmp_path: Path, fault_table) -> None:
     # 64 KiB of zeros compresses to ~100 bytes: a miniature bomb against a 10 KiB limit.
     archive = make_tar(tmp_path / "bomb.tar.gz", [entry("top/zeros.bin", bytes(64 << 10))])
     assert archive.stat().st_size < 1024
     with pytest.raises(DataError, match="decompression bombs"):
         extract_tar(archive, tmp_path / "dest", max_bytes=10 << 10)
     assert leftovers(tmp_path) == ["bomb.tar.gz"]
+    fault_table("tar decompression bomb", 1, "refused at the byte limit; no leftovers")
 
 
-def test_existing_entry_is_not_overwritten(tmp_path: Path) -> None:
+def test_existing_entry_is_not_overwritten(tmp_path: Path, fault_table) -> None:
     archive = make_tar(tmp_path / "a.tar.gz", [entry("top/a.txt", b"new")])
     (tmp_path / "dest" / "top").mkdir(parents=True)
     (tmp_path / "dest" / "top" / "a.txt").write_bytes(b"mine")
@@ -204,11 +247,15 @@ def test_existing_entry_is_not_overwritten(tmp_path: Path) -> None:
         extract_tar(archive, tmp_path / "dest")
     assert (tmp_path / "dest" / "top" / "a.txt").read_bytes() == b"mine"
     assert leftovers(tmp_path) == ["a.tar.gz", "dest"]
+    fault_table(
+        "extraction over the user's existing files", 1, "refused; the user's file unchanged"
+    )
 
 
-def test_corrupt_archive_is_a_data_error(tmp_path: Path) -> None:
+def test_corrupt_archive_is_a_data_error(tmp_path: Path, fault_table) -> None:
     archive = tmp_path / "broken.tar.gz"
     archive.write_bytes(b"\x1f\x8b this is not gzip")
     with pytest.raises(DataError, match="broken.tar.gz"):
         extract_tar(archive, tmp_path / "dest")
     assert leftovers(tmp_path) == ["broken.tar.gz"]
+    fault_table("archive that is not gzip/tar", 1, "DataError naming the archive; no leftovers")

@@ -189,17 +189,24 @@ def test_failed_cache_write_leaves_no_temp_files(
     assert cache_files(tmp_path) == []
 
 
-def test_non_image_with_image_extension_names_the_file(photos: Path, tmp_path: Path) -> None:
+def test_non_image_with_image_extension_names_the_file(
+    photos: Path, tmp_path: Path, fault_table
+) -> None:
     fake = photos / "dog" / "fake.jpg"
     fake.write_text("<html>not really a jpeg</html>")
     with pytest.raises(DataError, match=r"fake\.jpg.*skip_bad_files") as error:
         load(photos, tmp_path)
     assert str(fake) in str(error.value)
     assert cache_files(tmp_path) == []  # nothing half-written after a failed read
+    fault_table(
+        "image folder: non-image file with an image extension",
+        1,
+        "DataError naming the file and --skip-bad-files; no cache written",
+    )
 
 
 def test_skip_bad_files_collects_and_warns(
-    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture, fault_table
 ) -> None:
     fake = photos / "dog" / "fake.jpg"
     fake.write_bytes(b"\x00" * 64)
@@ -212,24 +219,43 @@ def test_skip_bad_files_collects_and_warns(
     assert cached.info["skipped"] == data.info["skipped"]
     with pytest.raises(DataError, match="fake.jpg"):  # strict loads still refuse it
         load(photos, tmp_path, test_split=0.0)
+    fault_table(
+        "image folder: undecodable file with skip_bad_files",
+        1,
+        "skipped, every file listed with its reason; strict loads still refuse",
+    )
 
 
-def test_truncated_png_is_an_error(photos: Path, tmp_path: Path) -> None:
+def test_empty_image_file_is_an_error(photos: Path, tmp_path: Path, fault_table) -> None:
+    (photos / "cat" / "empty.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.png"):
+        load(photos, tmp_path)
+    assert cache_files(tmp_path) == []
+    fault_table("image folder: empty (0-byte) image file", 1, "DataError naming the file")
+
+
+def test_truncated_png_is_an_error(photos: Path, tmp_path: Path, fault_table) -> None:
     whole = write_image(photos / "cat" / "cut.png", (64, 64), seed=5).read_bytes()
     (photos / "cat" / "cut.png").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(DataError, match=r"cut\.png"):
         load(photos, tmp_path)
+    fault_table("image folder: truncated PNG", 1, "DataError naming the file")
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("limit", [1000, 600])  # 1600 pixels: over the warning, over the error
 def test_decompression_bomb_is_an_error(
-    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int, fault_table
 ) -> None:
     write_image(photos / "cat" / "huge.png", (40, 40))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
     with pytest.raises(DataError, match=r"huge\.png.*decompression-bomb"):
         load(photos, tmp_path)
+    fault_table(
+        "image folder: decompression-bomb image (over the warning and the error limit)",
+        1,
+        "DataError naming the file",
+    )
 
 
 def test_load_image_file_matches_training_pixels(photos: Path, tmp_path: Path) -> None:

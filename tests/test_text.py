@@ -221,18 +221,24 @@ def bad_csv(tmp_path: Path, body: bytes, name: str = "bad.csv") -> Path:
     ],
 )
 def test_malformed_csv_rows_name_file_line_and_field(
-    tmp_path: Path, body: bytes, expected: str
+    tmp_path: Path, body: bytes, expected: str, fault_table
 ) -> None:
     path = bad_csv(tmp_path, body)
     with pytest.raises(DataError, match=expected):
         neuralab.train(data=f"csv:{path}", model="ngram", out=str(tmp_path / "run"), verbose=False)
     assert not (tmp_path / "run").exists()  # nothing half-written
+    fault_table(
+        "text CSV: bad encoding, empty field, missing label, unclosed quote",
+        1,
+        "DataError naming file:line and field; no run directory written",
+    )
 
 
-def test_missing_column_names_the_header_line_and_the_columns(tmp_path: Path) -> None:
+def test_missing_column_names_the_header_line_and_the_columns(tmp_path: Path, fault_table) -> None:
     path = bad_csv(tmp_path, b"")
     with pytest.raises(DataError, match=r"bad\.csv:1: no column 'review'.*\['text', 'label'\]"):
         load_dataset(f"csv:{path}", text_field="review")
+    fault_table("text CSV: missing column", 1, "DataError naming file:1 and the columns found")
 
 
 def test_unknown_test_label_names_the_test_file_line(tmp_path: Path) -> None:
@@ -251,14 +257,21 @@ def test_unknown_test_label_names_the_test_file_line(tmp_path: Path) -> None:
         ("[1, 2]", r"x\.jsonl:2: expected a JSON object"),
     ],
 )
-def test_malformed_jsonl_lines_name_file_and_line(tmp_path: Path, line: str, expected: str) -> None:
+def test_malformed_jsonl_lines_name_file_and_line(
+    tmp_path: Path, line: str, expected: str, fault_table
+) -> None:
     path = tmp_path / "x.jsonl"
     path.write_text('{"text": "fine", "label": "pos"}\n' + line + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=expected):
         load_dataset(f"jsonl:{path}")
+    fault_table(
+        "text JSONL: bad JSON, missing/mistyped field, not an object",
+        1,
+        "DataError naming file:line",
+    )
 
 
-def test_empty_or_undecodable_text_files_are_named(tmp_path: Path) -> None:
+def test_empty_or_undecodable_text_files_are_named(tmp_path: Path, fault_table) -> None:
     root = write_folder(tmp_path / "set", make_rows(6))
     (root / "pos" / "empty.txt").write_text("  \n", encoding="utf-8")
     with pytest.raises(DataError, match=r"empty\.txt: the file is empty"):
@@ -266,6 +279,7 @@ def test_empty_or_undecodable_text_files_are_named(tmp_path: Path) -> None:
     (root / "pos" / "empty.txt").write_bytes(b"line one\nbad \xff byte")
     with pytest.raises(DataError, match=r"empty\.txt:2: byte 0xff"):
         load_dataset(f"textfolder:{root}")
+    fault_table("text folder: empty file, invalid UTF-8", 1, "DataError naming file(:line)")
 
 
 def test_missing_imdb_without_downloads_says_where_to_put_it(tmp_path: Path) -> None:
