@@ -47,7 +47,10 @@ def fault_table_markdown() -> str:
         merged[(fault, outcome, lost)] = merged.get((fault, outcome, lost), 0) + cases
     lines += [f"| {f} | {c} | {o} | {d} |" for (f, o, d), c in merged.items()]
     total = sum(merged.values())
-    return "\n".join(lines) + f"\n\n{len(merged)} faults, {total} cases, all passed.\n"
+    return (
+        "\n".join(lines)
+        + f"\n\n{len(merged)} faults, {total} cases (rows come only from tests that passed).\n"
+    )
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -154,7 +154,14 @@ def read_recipe(name_or_path: str) -> tuple[dict, str]:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"recipe file {path} does not exist")
-        text, origin = path.read_text(encoding="utf-8"), str(path)
+        origin = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"{origin} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+                f"{error.start}); a recipe is a YAML file"
+            ) from None
     else:
         names = recipe_names()
         if name_or_path not in names:

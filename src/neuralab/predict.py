@@ -75,11 +75,20 @@ class Predictor:
             raise CheckpointError(
                 f"{folder}: cannot rebuild the model from meta.json ({error})"
             ) from None
-        tokenizer = None
-        if text:
-            settings = TokenizerSettings.from_dict(meta["tokenizer"])
-            tokenizer = TextTokenizer.load(folder / "tokenizer.json", settings)
-        return cls(model.to(device), meta, torch.device(device), tokenizer)
+        classes = meta.get("classes")
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise CheckpointError(f"{folder / 'meta.json'}: 'classes' must be a list of names")
+        try:
+            tokenizer = None
+            if text:
+                settings = TokenizerSettings.from_dict(meta["tokenizer"])
+                tokenizer = TextTokenizer.load(folder / "tokenizer.json", settings)
+            return cls(model.to(device), meta, torch.device(device), tokenizer)
+        except (KeyError, TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"{folder / 'meta.json'}: the preprocessing or tokenizer settings are "
+                f"malformed ({type(error).__name__}: {error})"
+            ) from None
 
     def check_classes(self, classes: Sequence[str], dataset: str) -> None:
         if list(classes) != self.classes:
