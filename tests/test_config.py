@@ -73,13 +73,14 @@ def test_defaults_without_a_recipe() -> None:
     ],
 )
 def test_unknown_key_names_the_path_and_the_nearest_key(
-    override: str, full_key: str, suggestion: str
+    override: str, full_key: str, suggestion: str, fault_table
 ) -> None:
     with pytest.raises(ConfigError) as error:
         resolve_config(None, [override])
     message = str(error.value)
     assert repr(full_key) in message
     assert f"Did you mean {suggestion!r}?" in message
+    fault_table("config: misspelt key", 1, "ConfigError naming the key path and the nearest key")
 
 
 def test_unknown_key_far_from_any_suggests_nothing_but_lists_valid_keys() -> None:
@@ -103,11 +104,12 @@ def test_setting_inside_a_value_is_an_error() -> None:
         ("augment.flip=[1, 2]", "augment.flip"),
     ],
 )
-def test_wrong_type_or_range_names_the_field(override: str, field: str) -> None:
+def test_wrong_type_or_range_names_the_field(override: str, field: str, fault_table) -> None:
     with pytest.raises(ConfigError) as error:
         resolve_config(None, [override])
     assert field in str(error.value)
     assert "found" in str(error.value)  # and what was given
+    fault_table("config: wrong type or out of range", 1, "ConfigError naming the field and value")
 
 
 def test_free_form_sections_accept_anything() -> None:
