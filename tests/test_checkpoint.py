@@ -344,3 +344,21 @@ def test_unsupported_state_names_its_key(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match=r"training\.callbacks\.0"):
         save_checkpoint(tmp_path / "ckpt", small_net(), META, {"callbacks": [object()]})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_safetensors_whose_length_starts_like_a_pickle_loads(tmp_path: Path) -> None:
+    """A header length whose first byte is 0x80 (pickle's opcode) is still safetensors: the
+    JSON header is padded with spaces (allowed by the format) to such a length."""
+    folder = tmp_path / "ckpt"
+    save_checkpoint(folder, small_net(), META)
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = data[8 : 8 + length].rstrip(b" ")
+    target = len(header) + (0x80 - len(header)) % 256  # the next length ending in byte 0x80
+    padded = header + b" " * (target - len(header))
+    path.write_bytes(target.to_bytes(8, "little") + padded + data[8 + length :])
+    reseal(folder)
+    assert path.read_bytes()[:2] == bytes([0x80, target >> 8])
+    weights, _ = load_checkpoint(folder)
+    assert torch.equal(weights["0.weight"], small_net()[0].weight.detach())

@@ -163,17 +163,25 @@ def test_other_formats_train_end_to_end(form: str, tmp_path: Path) -> None:
     assert run.metrics["accuracy"] >= 0.8
 
 
-@pytest.mark.parametrize("model", ["textcnn", "gru", "transformer"])
+@pytest.mark.parametrize("model", ["textcnn", "gru", "transformer", "ngram"])
 def test_sequence_models_train_on_text(model: str, tmp_path: Path) -> None:
+    """(ngram with sparse gradients and naive-Bayes features, as imdb-best trains it.)"""
     path = write_jsonl(tmp_path / "train.jsonl", make_rows(64))
-    args = {"textcnn": "filters=4", "gru": "hidden=8", "transformer": "ff_dim=16"}[model]
+    args = {
+        "textcnn": "filters=4",
+        "gru": "hidden=8",
+        "transformer": "ff_dim=16",
+        "ngram": "{sparse: true, nb: true, buckets: 1000, embed_dim: 8}",
+    }[model]
+    args = f"model.args={args}" if model == "ngram" else f"model.args.{args}"
+    sparse = ["optim.name=adagrad"] if model == "ngram" else []  # Adam takes no sparse grads
     run = neuralab.train(
         data=f"jsonl:{path}",
         model=model,
         epochs=1,
         out=str(tmp_path / "run"),
         verbose=False,
-        overrides=[*FAST[:5], "model.args.embed_dim=8", f"model.args.{args}"],
+        overrides=[*FAST[:5], "model.args.embed_dim=8", args, *sparse],
     )
     assert run.metrics["count"] == 13 and 0.0 <= run.metrics["accuracy"] <= 1.0
     assert neuralab.evaluate(run.run_dir)["accuracy"] == run.metrics["accuracy"]

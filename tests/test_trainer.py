@@ -232,6 +232,30 @@ def test_non_finite_gradient_names_the_parameter() -> None:
     assert all(torch.equal(a, b) for a, b in zip(weights_of(model), before, strict=True))
 
 
+class BagOfIds(nn.Module):
+    """A sparse-gradient model (like the n-gram bag): an EmbeddingBag over pixel levels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(256, CLASSES, mode="mean", sparse=True)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        levels = (images.flatten(1) * 40 + 128).clamp(0, 255).long()  # (B, 16)
+        return self.bag(levels)
+
+
+def test_sparse_gradients_are_checked_and_a_poisoned_one_is_named() -> None:
+    torch.manual_seed(0)
+    model = BagOfIds()
+    optimizer = torch.optim.SparseAdam(model.parameters(), lr=0.05)
+    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss())
+    trainer.fit(loaders()[0], epochs=1)
+    assert not trainer.failed and trainer.step == 8
+    model.bag.weight.register_hook(lambda grad: grad * float("nan"))
+    trainer.fit(loaders()[0], epochs=2)
+    assert trainer.failed and "parameter 'bag.weight'" in trainer.stop_reason
+
+
 def test_epoch_check_stops_after_the_epoch_when_steps_are_not_checked() -> None:
     """check_finite=False (a GPU's default): StopOnNonFinite catches it at the epoch's end."""
     trainer = make_trainer(callbacks=[StopOnNonFinite()], check_finite=False)

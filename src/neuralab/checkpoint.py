@@ -51,7 +51,11 @@ CODE_KEYS = {
     "callable",
     "__import__",
 }
-PICKLE_SIGNATURES = {b"\x80": "a Python pickle", b"PK\x03\x04": "a zip archive (torch.save)"}
+# First bytes of pickles (protocol 2-5 opcode) and of torch.save's zip container.
+PICKLE_SIGNATURES = {
+    **{b"\x80" + bytes([protocol]): "a Python pickle" for protocol in range(2, 6)},
+    b"PK\x03\x04": "a zip archive (torch.save)",
+}
 
 
 class CheckpointError(ValueError):
@@ -273,7 +277,9 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def refuse_pickle(path: Path) -> None:
     """A pickle renamed .safetensors is named as such; it is never unpickled."""
     with open(path, "rb") as handle:
-        head = handle.read(4)
+        head = handle.read(9)
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        return
     for signature, kind in PICKLE_SIGNATURES.items():
         if head.startswith(signature):
             raise CheckpointError(

@@ -201,13 +201,16 @@ class Trainer:
         if not (self.check_finite or self.grad_clip):
             return
         parameters = [p for p in self.model.parameters() if p.grad is not None]
-        norm = nn.utils.get_total_norm([p.grad for p in parameters])
+        norm = None
         if self.check_finite:
             if not bool(torch.isfinite(loss_sum)):  # one host sync per step (see __init__)
                 raise NonFiniteStep(f"the training loss became {float(loss_sum)}")
+            norm = nn.utils.get_total_norm([stored_values(p.grad) for p in parameters])
             if not bool(torch.isfinite(norm)):
                 raise NonFiniteStep(first_non_finite_grad(self.model))
         if self.grad_clip:
+            if norm is None or any(p.grad.is_sparse for p in parameters):
+                norm = nn.utils.get_total_norm([p.grad for p in parameters])
             nn.utils.clip_grads_with_norm_(parameters, self.grad_clip, norm)
 
     def stop_non_finite(self, what: str, batch: int) -> None:
@@ -278,10 +281,17 @@ class NonFiniteStep(ArithmeticError):
     """A training step produced a NaN or infinite loss or gradient."""
 
 
+def stored_values(gradient: torch.Tensor) -> torch.Tensor:
+    """A gradient's stored numbers: a sparse one's (uncoalesced) values, else itself. Enough
+    to tell whether any is NaN/Inf, without coalescing (sparse embedding gradients)."""
+    return gradient._values() if gradient.is_sparse else gradient
+
+
 def first_non_finite_grad(model: nn.Module) -> str:
     """Names the first parameter whose gradient holds NaN or Inf."""
     for name, parameter in local_module(model).named_parameters():
-        if parameter.grad is not None and not bool(torch.isfinite(parameter.grad).all()):
+        grad = parameter.grad
+        if grad is not None and not bool(torch.isfinite(stored_values(grad)).all()):
             return f"the gradient of parameter {name!r} became non-finite"
     return "the gradients' global norm overflowed to infinity"
 
