@@ -148,7 +148,7 @@ def test_ddp_checkpoint_has_no_module_prefix_and_loads_in_one_process(tmp_path: 
     try:
         wrapped = DistributedDataParallel(tiny_mlp())
         assert all(name.startswith("module.") for name in wrapped.state_dict())
-        save_checkpoint(tmp_path / "ckpt", wrapped, {"model": {"name": "x", "args": {}}})
+        save_checkpoint(tmp_path / "ckpt", wrapped, {"model": {"name": "mlp", "args": {}}})
     finally:
         dist.destroy_process_group()
     weights, _ = load_checkpoint(tmp_path / "ckpt")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from neuralab.callbacks import Callback, EarlyStopping, MetricWatch
-from neuralab.checkpoint import save_checkpoint
+from neuralab.checkpoint import MANIFEST, save_checkpoint
 from neuralab.config import RunConfig
 from neuralab.distributed import is_main_process
 
@@ -118,12 +118,16 @@ def keep_epoch_snapshot(run_dir: Path, epoch: int, keep: int) -> Path:
     staging = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for name in SNAPSHOT_FILES:
-        if (source / name).exists():
-            try:
-                os.link(source / name, staging / name)
-            except OSError:  # file systems without hard links: a plain copy
-                shutil.copy2(source / name, staging / name)
+    linked = [name for name in SNAPSHOT_FILES if (source / name).exists()]
+    for name in linked:
+        try:
+            os.link(source / name, staging / name)
+        except OSError:  # file systems without hard links: a plain copy
+            shutil.copy2(source / name, staging / name)
+    # The same bytes as the checkpoint's: its manifest entries hold for them (no re-hashing).
+    manifest = json.loads((source / MANIFEST).read_text(encoding="utf-8"))
+    manifest["files"] = {name: manifest["files"][name] for name in linked}
+    write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(staging, folder)
     snapshots = sorted(p for p in folder.parent.glob("epoch-*") if p.is_dir())
