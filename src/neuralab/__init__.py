@@ -10,6 +10,7 @@ from neuralab.api import Run, load, train
 from neuralab.config import RunConfig, resolve_config
 from neuralab.data import DATASETS, load_dataset
 from neuralab.evaluation import evaluate
+from neuralab.export import ExportResult, export
 from neuralab.lrfind import lr_find
 from neuralab.models import MODELS, InputSpec, build_model
 from neuralab.predict import Predictor
@@ -18,12 +19,14 @@ from neuralab.resuming import resume
 __all__ = [
     "DATASETS",
     "MODELS",
+    "ExportResult",
     "InputSpec",
     "Predictor",
     "Run",
     "RunConfig",
     "build_model",
     "evaluate",
+    "export",
     "load",
     "load_dataset",
     "lr_find",

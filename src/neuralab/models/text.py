@@ -79,9 +79,11 @@ class TextCNN(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         lengths = lengths_of(ids)  # (B,)
-        short = max(self.widths) - ids.shape[1]
-        if short > 0:  # every window must fit; the extra padding embeds to zeros
-            ids = nn.functional.pad(ids, (0, short), value=PAD_ID)
+        # Every window must fit even in a one-token batch. Always padding (rather than only when
+        # T is short) keeps the computation free of shape-dependent branches, so traced exports
+        # (ONNX, TorchScript) work for every T; the extra positions embed to zeros and fall
+        # outside `valid` below, so no output changes.
+        ids = nn.functional.pad(ids, (0, max(self.widths) - 1), value=PAD_ID)  # (B, T + w - 1)
         x = self.embed_dropout(self.embedding(ids).transpose(1, 2))  # (B, E, T)
         pooled = []
         for width, conv in zip(self.widths, self.convs, strict=True):
@@ -205,15 +207,20 @@ class TransformerClassifier(nn.Module):
         self.classifier = nn.Linear(embed_dim, spec.num_classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if ids.shape[1] > self.max_length:
+        # The check is eager-only: a traced export cannot raise, and its input contract says
+        # texts are truncated to max_length (the run's tokenizer does that).
+        if not torch.jit.is_tracing() and ids.shape[1] > self.max_length:
             if (ids[:, self.max_length :] != PAD_ID).any():
                 raise ValueError(
                     f"transformer: a text is longer than max_length={self.max_length} tokens; "
                     "truncate it with the run's tokenizer"
                 )
-            ids = ids[:, : self.max_length]
+        ids = ids[:, : self.max_length]  # unconditional, so exports keep it for every T
         real = ids != PAD_ID  # (B, T)
-        real[:, 0] |= ~real.any(1)  # an empty text attends to one padding token, not to nothing
+        # An empty text attends to one padding token, not to nothing. (Out of place: ONNX has
+        # no in-place `|=` on a slice.)
+        first = torch.arange(ids.shape[1], device=ids.device) == 0  # (T,)
+        real = real | (first & ~real.any(1, keepdim=True))  # (B, T)
         positions = torch.arange(ids.shape[1], device=ids.device)
         x = self.dropout(self.embedding(ids) + self.position(positions))  # (B, T, E)
         x = self.norm(self.encoder(x, src_key_padding_mask=~real))
@@ -276,17 +283,24 @@ class NgramBag(nn.Module):
             self.register_buffer("nb_ratio", torch.zeros(rows, spec.num_classes))
 
     def features(self, ids: torch.Tensor) -> torch.Tensor:
-        """Row ids of every word and n-gram: (B, T) → (B, T + (T-1) + ... ), 0 = nothing."""
-        grams = [ids]
-        for n in range(2, self.ngrams + 1):
-            if ids.shape[1] < n:
-                break
-            windows = ids.unfold(1, n, 1)  # (B, T - n + 1, n)
-            hashed = windows[..., 0]
-            for k in range(1, n):  # reduced every step: stays far below int64 overflow
-                hashed = (hashed * NGRAM_HASH_MULTIPLIER + windows[..., k]).remainder(self.buckets)
-            rows = self.vocab_size + hashed
-            grams.append(torch.where((windows != PAD_ID).all(2), rows, PAD_ID))
+        """Row ids of every word and n-gram: (B, T) → (B, T * ngrams), 0 = nothing.
+
+        Column n·T + i holds the (n+1)-gram starting at token i (before `binary` sorts each
+        row). N-grams that would run past the end of the row read padding and are dropped (0),
+        and 0 adds nothing to the bag's mean or to the NB term (nb_ratio's padding row stays 0),
+        so the extra columns change no output. Shifted slices of a padded
+        copy (rather than `unfold` and a branch on T) keep the graph free of shape-dependent
+        steps, so traced exports are right for every T, one-token texts included.
+        """
+        length = ids.shape[1]
+        padded = nn.functional.pad(ids, (0, self.ngrams - 1), value=PAD_ID)  # (B, T + n - 1)
+        grams, hashed, complete = [ids], ids, ids != PAD_ID  # hashed, complete: (B, T)
+        for k in range(1, self.ngrams):  # extend every n-gram by its (k+1)-th token
+            token = padded[:, k : k + length]  # (B, T): the token k places to the right
+            # Reduced every step: stays far below int64 overflow.
+            hashed = (hashed * NGRAM_HASH_MULTIPLIER + token).remainder(self.buckets)
+            complete = complete & (token != PAD_ID)
+            grams.append(torch.where(complete, self.vocab_size + hashed, PAD_ID))
         features = torch.cat(grams, dim=1)
         return distinct(features) if self.binary else features
 
@@ -318,18 +332,31 @@ class NgramBag(nn.Module):
         if self.bag is None:
             logits = self.bias.expand(len(ids), -1)
         else:
-            logits = self.classifier(self.dropout(self.bag(features)))
+            logits = self.classifier(self.dropout(self.bag_mean(features)))
         if self.nb_weight is not None:
             weighted = self.nb_weight(features) * self.nb_ratio[features]  # (B, L, classes)
             logits = logits + self.nb_scale * weighted.sum(1)
         return logits
 
+    def bag_mean(self, features: torch.Tensor) -> torch.Tensor:
+        """Mean embedding of each row's features, padding left out: (B, L) → (B, E).
+
+        Traced exports (ONNX has no EmbeddingBag with a padding index) take the same mean as a
+        gather and a masked sum, equal up to float rounding (tests/test_export.py checks it);
+        training keeps the EmbeddingBag, which is faster and can give sparse gradients.
+        """
+        if not torch.jit.is_tracing():
+            return self.bag(features)
+        real = (features != PAD_ID).unsqueeze(2).to(self.bag.weight.dtype)  # (B, L, 1)
+        summed = (self.bag.weight[features] * real).sum(1)  # (B, E)
+        return summed / real.sum(1).clamp_min(1.0)  # a bag of padding alone gives zeros
+
 
 def distinct(rows: torch.Tensor) -> torch.Tensor:
     """Each row's ids with repeats replaced by padding: (B, L) → (B, L), sorted per row."""
     ordered = rows.sort(dim=1).values
-    repeat = torch.zeros_like(ordered, dtype=torch.bool)
-    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    first = torch.zeros_like(ordered[:, :1], dtype=torch.bool)  # (B, 1): never a repeat
+    repeat = torch.cat([first, ordered[:, 1:] == ordered[:, :-1]], dim=1)  # (B, L)
     return ordered.masked_fill(repeat, PAD_ID)
 
 
