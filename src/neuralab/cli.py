@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from neuralab import api, distributed, resuming
+from neuralab import api, distributed, resuming, serve
 from neuralab.checkpoint import CheckpointError
 from neuralab.config import (
     ConfigError,
@@ -25,6 +25,7 @@ from neuralab.config import (
 from neuralab.data import DATASETS, DataError
 from neuralab.engine import pick_device
 from neuralab.evaluation import evaluate, format_confusion, report_path, write_report
+from neuralab.export import add_command as add_export_command  # neuralab.export: the function
 from neuralab.metrics import format_report
 from neuralab.models import MODELS
 from neuralab.registry import UnknownNameError
@@ -60,6 +61,13 @@ def add_train(commands) -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--seed", type=int)
+    parser.add_argument(
+        "--deterministic",
+        action="store_const",
+        const=True,
+        help="the same results on every run: deterministic kernels only, no timed engine "
+        "choice (train.deterministic=true)",
+    )
     parser.add_argument(
         "--data-dir",
         help="folder with one sub-folder per dataset "
@@ -158,6 +166,8 @@ def add_commands(parser: argparse.ArgumentParser) -> None:
     ):
         listing = commands.add_parser(name, help=f"list {what}")
         listing.add_argument("--json", action="store_true")
+    serve.add_command(commands)
+    add_export_command(commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-CONFIG_FLAGS = ("recipe", "data", "model", "epochs", "batch_size", "lr", "seed", "data_dir", "out")
+CONFIG_FLAGS = (
+    "recipe",
+    "data",
+    "model",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "deterministic",
+    "data_dir",
+    "out",
+)
 
 
 def resolve_train_config(args: argparse.Namespace) -> RunConfig:
@@ -186,6 +207,7 @@ def resolve_train_config(args: argparse.Namespace) -> RunConfig:
             "train.batch_size": args.batch_size,
             "optim.lr": args.lr,
             "train.seed": args.seed,
+            "train.deterministic": args.deterministic,
             "data.data_dir": args.data_dir,
             "out": args.out,
         },

@@ -1,0 +1,159 @@
+"""The web page of `neuralab serve` in a real browser: headless Chromium (Selenium) against a real
+uvicorn server on a free loopback port. Drawing a digit or typing a text must show the same
+prediction the API gives for the same input. Skipped without Chromium, chromedriver or Selenium."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import neuralab
+
+pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
+pytest.importorskip("fastapi", reason="neuralab serve needs the serve extra")
+uvicorn = pytest.importorskip("uvicorn", reason="neuralab serve needs the serve extra")
+httpx = pytest.importorskip("httpx", reason="the test asks the API with httpx")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="the browser test needs selenium: pip install 'neuralab[browser]'"
+)
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from neuralab.serve import create_app  # noqa: E402
+from test_serve import train_image_run, train_text_run  # noqa: E402
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
+CHROMEDRIVER = shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs Chromium and chromedriver (Debian: apt-get install chromium chromium-driver)",
+)
+PAGE_TIMEOUT_S = 60  # generous: Chromium starts slowly on a busy 2-core machine
+
+
+@contextlib.contextmanager
+def live_server(run: Path) -> Iterator[str]:
+    """A uvicorn server for `run` in a thread, on a free loopback port; yields its URL."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()  # connections wait in the backlog until uvicorn accepts: no start-up race
+    config = uvicorn.Config(create_app(neuralab.load(run)), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        listener.close()
+
+
+@contextlib.contextmanager
+def chromium(profile: Path) -> Iterator:
+    """Headless Chromium with a fresh profile; no network lookups (driver and binary given)."""
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1000,800",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver, url: str) -> None:
+    driver.get(url)
+    wait(driver).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready"))
+
+
+def wait(driver) -> WebDriverWait:
+    return WebDriverWait(driver, PAGE_TIMEOUT_S)
+
+
+def shown_input(driver) -> str | None:
+    """The input whose prediction the page shows (None before the first one)."""
+    return driver.find_element(By.ID, "result").get_attribute("data-input")
+
+
+def shown_prediction(driver) -> tuple[str, float]:
+    """(class, probability) as the page shows them."""
+    head = driver.find_element(By.ID, "prediction")
+    return head.get_attribute("data-class"), float(head.get_attribute("data-probability"))
+
+
+def draw_seven(driver) -> None:
+    """A "7" as two strokes, with the mouse (pointer events, as a finger would send)."""
+    canvas = driver.find_element(By.ID, "canvas")
+    size = canvas.size["width"]
+    unit = size / 10  # offsets are from the canvas centre, in tenths of its width
+    actions = ActionChains(driver)
+    actions.move_to_element_with_offset(canvas, int(-2.5 * unit), int(-3 * unit)).click_and_hold()
+    for dx, dy in [(1, 0)] * 5 + [(-0.5, 1.2)] * 5:
+        actions.move_by_offset(int(dx * unit), int(dy * unit))
+    actions.release().perform()
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    return train_image_run(tmp_path_factory.mktemp("browser") / "digits-mlp")
+
+
+def test_drawn_digit_shows_what_the_api_predicts(digits_run: Path, tmp_path: Path) -> None:
+    with live_server(digits_run) as url, chromium(tmp_path / "profile") as driver:
+        open_page(driver, url)
+        assert driver.find_element(By.ID, "text-input").get_attribute("hidden") is not None
+        draw_seven(driver)
+        sent = wait(driver).until(shown_input)
+        shown, probability = shown_prediction(driver)
+        answer = httpx.post(f"{url}/predict?top_k=10", json={"image": sent}, timeout=30).json()
+        bars = driver.find_elements(By.CSS_SELECTOR, "#bars .bar-row")
+        assert [bar.get_attribute("data-class") for bar in bars][:1] == [shown]
+    best = answer["predictions"][0]
+    assert shown == best["class"] and probability == pytest.approx(best["probability"])
+    assert len(bars) == 10  # every digit's bar
+    picture = Image.open(io.BytesIO(base64.b64decode(sent.partition(",")[2]))).convert("L")
+    assert picture.size == (8, 8)  # prepared at the model's own size, as MNIST-style digits
+    ink = np.asarray(picture, dtype=np.float64) / 255  # (8, 8), 1 = white stroke
+    assert 0 < ink.mean() < 0.8  # a digit on a mostly black background
+
+
+def test_typed_text_shows_prediction_and_word_weights(tmp_path: Path) -> None:
+    run = train_text_run(tmp_path)
+    text = "the plot was awful and the film"
+    with live_server(run) as url, chromium(tmp_path / "profile") as driver:
+        open_page(driver, url)
+        driver.find_element(By.ID, "text").send_keys(text)
+        wait(driver).until(lambda d: shown_input(d) == text)
+        wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#highlights .word")))
+        shown, probability = shown_prediction(driver)
+        words = driver.find_elements(By.CSS_SELECTOR, "#highlights .word")
+        weights = {w.text: float(w.get_attribute("data-weight")) for w in words}
+        answer = httpx.post(f"{url}/predict", json={"text": text}, timeout=30).json()
+    best = answer["predictions"][0]
+    assert shown == best["class"] == "neg" and probability == pytest.approx(best["probability"])
+    assert len(words) == len(text.split())
+    assert max(weights, key=lambda word: abs(weights[word])) == "awful"
