@@ -1,0 +1,61 @@
+"""Where one training step's time goes: torch.profiler over a few steps of a registered model,
+the top operators by self CPU time written to benchmarks/results/profile_<model>.txt.
+
+    python -m benchmarks.profile_step resnet18 --stem cifar --batch 64
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+import neuralab
+from benchmarks.machine import machine_info, machine_line
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("--stem", default="cifar")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = neuralab.build_model(args.model, neuralab.InputSpec(3, 32, 32, 10), stem=args.stem)
+    images, labels = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
+    if args.channels_last:
+        model, images = (
+            model.to(memory_format=torch.channels_last),
+            images.contiguous(memory_format=torch.channels_last),
+        )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    step()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(args.steps):
+            step()
+    table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    layout = "channels_last" if args.channels_last else "contiguous"
+    head = (
+        f"{args.model} ({args.stem} stem), batch {args.batch}, {args.steps} steps, fp32, "
+        f"{layout}; {machine_line(machine_info())}\n"
+    )
+    path = RESULTS / f"profile_{args.model}_{layout}.txt"
+    path.write_text(head + table + "\n")
+    print(head + table)
+
+
+if __name__ == "__main__":
+    main()
