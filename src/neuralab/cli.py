@@ -36,8 +36,7 @@ USER_ERRORS = (
     DataError,
     UnknownNameError,
     CheckpointError,
-    FileExistsError,
-    FileNotFoundError,
+    OSError,  # files missing or in the way, a full disk: the message names the path
     ImportError,
     api.TrainingStopped,
     TypeError,
