@@ -219,7 +219,7 @@ def test_a_model_that_cannot_be_exported_leaves_nothing_behind(
 
 
 def test_non_finite_weights_are_refused_naming_the_tensor(
-    tmp_path: Path, tokenizer: TextTokenizer
+    tmp_path: Path, tokenizer: TextTokenizer, fault_table
 ) -> None:
     model = built("mlp", IMAGE)
     with torch.no_grad():
@@ -228,6 +228,9 @@ def test_non_finite_weights_are_refused_naming_the_tensor(
     with pytest.raises(ExportError, match=r"tensor '1\.weight' holds 1 non-finite"):
         neuralab.export(run_dir, "torchscript", check_data="random")
     assert not (run_dir / "export").exists()
+    fault_table(
+        "export of a checkpoint with a NaN weight", 1, "refused, naming the tensor; nothing written"
+    )
 
 
 def test_missing_onnx_tools_name_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
