@@ -14,7 +14,12 @@ import torch
 
 from neuralab import distributed
 from neuralab.callbacks import Callback, StopOnNonFinite, progress_callbacks
-from neuralab.checkpoint import CheckpointError, load_checkpoint, load_training_state
+from neuralab.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_training_state,
+    read_json,
+)
 from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data.dataset import PATH_KINDS
 from neuralab.engine import (
@@ -56,8 +61,8 @@ def step_finite_check(setting: str, device: torch.device) -> bool:
 
 def last_good(run_dir: Path) -> str:
     """Where the last good weights are after a failed run (nothing bad is ever saved)."""
-    try:
-        epoch = load_checkpoint(run_dir / "checkpoint")[1]["epoch"]
+    try:  # meta.json alone: no need to hash and read the weights for one number
+        epoch = read_json(run_dir / "checkpoint" / "meta.json")["epoch"]
     except CheckpointError:
         return f"No epoch completed, so {run_dir} holds no checkpoint."
     return f"The last good checkpoint is {run_dir / 'checkpoint'} (epoch {epoch})."
@@ -229,7 +234,8 @@ def train_on_device(
         check_finite=step_finite_check(settings.finite_check, engine.device),
     )
     if resume_from is not None:
-        trainer.load_state_dict(load_training_state(run_dir / "checkpoint"), weights)
+        state = load_training_state(run_dir / "checkpoint", verified=True)  # checked above
+        trainer.load_state_dict(state, weights)
         say(verbose, f"resume {run_dir} after epoch {trainer.epoch} (step {trainer.step})")
     start = time.perf_counter()
     history = trainer.fit(loaders["train"], settings.epochs, loaders.get("val"))

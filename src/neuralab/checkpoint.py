@@ -337,12 +337,17 @@ def load_checkpoint(directory: str | Path) -> tuple[dict[str, torch.Tensor], dic
     return read_tensors(directory / "model.safetensors"), meta
 
 
-def load_training_state(directory: str | Path) -> dict | None:
-    """The optimizer/scheduler/RNG state saved for resume, or None when the folder has none."""
+def load_training_state(directory: str | Path, verified: bool = False) -> dict | None:
+    """The optimizer/scheduler/RNG state saved for resume, or None when the folder has none.
+
+    verified: the caller has just loaded this folder with `load_checkpoint`, which checked
+    every file against the manifest; hashing them all again would only repeat that.
+    """
     directory = Path(directory)
     if not (directory / "training.json").exists():
         return None
-    verify_manifest(directory)
+    if not verified:
+        verify_manifest(directory)
     return decode(
         read_json(directory / "training.json"), read_tensors(directory / "training.safetensors")
     )
