@@ -192,3 +192,33 @@ def test_channels_last_on_off_survive_yaml_booleans(text: str, expected: str) ->
     config = resolve_config(None, [f"train.channels_last={text}"])
     assert config.train.channels_last == expected
     assert yaml.safe_load(dump_config(config))["train"]["channels_last"] == expected
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "expected"),
+    [
+        ("train.tta=true", "tta", "flip"),
+        ("train.tta=false", "tta", "off"),
+        ("train.tta=flip+shift", "tta", "flip+shift"),
+        ("augment.flip=true", "flip", "random"),
+        ("augment.flip=no", "flip", "off"),
+        ("augment.flip=alternate", "flip", "alternate"),
+    ],
+)
+def test_flip_and_tta_modes_take_the_older_booleans(override: str, field: str, expected) -> None:
+    config = resolve_config(None, [override])
+    section = config.train if field == "tta" else config.augment
+    assert getattr(section, field) == expected
+    assert RunConfig.model_validate(yaml.safe_load(dump_config(config))) == config
+
+
+def test_unknown_tta_mode_lists_the_modes() -> None:
+    with pytest.raises(ConfigError, match="train.tta") as error:
+        resolve_config(None, ["train.tta=rotate"])
+    assert "flip+shift" in str(error.value)
+
+
+def test_lookahead_and_ema_together_are_refused() -> None:
+    with pytest.raises(ConfigError, match="lookahead_every and train.ema_decay"):
+        resolve_config(None, ["train.lookahead_every=5", "train.ema_decay=0.99"])
+    assert resolve_config("cifar10-best", ["train.lookahead_every=5"]).train.lookahead_every == 5

@@ -148,17 +148,32 @@ def test_export_round_trip_matches_pytorch_on_other_shapes(
             torch.testing.assert_close(run(batch), logits, rtol=1e-4, atol=1e-5)
 
 
-def test_image_export_averages_the_mirror_image_when_the_run_uses_tta(
-    tmp_path: Path, tokenizer: TextTokenizer
+@pytest.mark.parametrize(("fmt", "tta"), [("torchscript", True), ("onnx", "flip+shift")])
+def test_image_export_holds_the_runs_test_time_augmentation(
+    tmp_path: Path, tokenizer: TextTokenizer, fmt: str, tta: bool | str
 ) -> None:
-    run_dir = save_run(tmp_path / "run", "lenet", tokenizer, tta=True)
-    result = neuralab.export(run_dir, "torchscript", check_examples=8, check_data="random")
+    run_dir = save_run(tmp_path / "run", "lenet", tokenizer, tta=tta)
+    result = neuralab.export(run_dir, fmt, check_examples=8, check_data="random")
     model, images = neuralab.load(run_dir).model, torch.randint(0, 256, (3, 3, 32, 32))
     x = to_float(images.to(torch.uint8), MEAN, STD)
     with torch.inference_mode():
         expected = 0.5 * (model(x) + model(x.flip(-1)))
-        torch.testing.assert_close(torch.jit.load(str(result.path))(images.to(torch.uint8)),
-                                   expected)  # fmt: skip
+        if tta == "flip+shift":
+            padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+            views = (padded[..., :32, :32], padded[..., 2:, 2:])
+            shifted = [0.5 * (model(v) + model(v.flip(-1))) for v in views]
+            expected = 0.5 * expected + 0.25 * (shifted[0] + shifted[1])
+    if fmt == "torchscript":
+        exported = torch.jit.load(str(result.path))(images.to(torch.uint8))
+    else:
+        onnxruntime = pytest.importorskip("onnxruntime")
+        session = onnxruntime.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+        outputs = session.run(None, {"images": images.to(torch.uint8).numpy()})
+        exported = torch.from_numpy(outputs[0])
+    torch.testing.assert_close(exported, expected, rtol=1e-4, atol=1e-5)
+    assert json.loads(result.sidecar.read_text())["preprocessing"]["tta"] == (
+        "flip" if tta is True else tta
+    )
 
 
 def test_safetensors_export_rebuilds_from_the_file_alone(

@@ -189,3 +189,49 @@ def test_loader_augmentation_replays_per_epoch() -> None:
     first, again, later = batches(0), batches(0), batches(1)
     assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(first, later, strict=True))
+
+
+def test_alternating_flip_mirrors_each_image_in_exactly_one_of_two_epochs() -> None:
+    count = 400
+    images = random_images(batch=count, shape=(1, 3, 5))
+    flips = Augment(flip="alternate")
+    generator, index = torch.Generator().manual_seed(0), torch.arange(count)
+    mirrored = []
+    for epoch in range(4):
+        result = flips(images, generator, index, epoch, seed=3)
+        same = (result == images).flatten(1).all(1)
+        flipped = (result == images.flip(-1)).flatten(1).all(1)
+        assert bool((same | flipped).all())
+        mirrored.append(flipped & ~same)
+    assert 150 < int(mirrored[0].sum()) < 250  # a random half first (200 expected, sd 10)
+    assert bool((mirrored[0] ^ mirrored[1]).all())  # then the other half
+    assert torch.equal(mirrored[0], mirrored[2]) and torch.equal(mirrored[1], mirrored[3])
+    # The half depends on the seed and on each example's index, not on batch composition.
+    other_seed = flips(images, generator, index, 0, seed=4)
+    assert not torch.equal(other_seed, flips(images, generator, index, 0, seed=3))
+    part = flips(images[100:150], generator, index[100:150], 0, seed=3)
+    assert torch.equal(part, flips(images, generator, index, 0, seed=3)[100:150])
+
+
+def test_alternating_flip_in_the_loader_follows_the_epoch() -> None:
+    split = Split(random_images(batch=12, shape=(1, 4, 4)), torch.arange(12))
+    flips = BatchLoader(split, 5, (0.5,), (0.5,), shuffle=True, augment=Augment(flip="alternate"))
+    plain = BatchLoader(split, 5, (0.5,), (0.5,), shuffle=True)
+
+    def by_label(loader: BatchLoader, epoch: int) -> dict[int, torch.Tensor]:
+        loader.set_epoch(epoch)
+        return {int(y): x for images, labels in loader for x, y in zip(images, labels, strict=True)}
+
+    even, odd, reference = by_label(flips, 0), by_label(flips, 1), by_label(plain, 0)
+    for label, image in reference.items():
+        mirror = image.flip(-1)
+        assert torch.equal(even[label], image) != torch.equal(odd[label], image)
+        assert torch.equal(even[label], mirror) or torch.equal(odd[label], mirror)
+
+
+def test_augment_flip_accepts_the_old_booleans_and_refuses_unknown_modes() -> None:
+    assert Augment(flip=True).flip == "random" and Augment(flip=False).flip == "off"
+    with pytest.raises(ValueError, match="alternate"):
+        Augment(flip="sometimes")
+    with pytest.raises(ValueError, match="indices"):
+        Augment(flip="alternate")(random_images(batch=2, shape=(1, 2, 2)), torch.Generator())

@@ -12,6 +12,7 @@ from torch import nn
 from neuralab.callbacks import Callback, PlainProgress, StopOnNonFinite
 from neuralab.data.dataset import Split, channel_stats
 from neuralab.data.loader import BatchLoader
+from neuralab.lookahead import Lookahead
 from neuralab.trainer import Trainer, evaluate, make_loss, planned_steps, predict_logits
 
 CLASSES = 4  # class k lights up quadrant k of a 4x4 image
@@ -138,6 +139,23 @@ def test_tta_averages_the_mirror_image() -> None:
     torch.testing.assert_close(predict_logits(model, images, tta=True), expected)
 
 
+def test_flip_shift_tta_weights_the_plain_and_the_shifted_views() -> None:
+    model = linear_model().eval()
+    images = torch.randn(3, 1, 4, 4)
+
+    def mirrored(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model(x) + model(x.flip(-1)))
+
+    padded = nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")  # (3, 1, 6, 6)
+    up_left, down_right = padded[..., 0:4, 0:4], padded[..., 2:6, 2:6]
+    with torch.no_grad():
+        expected = 0.5 * mirrored(images) + 0.25 * (mirrored(up_left) + mirrored(down_right))
+    torch.testing.assert_close(predict_logits(model, images, tta="flip+shift"), expected)
+    torch.testing.assert_close(predict_logits(model, images, tta="off"), model(images))
+    with pytest.raises(ValueError, match="flip\\+shift"):
+        predict_logits(model, images, tta="rotate")
+
+
 def gradient_norm(model: nn.Module) -> float:
     return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])).item()
 
@@ -200,6 +218,80 @@ class NaNLoader:
 
 def weights_of(model: nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.parameters()]
+
+
+def test_lookahead_pulls_the_weights_to_a_ramped_slow_average() -> None:
+    every, decay = 3, 0.8
+    model = linear_model()
+    start = [p.detach().clone() for p in model.parameters()]
+    after_sync = WeightRecorder()  # runs after Lookahead: the weights the next step starts from
+    trainer = make_trainer(model, callbacks=[Lookahead(every, decay), after_sync])
+    seen: list[list[torch.Tensor]] = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        result = step(*args, **kwargs)
+        seen.append([p.detach().clone() for p in trainer.model.parameters()])
+        return result
+
+    trainer.optimizer.step = recording_step
+    train, _ = loaders()
+    trainer.fit(train, epochs=2)  # 16 steps: syncs after steps 3, 6, ..., 15 and the last
+    total, slow, syncs = len(seen), start, 0
+    for number, fast in enumerate(seen, start=1):
+        if number % every == 0 or number == total:
+            d = decay * (number / total) ** 3
+            slow = [d * s + (1 - d) * f for s, f in zip(slow, fast, strict=True)]
+            for kept, expected in zip(after_sync.weights[number - 1], slow, strict=True):
+                torch.testing.assert_close(kept, expected)
+            syncs += 1
+        else:  # between syncs the trained weights run free
+            for kept, raw in zip(after_sync.weights[number - 1], fast, strict=True):
+                torch.testing.assert_close(kept, raw)
+    assert syncs == 6
+    for final, expected in zip(trainer.model.parameters(), slow, strict=True):
+        torch.testing.assert_close(final, expected)
+    assert not torch.allclose(slow[0], seen[-1][0])  # the average, not the last trained weights
+    saved = trainer.state_dict()["callbacks"]["Lookahead"]["slow"]
+    torch.testing.assert_close(saved["1.weight"], slow[0])
+
+
+class WeightRecorder(Callback):
+    def __init__(self) -> None:
+        self.weights: list[list[torch.Tensor]] = []
+
+    def on_step_end(self, trainer: Trainer) -> None:
+        self.weights.append([p.detach().clone() for p in trainer.model.parameters()])
+
+
+def test_lookahead_resumes_to_the_same_weights() -> None:
+    def trainer_with_lookahead(stop_after: int | None = None) -> Trainer:
+        callbacks: list[Callback] = [Lookahead(2, 0.9)]
+        if stop_after is not None:
+            callbacks.append(StopAfter(stop_after))
+        return make_trainer(linear_model(), callbacks=callbacks)
+
+    train, _ = loaders()
+    torch.manual_seed(0)
+    whole = trainer_with_lookahead()
+    whole.fit(train, epochs=3)
+    torch.manual_seed(0)
+    first = trainer_with_lookahead(stop_after=1)
+    first.fit(train, epochs=3)
+    state, weights = first.state_dict(), first.model.state_dict()
+    second = trainer_with_lookahead()
+    second.load_state_dict(state, weights)
+    second.fit(train, epochs=3)
+    for a, b in zip(whole.model.parameters(), second.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+class StopAfter(Callback):
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
+        trainer.should_stop = trainer.epoch >= self.epochs
 
 
 def test_non_finite_loss_stops_at_that_step_before_the_update() -> None:

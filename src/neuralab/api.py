@@ -35,6 +35,7 @@ from neuralab.engine import (
 )
 from neuralab.evaluation import load_data
 from neuralab.imagerun import ImageInputs
+from neuralab.lookahead import lookahead_callbacks
 from neuralab.models import build_model
 from neuralab.optim import build_optimizer, build_scheduler
 from neuralab.predict import Predictor
@@ -216,6 +217,7 @@ def train_on_device(
         say(verbose, f"track  {note}")
     callbacks = [
         StopOnNonFinite(),
+        *lookahead_callbacks(settings),
         *monitor_callbacks(config, "val" in loaders, run_dir, meta, files),
         RunWriter(run_dir, meta, files, config.monitor.keep_epochs),
         *board,

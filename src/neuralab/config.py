@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -30,8 +37,16 @@ class DataConfig(Section):
 
 class AugmentConfig(Section):
     crop_padding: int = Field(0, ge=0)
-    flip: bool = False
+    # random: each image mirrored with probability 1/2 every epoch; alternate: a random half in
+    # the first epoch, then every image mirrored in every other epoch (airbench94's scheme, less
+    # repetition than independent coin flips). YAML true/false mean random/off.
+    flip: Literal["off", "random", "alternate"] = "off"
     cutout: int = Field(0, ge=0)
+
+    @field_validator("flip", mode="before")
+    @classmethod
+    def flip_from_bool(cls, value: Any) -> Any:
+        return ("random" if value else "off") if isinstance(value, bool) else value
 
 
 class TokenizerConfig(Section):
@@ -90,7 +105,14 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     ema_decay: float | None = Field(None, gt=0.0, lt=1.0)  # weight EMA evaluated instead of raw
-    tta: bool = False  # evaluate on image + mirror image (only for flip-invariant data)
+    # Test-time augmentation (images only, for flip-invariant data; see tta.py): off | flip |
+    # flip+shift. YAML true/false mean flip/off.
+    tta: Literal["off", "flip", "flip+shift"] = "off"
+    # Lookahead with a slow weight average (airbench94): every `lookahead_every` steps the slow
+    # weights move toward the trained ones by 1 - d and the trained weights are reset to them;
+    # d ramps up as lookahead_decay * progress³, and the run ends on the slow weights. 0 = off.
+    lookahead_every: int = Field(0, ge=0)
+    lookahead_decay: float = Field(0.95**5, gt=0.0, lt=1.0)
     threads: int | None = Field(None, ge=1)
     # Micro-batches per optimizer step: each process's share of batch_size is cut into this
     # many pieces whose gradients add up to the full batch's mean gradient (saves memory).
@@ -100,6 +122,19 @@ class TrainConfig(Section):
     sync_bn: bool = False
     # TensorBoard event files in <run>/tensorboard/: auto = when the package is installed.
     tensorboard: Literal["auto", "on", "off"] = "auto"
+
+    @model_validator(mode="after")
+    def one_weight_average(self) -> TrainConfig:
+        if self.lookahead_every and self.ema_decay:
+            raise ValueError(
+                "train.lookahead_every and train.ema_decay both average the weights: set one"
+            )
+        return self
+
+    @field_validator("tta", mode="before")
+    @classmethod
+    def tta_from_bool(cls, value: Any) -> Any:
+        return ("flip" if value else "off") if isinstance(value, bool) else value
 
     @field_validator("channels_last", "tensorboard", mode="before")
     @classmethod

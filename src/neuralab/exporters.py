@@ -20,6 +20,7 @@ from torch.nn import functional as F
 
 from neuralab.models import InputSpec, TextSpec, build_model
 from neuralab.predict import Predictor
+from neuralab.tta import tta_logits, tta_mode
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 EXPORT_EXTRA = "pip install 'neuralab[export]'"
@@ -61,21 +62,21 @@ def describe_contract(predictor: Predictor, format: str) -> dict:
         return contract
     prep, bare = meta["preprocessing"], format == "safetensors"
     contract["preprocessing"] = {"mean": prep["mean"], "std": prep["std"],
-                                 "tta": bool(meta.get("tta", False))}  # fmt: skip
+                                 "tta": tta_mode(meta.get("tta"))}  # fmt: skip
     contract["input"] = {
         "name": "images", "dtype": "float32" if bare else "uint8",
         "shape": ["batch", prep["channels"], *prep["image_size"]],
         "note": "normalised images (x / 255 - mean) / std, for the bare model" if bare
-        else "images 0..255; normalisation (and mirror TTA) happen inside the model",
+        else "images 0..255; normalisation (and the run's TTA) happen inside the model",
     }  # fmt: skip
     return contract
 
 
 class ImageGraph(nn.Module):
     """uint8 images (B, C, H, W) → logits (B, classes), normalising inside (as `to_float`
-    does) and averaging with the mirror image's logits when the run uses TTA."""
+    does) and averaging the logits of the run's test-time augmentation views (tta.py)."""
 
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float], tta: bool) -> None:
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float], tta: str) -> None:
         super().__init__()
         self.model, self.tta = model, tta
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
@@ -83,10 +84,7 @@ class ImageGraph(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.to(torch.float32) / 255.0 - self.mean) / self.std  # (B, C, H, W)
-        logits = self.model(x)
-        if self.tta:
-            logits = 0.5 * (logits + self.model(x.flip(-1)))
-        return logits
+        return tta_logits(self.model, x, self.tta)
 
 
 def graph_module(model: nn.Module, contract: dict) -> nn.Module:

@@ -29,7 +29,7 @@ def settings_from(config: TokenizerConfig) -> TokenizerSettings:
 def prepare_text(dataset: TextDataset, config: RunConfig) -> TextInputs:
     """Train the configured tokenizer on the training texts (never on val or test) and encode
     every split, reusing both from the token cache when an identical run made them."""
-    if config.train.tta:
+    if config.train.tta != "off":
         raise ValueError("train.tta mirrors images; it cannot be used with text data")
     cache = TokenCache(cache_dir() if config.tokenizer.cache else None)
     tokenizer = cache.tokenizer(dataset.train.texts, settings_from(config.tokenizer))

@@ -11,6 +11,7 @@ from torch import nn
 
 from neuralab.callbacks import Callback
 from neuralab.distributed import all_reduce_sums, broadcast_buffers, local_module
+from neuralab.tta import tta_logits
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -76,6 +77,7 @@ class Trainer:
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.epoch, self.step, self.history = 0, 0, []
+        self.total_steps = 0  # optimizer steps `fit` plans in all
         self.planned_epochs, self.should_stop, self.stop_reason = 0, False, ""
         self.steps_this_epoch = 0  # optimizer steps the current epoch will take
         self.running = (0.0, 0.0, 0)  # the current epoch's loss sum, correct, count so far
@@ -94,6 +96,7 @@ class Trainer:
         Returns the history: one dict per epoch with train/val loss and accuracy, lr, seconds.
         """
         total_steps = planned_steps(epochs, len(train_loader))
+        self.total_steps = total_steps
         self.planned_epochs = -(-total_steps // len(train_loader))
         for callback in self.callbacks:
             callback.on_fit_start(self)
@@ -243,7 +246,7 @@ class Trainer:
         wrapper, whose forward may communicate (processes evaluate different batch counts)."""
         return self.ema.module if self.ema is not None else local_module(self.model)
 
-    def evaluate(self, loader: Iterable, tta: bool = False) -> dict:
+    def evaluate(self, loader: Iterable, tta: bool | str = False) -> dict:
         return evaluate(self.eval_model, loader, self.loss_fn, self.autocast_dtype, tta)
 
     def state_dict(self) -> dict:
@@ -315,19 +318,16 @@ def predict_logits(
     model: nn.Module,
     images: torch.Tensor,
     autocast_dtype: torch.dtype | None = None,
-    tta: bool = False,
+    tta: bool | str = False,
 ) -> torch.Tensor:
-    """Float32 logits (B, classes); with `tta`, averaged with the mirror image's logits."""
+    """Float32 logits (B, classes); `tta` is a test-time augmentation mode (see tta.py)."""
     model.eval()
     with torch.autocast(
         images.device.type,
         dtype=autocast_dtype or torch.bfloat16,
         enabled=autocast_dtype is not None,
     ):
-        logits = model(images).float()
-        if tta:
-            logits = 0.5 * (logits + model(images.flip(-1)).float())
-    return logits
+        return tta_logits(model, images, tta)
 
 
 def evaluate(
@@ -335,7 +335,7 @@ def evaluate(
     loader: Iterable,
     loss_fn: LossFn,
     autocast_dtype: torch.dtype | None = None,
-    tta: bool = False,
+    tta: bool | str = False,
 ) -> dict:
     """Mean loss, accuracy and count over every example of `loader` (each counted once).
 

@@ -47,6 +47,23 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
 
 
+def hashed_bits(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """A fixed pseudo-random 0/1 per example index (a 32-bit integer hash of index and seed)."""
+    x = (index.long() + seed * 0x9E3779B9) & 0xFFFFFFFF
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    return (x ^ (x >> 16)) & 1
+
+
+def alternating_flip(
+    images: torch.Tensor, index: torch.Tensor, epoch: int, seed: int
+) -> torch.Tensor:
+    """Mirror a fixed random half of the examples (by index) in even epochs and the other half
+    in odd ones, so each image is seen both ways in every pair of epochs."""
+    flip = hashed_bits(index, seed).to(images.device).bool() ^ bool(epoch % 2)
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """Zero a `size`×`size` square at a random centre per image (squares may clip at edges)."""
     if size <= 0:
@@ -69,23 +86,43 @@ class Augment:
     """The augmentation policy of a run; applied to uint8 batches before normalisation.
 
     crop_padding: pixels of reflect padding for random crops (0 = off).
-    flip: random horizontal flips (off for digits, where mirror images change meaning).
+    flip: horizontal flips, "off" (digits: mirror images change meaning), "random" (a coin
+        flip per image per epoch) or "alternate" (see `alternating_flip`); True = "random".
     cutout: side of the zeroed square in pixels (0 = off).
     """
 
     crop_padding: int = 0
-    flip: bool = False
+    flip: str | bool = "off"
     cutout: int = 0
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __post_init__(self) -> None:
+        if isinstance(self.flip, bool):
+            self.flip = "random" if self.flip else "off"
+        if self.flip not in ("off", "random", "alternate"):
+            raise ValueError(f"flip must be off, random or alternate, not {self.flip!r}")
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        generator: torch.Generator,
+        index: torch.Tensor | None = None,
+        epoch: int = 0,
+        seed: int = 0,
+    ) -> torch.Tensor:
+        """Augment a uint8 batch; `index` (the examples' indices in their split), `epoch` and
+        `seed` are needed by alternating flips only."""
         if self.crop_padding:
             images = random_crop(images, self.crop_padding, generator)
-        if self.flip:
+        if self.flip == "random":
             images = random_flip(images, generator)
+        elif self.flip == "alternate":
+            if index is None:
+                raise ValueError("alternating flips need the examples' indices")
+            images = alternating_flip(images, index, epoch, seed)
         if self.cutout:
             images = cutout(images, self.cutout, generator)
         return images
 
     @property
     def active(self) -> bool:
-        return bool(self.crop_padding or self.flip or self.cutout)
+        return bool(self.crop_padding or self.flip != "off" or self.cutout)

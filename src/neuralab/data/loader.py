@@ -111,7 +111,7 @@ class BatchLoader:
             index = order[start : start + self.batch_size]
             images = self.images[index]
             if self.augment is not None:
-                images = self.augment(images, generator)
+                images = self.augment(images, generator, index, self.epoch, self.seed)
             batch = to_float(images, self.mean, self.std)
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)

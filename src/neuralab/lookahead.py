@@ -1,0 +1,63 @@
+"""Lookahead with a slowly ramped weight average, as in Jordan's airbench94 CIFAR-10 recipe
+(after Zhang et al. 2019, "Lookahead Optimizer: k steps forward, 1 step back").
+
+Every `every` optimizer steps, with progress p = step / total steps:
+    d = decay · p³          (0 at the start: the slow weights simply follow; larger late on)
+    slow ← d · slow + (1 − d) · fast
+    fast ← slow
+and the last step always syncs, so the run ends on the slow weights. Batch-norm running
+statistics are averaged with the weights.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from neuralab.callbacks import Callback
+from neuralab.distributed import local_module
+
+if TYPE_CHECKING:
+    from neuralab.trainer import Trainer
+
+
+class Lookahead(Callback):
+    def __init__(self, every: int, decay: float) -> None:
+        if every < 1 or not 0.0 < decay < 1.0:
+            raise ValueError(f"lookahead needs every ≥ 1 and 0 < decay < 1, got {every}, {decay}")
+        self.every, self.decay = every, decay
+        self.slow: dict[str, torch.Tensor] = {}
+
+    def averaged(self, trainer: Trainer) -> dict[str, torch.Tensor]:
+        """The model's floating-point state (weights and BN statistics), by name."""
+        state = local_module(trainer.model).state_dict(keep_vars=False)
+        return {name: value for name, value in state.items() if value.is_floating_point()}
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if not self.slow:
+            self.slow = {k: v.detach().clone() for k, v in self.averaged(trainer).items()}
+
+    @torch.no_grad()
+    def on_step_end(self, trainer: Trainer) -> None:
+        last = trainer.step >= trainer.total_steps
+        if trainer.step % self.every and not last:
+            return
+        d = self.decay * (trainer.step / trainer.total_steps) ** 3
+        for name, fast in self.averaged(trainer).items():
+            slow = self.slow[name]
+            slow.lerp_(fast, 1.0 - d)
+            fast.copy_(slow)
+
+    def state_dict(self) -> dict:
+        return {"slow": dict(self.slow)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.slow = {k: v.clone() for k, v in state.get("slow", {}).items()}
+
+
+def lookahead_callbacks(settings) -> list[Callback]:
+    """[Lookahead] when the run's `train.lookahead_every` asks for it, else []."""
+    if not settings.lookahead_every:
+        return []
+    return [Lookahead(settings.lookahead_every, settings.lookahead_decay)]
