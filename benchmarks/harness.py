@@ -10,27 +10,13 @@ seconds and test accuracy after each epoch) and whatever a peer adds with `repor
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks.machine import machine_line
-
-
-def run_process(command: list[str]) -> tuple[str, float, int]:
-    """Run `command`; returns (stdout, wall seconds, peak resident memory in MiB)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed with exit status {process.returncode}")
-    return output, time.perf_counter() - start, usage.ru_maxrss // 1024  # KiB on Linux
+from benchmarks.processes import run_process
 
 
 def run_ours(recipe: str, extra_args: Sequence[str] = ()) -> dict:

@@ -21,8 +21,9 @@ the raw review files to the test accuracy; interpreter start and imports exclude
 resident memory of the process (os.wait4); training throughput (training reviews × epochs ÷
 training seconds; NBSVM: reviews ÷ fit seconds); and ratios against neuralab `imdb-best` with
 the cold cache (time ÷ its time, test accuracy − its accuracy in points). One JSON line per
-system is appended to benchmarks/results/imdb_peers.jsonl, stamped with the invocation; a full
-invocation (no --only) regenerates the `imdb-peers` table in BENCHMARKS.md from its own records.
+system is appended to benchmarks/results/imdb_peers.jsonl, stamped with the invocation, and the
+`imdb-peers` table in BENCHMARKS.md is regenerated from this invocation's records (naming the
+systems an --only run left out).
 A --limit run gives every system a temporary tree of the first N reviews (by file name) per class
 per split and records nothing.
 """
@@ -33,12 +34,12 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.processes import run_process
 from benchmarks.report import replace_section
 
 # Each system's peak memory is its own process's, so this module imports neither torch nor
@@ -121,18 +122,6 @@ WORKERS = {"nbsvm": nbsvm, "imdb-best": imdb_best}
 # ------------------------------------------------------------------------------ the harness
 
 
-def run_process(command: list[str], env: dict[str, str]) -> tuple[str, float, int]:
-    """Run `command`; returns (stdout, wall seconds, peak resident memory in MiB)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
-    output = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed with exit status {process.returncode}")
-    return output, time.perf_counter() - start, usage.ru_maxrss // 1024  # KiB on Linux
-
-
 def run_system(name: str, env: dict[str, str]) -> dict:
     """One system in its own process: its result line, peak memory and process wall time."""
     module = PEERS.get(name)
@@ -211,14 +200,15 @@ def ratio(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}×"
 
 
-def table(records: list[dict]) -> str:
+def table(records: list[dict], left_out: list[str] = ()) -> str:
     from benchmarks.machine import machine_line
 
     first = records[0]
     lines = [
         f"One run, {first['date']}, {machine_line(first['machine'])}. Ratios against neuralab "
         "`imdb-best` with a cold token cache: × = the system's time ÷ its time, Δ = the system's "
-        "test accuracy − its accuracy, in points.",
+        "test accuracy − its accuracy, in points."
+        + (f" Not in this run: {', '.join(left_out)}." if left_out else ""),
         "",
         "| system | test accuracy | Δ | training | × | files → test accuracy | × | "
         "training reviews/s | peak memory |",
@@ -270,8 +260,7 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a", encoding="utf-8") as handle:
         handle.writelines(json.dumps(record) + "\n" for record in records)
-    if not args.only:
-        replace_section("imdb-peers", table(records))
+    replace_section("imdb-peers", table(records, [s for s in SYSTEMS if s not in chosen]))
 
 
 if __name__ == "__main__":

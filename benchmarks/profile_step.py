@@ -2,6 +2,7 @@
 the top operators by self CPU time written to benchmarks/results/profile_<model>.txt.
 
     python -m benchmarks.profile_step resnet18 --stem cifar --batch 64
+    python -m benchmarks.profile_step airbench --batch 512 --channels-last
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ RESULTS = Path(__file__).parent / "results"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model")
-    parser.add_argument("--stem", default="cifar")
+    parser.add_argument("--stem", default="cifar", help="ResNet stem (ResNets only)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = neuralab.build_model(args.model, neuralab.InputSpec(3, 32, 32, 10), stem=args.stem)
+    model_args = {"stem": args.stem} if args.model.startswith("resnet") else {}
+    model = neuralab.build_model(args.model, neuralab.InputSpec(3, 32, 32, 10), **model_args)
     images, labels = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
     if args.channels_last:
         model, images = (
@@ -49,8 +51,8 @@ def main() -> None:
     table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     layout = "channels_last" if args.channels_last else "contiguous"
     head = (
-        f"{args.model} ({args.stem} stem), batch {args.batch}, {args.steps} steps, fp32, "
-        f"{layout}; {machine_line(machine_info())}\n"
+        f"{args.model}{f' ({args.stem} stem)' if model_args else ''}, batch {args.batch}, "
+        f"{args.steps} steps, fp32, {layout}; {machine_line(machine_info())}\n"
     )
     path = RESULTS / f"profile_{args.model}_{layout}.txt"
     path.write_text(head + table + "\n")

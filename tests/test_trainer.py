@@ -170,8 +170,8 @@ def test_grad_clip_bounds_the_gradient_norm() -> None:
     assert gradient_norm(clipped.model) <= 0.5 + 1e-5
 
 
-def test_ema_weights_are_the_average_of_the_raw_weights() -> None:
-    trainer = make_trainer(ema_decay=0.8)
+def record_optimizer_steps(trainer: Trainer) -> list[list[torch.Tensor]]:
+    """A list that fills with the model's parameters right after each optimizer step."""
     seen: list[list[torch.Tensor]] = []
     step = trainer.optimizer.step
 
@@ -181,6 +181,12 @@ def test_ema_weights_are_the_average_of_the_raw_weights() -> None:
         return result
 
     trainer.optimizer.step = recording_step
+    return seen
+
+
+def test_ema_weights_are_the_average_of_the_raw_weights() -> None:
+    trainer = make_trainer(ema_decay=0.8)
+    seen = record_optimizer_steps(trainer)
     train, test = loaders()
     trainer.fit(train, epochs=1)
     average = seen[0]  # the first update copies the weights, then each step mixes in 20%
@@ -226,15 +232,7 @@ def test_lookahead_pulls_the_weights_to_a_ramped_slow_average() -> None:
     start = [p.detach().clone() for p in model.parameters()]
     after_sync = WeightRecorder()  # runs after Lookahead: the weights the next step starts from
     trainer = make_trainer(model, callbacks=[Lookahead(every, decay), after_sync])
-    seen: list[list[torch.Tensor]] = []
-    step = trainer.optimizer.step
-
-    def recording_step(*args, **kwargs):
-        result = step(*args, **kwargs)
-        seen.append([p.detach().clone() for p in trainer.model.parameters()])
-        return result
-
-    trainer.optimizer.step = recording_step
+    seen = record_optimizer_steps(trainer)
     train, _ = loaders()
     trainer.fit(train, epochs=2)  # 16 steps: syncs after steps 3, 6, ..., 15 and the last
     total, slow, syncs = len(seen), start, 0

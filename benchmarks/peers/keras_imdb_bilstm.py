@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import time
 from collections import Counter
 
 os.environ["KERAS_BACKEND"] = "torch"  # before keras is imported: it picks its backend once
@@ -36,6 +35,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.peers.common import Curve  # noqa: E402
 from benchmarks.peers.imdb_text import add_limit_option, read_reviews  # noqa: E402
+from benchmarks.peers.keras_clock import EpochClock  # noqa: E402
 
 NUM_WORDS = 20_000  # max_features in the example: ids below this are kept
 MAX_LENGTH = 200  # maxlen in the example
@@ -44,6 +44,11 @@ BATCH_SIZE = 32
 EPOCHS = 2
 # keras.preprocessing.text.Tokenizer's default `filters` (tab and newline are whitespace anyway).
 PUNCTUATION = re.compile(r"""[!"#$%&()*+,\-./:;<=>?@\[\\\]^_`{|}~]""")
+
+
+def above_half(probabilities: np.ndarray) -> np.ndarray:
+    """Sigmoid outputs (N, 1) → labels 0/1."""
+    return (probabilities[:, 0] > 0.5).astype(np.int64)
 
 
 def words(text: str) -> list[str]:
@@ -83,22 +88,6 @@ def build_model() -> keras.Model:
     return model
 
 
-class EpochClock(keras.callbacks.Callback):
-    """Training time per epoch, then the test accuracy outside the clock."""
-
-    def __init__(self, curve: Curve, x_test: np.ndarray, y_test: np.ndarray) -> None:
-        super().__init__()
-        self.curve, self.x_test, self.y_test = curve, x_test, y_test
-
-    def on_epoch_begin(self, epoch, logs=None) -> None:
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None) -> None:
-        seconds = time.perf_counter() - self.start
-        probabilities = self.model.predict(self.x_test, batch_size=BATCH_SIZE, verbose=0)
-        self.curve.add(seconds, float(np.mean((probabilities[:, 0] > 0.5) == self.y_test)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_limit_option(parser)
@@ -121,7 +110,7 @@ def main() -> None:
         batch_size=BATCH_SIZE,
         epochs=args.epochs,
         verbose=0,
-        callbacks=[EpochClock(curve, x_test, y_test)],
+        callbacks=[EpochClock(curve, x_test, y_test, above_half, BATCH_SIZE)],
     )
     curve.report(len(y_train))
 

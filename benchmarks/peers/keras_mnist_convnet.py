@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
@@ -18,23 +17,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.peers.common import Curve, load_mnist  # noqa: E402
-
-
-class EpochClock(keras.callbacks.Callback):
-    """Training time per epoch (Keras's own validation pass included, as users see it), then
-    the test accuracy outside the clock."""
-
-    def __init__(self, curve: Curve, x_test, y_test) -> None:
-        super().__init__()
-        self.curve, self.x_test, self.y_test = curve, x_test, y_test
-
-    def on_epoch_begin(self, epoch, logs=None) -> None:
-        self.start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None) -> None:
-        seconds = time.perf_counter() - self.start
-        predictions = self.model.predict(self.x_test, batch_size=1000, verbose=0)
-        self.curve.add(seconds, float(np.mean(predictions.argmax(1) == self.y_test)))
+from benchmarks.peers.keras_clock import EpochClock  # noqa: E402
 
 
 def main() -> None:
@@ -66,7 +49,7 @@ def main() -> None:
         epochs=args.epochs,
         validation_split=0.1,
         verbose=0,
-        callbacks=[EpochClock(curve, x_test, y_test)],
+        callbacks=[EpochClock(curve, x_test, y_test, lambda p: p.argmax(1), 1000)],
     )
     curve.report(int(len(y_train) * 0.9))
 
