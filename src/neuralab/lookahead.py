@@ -19,6 +19,7 @@ from neuralab.callbacks import Callback
 from neuralab.distributed import local_module
 
 if TYPE_CHECKING:
+    from neuralab.config import TrainConfig
     from neuralab.trainer import Trainer
 
 
@@ -56,7 +57,7 @@ class Lookahead(Callback):
         self.slow = {k: v.clone() for k, v in state.get("slow", {}).items()}
 
 
-def lookahead_callbacks(settings) -> list[Callback]:
+def lookahead_callbacks(settings: TrainConfig) -> list[Callback]:
     """[Lookahead] when the run's `train.lookahead_every` asks for it, else []."""
     if not settings.lookahead_every:
         return []
