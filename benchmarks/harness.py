@@ -76,11 +76,16 @@ def run_peer(name: str, module: str, extra_args: Sequence[str] = ()) -> dict:
 
 def time_to(result: dict, target: float) -> float | None:
     """Training seconds until the test accuracy first reached `target`: exact for a run with a
-    per-epoch curve (the first epoch that reached it), else (neuralab's runs, which evaluate the
+    per-epoch curve (the first epoch that reached it; an upper bound when earlier epochs went
+    untested, accuracy None), else (neuralab's runs, which evaluate the
     test split only at the end) the whole training time when the final accuracy reached it, an
     upper bound; None when it never did."""
     if result.get("curve"):
-        reached = [e["train_seconds"] for e in result["curve"] if e["accuracy"] >= target]
+        reached = [
+            e["train_seconds"]
+            for e in result["curve"]
+            if e["accuracy"] is not None and e["accuracy"] >= target
+        ]
         return reached[0] if reached else None
     return result["train_seconds"] if result["accuracy"] >= target else None
 

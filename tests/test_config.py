@@ -221,4 +221,5 @@ def test_unknown_tta_mode_lists_the_modes() -> None:
 def test_lookahead_and_ema_together_are_refused() -> None:
     with pytest.raises(ConfigError, match="lookahead_every and train.ema_decay"):
         resolve_config(None, ["train.lookahead_every=5", "train.ema_decay=0.99"])
-    assert resolve_config("cifar10-best", ["train.lookahead_every=5"]).train.lookahead_every == 5
+    config = resolve_config("cifar10-airbench", ["train.lookahead_every=5"])
+    assert config.train.lookahead_every == 5

@@ -227,3 +227,29 @@ def test_mnist_fast_stays_within_its_compute_budget() -> None:
         model(images(GRAY, batch=1))
     # Budget: about 20 MFLOPs (10 M multiply-adds) per 28x28 image; ~0.5% slack for the head.
     assert counter.get_total_flops() <= 20.1e6
+
+
+def test_airbench_shift_scale_and_head_std_reparametrise_without_changing_outputs() -> None:
+    """shift_scale and (scale, head_std) change how fast SGD moves the shifts and the head,
+    not what the network computes: with the same effective weights the logits agree."""
+    torch.manual_seed(0)
+    default = build_model("airbench", RGB, widths=[8, 8, 8])  # shifts stored / 8, logits / 9
+    muon_style = build_model(
+        "airbench", RGB, widths=[8, 8, 8], shift_scale=1.0, scale=1 / 72, head_std=0.28
+    )
+    assert muon_style.head.weight.std().item() == pytest.approx(0.28, rel=0.3)
+    state = default.state_dict()
+    for name in state:
+        if name.startswith("body.") and name.endswith(".bias"):  # the norms' shifts
+            state[name] = torch.randn_like(state[name])  # non-zero, so the scale matters
+    default.load_state_dict(state)
+    state = {
+        name: value * 8 if name.startswith("body.") and name.endswith(".bias") else value
+        for name, value in state.items()
+    }
+    state["head.weight"] = state["head.weight"] * 72 / 9
+    muon_style.load_state_dict(state)
+    default.eval(), muon_style.eval()
+    images = torch.randn(BATCH, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(muon_style(images), default(images))

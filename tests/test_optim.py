@@ -47,6 +47,13 @@ def test_cosine_starts_at_one_and_ends_at_the_floor() -> None:
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
 
 
+def test_linear_falls_from_one_to_the_floor() -> None:
+    schedule = multiplier("linear", 10, 100, final_lr_fraction=0.1)
+    assert schedule(0) == 1.0
+    assert schedule(50) == pytest.approx(0.55)
+    assert schedule(100) == pytest.approx(0.1) and schedule(120) == pytest.approx(0.1)
+
+
 def test_onecycle_peaks_at_pct_start() -> None:
     schedule = multiplier("onecycle", 10, 100, pct_start=0.25, final_lr_fraction=0.0)
     assert schedule(0) == pytest.approx(0.1)  # starts at 10% of the peak
@@ -152,7 +159,8 @@ def reference_optimizer(name: str, groups: list[dict], config: OptimConfig):
 
 
 def test_every_optimizer_has_a_reference() -> None:
-    assert OPTIMIZERS.names() == ["adadelta", "adagrad", "adam", "adamw", "sgd"]
+    # muon has no torch.optim twin (torch's Muon takes 2-D matrices only): see test_muon.py.
+    assert OPTIMIZERS.names() == ["adadelta", "adagrad", "adam", "adamw", "muon", "sgd"]
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adadelta", "adagrad"])

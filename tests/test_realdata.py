@@ -52,7 +52,7 @@ def test_fashion_mnist_mlp_short_run(tmp_path: Path) -> None:
 
 
 def test_cifar10_airbench_short_run(tmp_path: Path) -> None:
-    recipe = "cifar10-best" if "cifar10-best" in recipe_names() else None
+    recipe = "cifar10-airbench" if "cifar10-airbench" in recipe_names() else None
     overrides = [
         "train.channels_last=on",  # skips the layout timing
         "model.args.widths=[32, 64, 64]",  # airbench94: 64, 256, 256 (too slow on 2 cores)
@@ -71,8 +71,27 @@ def test_cifar10_airbench_short_run(tmp_path: Path) -> None:
         overrides=overrides,
     )
     assert run.metrics["count"] == 10_000
-    # Measured after 0.2 epoch (40 steps): 0.517 with cifar10-best, 0.429 with the fallback.
+    # Measured after 0.2 epoch (40 steps): 0.517 with cifar10-airbench, 0.429 with the fallback.
     assert run.metrics["accuracy"] >= (0.45 if recipe else 0.38)
+
+
+def test_cifar10_best_muon_short_run(tmp_path: Path) -> None:
+    run = train(
+        tmp_path,
+        "cifar10-best",
+        epochs=0.3,
+        batch_size=500,
+        data_dir=data_root("cifar10"),
+        overrides=[
+            "train.channels_last=on",
+            "train.tta=off",
+            "model.args.widths=[32, 64, 64]",
+            "optim.other_lr=26.5",  # the recipe's 106 at batch 2,000, scaled to batch 500
+        ],
+    )
+    assert run.metrics["count"] == 10_000
+    # Measured after 0.3 epoch (30 Muon steps): 0.591.
+    assert run.metrics["accuracy"] >= 0.53
 
 
 def test_imdb_ngram_short_run(tmp_path: Path) -> None:

@@ -46,17 +46,19 @@ class Curve:
         self.train_seconds = 0.0
         self.started = time.perf_counter()
 
-    def add(self, epoch_seconds: float, accuracy: float) -> None:
+    def add(self, epoch_seconds: float, accuracy: float | None) -> None:
+        """accuracy: None for an epoch whose test pass was skipped (e.g. airbench94 --test-from)."""
         self.train_seconds += epoch_seconds
         self.epochs.append(
             {
                 "epoch": len(self.epochs) + 1,
                 "train_seconds": round(self.train_seconds, 2),
-                "accuracy": round(float(accuracy), 5),
+                "accuracy": None if accuracy is None else round(float(accuracy), 5),
             }
         )
+        tested = "not tested" if accuracy is None else f"{accuracy:.2%}"
         print(
-            f"{self.name} epoch {len(self.epochs)}: {accuracy:.2%} after "
+            f"{self.name} epoch {len(self.epochs)}: {tested} after "
             f"{self.train_seconds:.1f} s of training",
             flush=True,
         )

@@ -74,6 +74,19 @@ class OptimConfig(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     rho: float = Field(0.9, gt=0.0, lt=1.0)  # Adadelta's running-average coefficient
+    # `muon` only: step size and momentum of the parameters it does not orthogonalise (biases,
+    # norms, the head); unset = lr / momentum.
+    other_lr: float | None = Field(None, gt=0.0)
+    other_momentum: float | None = Field(None, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def muon_fields_need_muon(self) -> OptimConfig:
+        stray = [
+            f"optim.{k}" for k in ("other_lr", "other_momentum") if getattr(self, k) is not None
+        ]
+        if stray and self.name != "muon":
+            raise ValueError(f"{', '.join(stray)} only apply to optim.name=muon, not {self.name!r}")
+        return self
 
 
 class ScheduleConfig(Section):

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from neuralab.config import OptimConfig, ScheduleConfig
+from neuralab.muon import Muon
 from neuralab.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -89,6 +90,36 @@ def adadelta(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
     )
 
 
+@OPTIMIZERS.register(
+    "muon", summary="Muon for conv filters (orthogonalised momentum), Nesterov SGD for the rest"
+)
+def muon(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+    """Convolution filters (4-D weights) take Muon steps of `lr` with `momentum`; everything
+    else (biases, norms, the classifier head) takes SGD steps of `other_lr` with
+    `other_momentum` and `weight_decay`, as in airbench94_muon."""
+    trained = [p for p in model.parameters() if p.requires_grad]
+    filters = [p for p in trained if p.ndim == 4]
+    if not filters:
+        raise ValueError(
+            f"optim.name=muon orthogonalises convolution filters, and {type(model).__name__} "
+            "has none: use sgd or adamw for this model"
+        )
+    others = [p for p in trained if p.ndim != 4]
+    groups = [{"params": filters, "orthogonalize": True, "weight_decay": 0.0}]
+    if others:
+        groups.append(
+            {
+                "params": others,
+                "lr": config.other_lr or config.lr,
+                "momentum": config.momentum
+                if config.other_momentum is None
+                else config.other_momentum,
+                "weight_decay": config.weight_decay,
+            }
+        )
+    return Muon(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+
+
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
     return OPTIMIZERS.get(config.name).factory(model, config)
 
@@ -118,6 +149,16 @@ def cosine(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Mu
         # 0 during warmup (which with_warmup scales), 1 at the last step and after.
         progress = min(1.0, max(0.0, (step - warmup) / max(1, total_steps - warmup)))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return with_warmup(multiplier, config, steps_per_epoch)
+
+
+@SCHEDULES.register("linear", summary="linear decay to final_lr_fraction (after optional warmup)")
+def linear(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Multiplier:
+    floor = config.final_lr_fraction
+
+    def multiplier(step: int) -> float:
+        return floor + (1.0 - floor) * max(0.0, 1.0 - step / max(1, total_steps))
 
     return with_warmup(multiplier, config, steps_per_epoch)
 

@@ -13,14 +13,16 @@ from neuralab.models import MODELS, InputSpec
 class ConvGroup(nn.Sequential):
     """conv 3×3 → max-pool 2 → BN → GELU → conv 3×3 → BN → GELU; halves H and W."""
 
-    def __init__(self, channels_in: int, channels_out: int, bn_momentum: float) -> None:
+    def __init__(
+        self, channels_in: int, channels_out: int, bn_momentum: float, shift_scale: float
+    ) -> None:
         super().__init__(
             nn.Conv2d(channels_in, channels_out, 3, padding=1, bias=False),
             nn.MaxPool2d(2),
-            frozen_scale_norm(channels_out, bn_momentum),
+            ShiftOnlyNorm(channels_out, bn_momentum, shift_scale),
             nn.GELU(),
             nn.Conv2d(channels_out, channels_out, 3, padding=1, bias=False),
-            frozen_scale_norm(channels_out, bn_momentum),
+            ShiftOnlyNorm(channels_out, bn_momentum, shift_scale),
             nn.GELU(),
         )
         for conv in (self[0], self[4]):
@@ -54,10 +56,6 @@ class ShiftOnlyNorm(nn.BatchNorm2d):
         )
 
 
-def frozen_scale_norm(channels: int, momentum: float, shift_scale: float = 8.0) -> nn.BatchNorm2d:
-    return ShiftOnlyNorm(channels, momentum, shift_scale)
-
-
 def dirac_init(conv: nn.Conv2d) -> None:
     """Identity-initialise the first min(in, out) filters so each block starts near a skip."""
     weight = conv.weight.data  # (out, in, 3, 3)
@@ -73,7 +71,13 @@ class AirbenchNet(nn.Module):
     """
 
     def __init__(
-        self, spec: InputSpec, widths: tuple[int, int, int], bn_momentum: float, scale: float
+        self,
+        spec: InputSpec,
+        widths: tuple[int, int, int],
+        bn_momentum: float,
+        scale: float,
+        shift_scale: float = 8.0,
+        head_std: float | None = None,
     ) -> None:
         super().__init__()
         patch = 2  # 2×2 patches: 4·C inputs, whitened into 2·4·C channels (±eigenvectors)
@@ -81,13 +85,15 @@ class AirbenchNet(nn.Module):
         self.whiten.weight.requires_grad_(False)
         self.body = nn.Sequential(
             nn.GELU(),
-            ConvGroup(self.whiten.out_channels, widths[0], bn_momentum),
-            ConvGroup(widths[0], widths[1], bn_momentum),
-            ConvGroup(widths[1], widths[2], bn_momentum),
+            ConvGroup(self.whiten.out_channels, widths[0], bn_momentum, shift_scale),
+            ConvGroup(widths[0], widths[1], bn_momentum, shift_scale),
+            ConvGroup(widths[1], widths[2], bn_momentum, shift_scale),
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(),
         )
         self.head = nn.Linear(widths[2], spec.num_classes, bias=False)
+        if head_std is not None:
+            nn.init.normal_(self.head.weight, std=head_std)
         self.scale = scale
 
     @torch.no_grad()
@@ -119,10 +125,16 @@ def airbench(
     widths: tuple[int, int, int] = (64, 256, 256),
     bn_momentum: float = 0.4,
     scale: float = 1 / 9,
+    shift_scale: float = 8.0,
+    head_std: float | None = None,
 ) -> nn.Module:
     """Args:
     widths: channels of the three conv groups (airbench94: 64, 256, 256).
     bn_momentum: PyTorch-convention batch-norm momentum (airbench94's 0.6 decay = 0.4).
     scale: multiplies the logits (airbench94: 1/9).
+    shift_scale: batch-norm shifts are stored divided by this, so SGD moves them shift_scale²
+        times faster than the other weights (airbench94: 8, its 64× bias learning rate; 1 when
+        the optimizer gives them their own rate, as `muon` does).
+    head_std: normal init std of the linear head (None: PyTorch's default uniform init).
     """
-    return AirbenchNet(spec, tuple(widths), bn_momentum, scale)
+    return AirbenchNet(spec, tuple(widths), bn_momentum, scale, shift_scale, head_std)
