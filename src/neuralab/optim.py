@@ -107,16 +107,10 @@ def muon(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
     others = [p for p in trained if p.ndim != 4]
     groups = [{"params": filters, "orthogonalize": True, "weight_decay": 0.0}]
     if others:
-        groups.append(
-            {
-                "params": others,
-                "lr": config.other_lr or config.lr,
-                "momentum": config.momentum
-                if config.other_momentum is None
-                else config.other_momentum,
-                "weight_decay": config.weight_decay,
-            }
-        )
+        # Unset other_* fall back to Muon's defaults, i.e. lr / momentum.
+        own = {"lr": config.other_lr, "momentum": config.other_momentum}
+        settings = {key: value for key, value in own.items() if value is not None}
+        groups.append({"params": others, "weight_decay": config.weight_decay, **settings})
     return Muon(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
 
 
