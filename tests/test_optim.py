@@ -186,3 +186,69 @@ def test_steps_match_plain_torch_optim(name: str) -> None:
     for mine, plain in zip(ours.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(mine, plain)
     assert not torch.equal(ours[0].weight, small_net()[0].weight)  # the steps did move it
+
+
+class TwoLayers(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(3, 4)
+        self.second = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x).relu())
+
+
+def test_train_until_decays_its_parameters_to_zero_then_holds_them() -> None:
+    """first.bias trains for 1 epoch (4 steps) at a rate falling 1, 3/4, 1/2, 1/4, then stays
+    put while the rest keeps training at the constant rate."""
+    torch.manual_seed(0)
+    model = TwoLayers()
+    config = OptimConfig(name="sgd", lr=0.1, momentum=0.9, train_until={"first.bias": 1})
+    optimizer = build_optimizer(model, config)
+    scheduler = build_scheduler(optimizer, ScheduleConfig(name="constant"), 4, 12)
+    rates = []
+    for step in range(12):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        if step == 4:
+            frozen_bias = model.first.bias.detach().clone()
+            moving_weight = model.first.weight.detach().clone()
+        model(torch.randn(8, 3)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        scheduler.step()
+    # Groups: decayed matrices, undecayed biases (second.bias), then first.bias on its own.
+    assert [len(group["params"]) for group in optimizer.param_groups] == [2, 1, 1]
+    assert optimizer.param_groups[2]["params"][0] is model.first.bias
+    assert [r[2] for r in rates[:6]] == pytest.approx([0.1, 0.075, 0.05, 0.025, 0.0, 0.0])
+    assert all(r[0] == r[1] == pytest.approx(0.1) for r in rates)
+    assert torch.equal(model.first.bias, frozen_bias)  # momentum is left, but the rate is zero
+    assert not torch.equal(model.first.weight, moving_weight)
+
+
+def test_train_until_a_module_takes_all_its_parameters() -> None:
+    model = TwoLayers()
+    config = OptimConfig(name="adamw", weight_decay=0.1, train_until={"second": 2})
+    optimizer = build_optimizer(model, config)
+    split = [g for g in optimizer.param_groups if "train_until_epochs" in g]
+    # Each keeps the settings of the group it came from: the matrix is decayed, the bias not.
+    assert [(g["params"], g["weight_decay"]) for g in split] == [
+        ([model.second.weight], 0.1),
+        ([model.second.bias], 0.0),
+    ]
+    assert all(g["train_until_epochs"] == 2 for g in split)
+
+
+def test_train_until_an_unknown_name_lists_the_parameters() -> None:
+    with pytest.raises(ValueError, match=r"'firts'.*first\.weight, first\.bias"):
+        build_optimizer(TwoLayers(), OptimConfig(train_until={"firts": 1}))
+
+
+def test_train_until_refuses_a_non_positive_horizon() -> None:
+    with pytest.raises(ValueError, match="epochs > 0"):
+        OptimConfig(train_until={"first.bias": 0})
+
+
+def test_train_until_takes_dotted_names_nested_by_set() -> None:
+    """`--set optim.train_until.whiten.bias=3` nests the dotted name; it is read back whole."""
+    config = OptimConfig(train_until={"whiten": {"bias": 3}, "head": 1})
+    assert config.train_until == {"whiten.bias": 3, "head": 1}

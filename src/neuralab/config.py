@@ -78,6 +78,32 @@ class OptimConfig(Section):
     # norms, the head); unset = lr / momentum.
     other_lr: float | None = Field(None, gt=0.0)
     other_momentum: float | None = Field(None, ge=0.0, lt=1.0)
+    # {parameter name or module prefix: epochs}: these parameters train only for the first N
+    # epochs, their learning rate decaying linearly from the peak to zero by then, whatever the
+    # run's schedule (airbench94_muon's whitening bias: {whiten.bias: 3}).
+    train_until: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("train_until", mode="before")
+    @classmethod
+    def dotted_names(cls, value: Any) -> Any:
+        """`--set optim.train_until.whiten.bias=3` arrives nested; parameter names are dotted."""
+
+        def flat(node: dict, prefix: str) -> dict:
+            out = {}
+            for key, item in node.items():
+                name = f"{prefix}{key}"
+                out.update(flat(item, name + ".") if isinstance(item, dict) else {name: item})
+            return out
+
+        return flat(value, "") if isinstance(value, dict) else value
+
+    @field_validator("train_until")
+    @classmethod
+    def positive_horizons(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {name: epochs for name, epochs in value.items() if not epochs > 0}
+        if bad:
+            raise ValueError(f"optim.train_until needs epochs > 0 for each name, got {bad}")
+        return value
 
     @model_validator(mode="after")
     def muon_fields_need_muon(self) -> OptimConfig:
@@ -187,7 +213,7 @@ class RunConfig(Section):
 
 
 # Free-form dictionaries: their keys are checked by the dataset or model factory instead.
-FREE_FORM = {("data", "options"), ("model", "args")}
+FREE_FORM = {("data", "options"), ("model", "args"), ("optim", "train_until")}
 
 
 def recipe_names() -> list[str]:

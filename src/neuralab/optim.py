@@ -115,7 +115,43 @@ def muon(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    return OPTIMIZERS.get(config.name).factory(model, config)
+    optimizer = OPTIMIZERS.get(config.name).factory(model, config)
+    for prefix, epochs in config.train_until.items():
+        split_off_group(optimizer, model, prefix, epochs)
+    return optimizer
+
+
+def split_off_group(
+    optimizer: torch.optim.Optimizer, model: nn.Module, prefix: str, epochs: float
+) -> None:
+    """Move the parameters named `prefix` (or inside the module `prefix`) into groups of their
+    own, with the settings of the groups they came from plus `train_until_epochs`, which
+    `build_scheduler` reads. Call before the first step (no optimizer state yet)."""
+    named = dict(model.named_parameters())
+    chosen = {id(p) for name, p in named.items() if name == prefix or name.startswith(prefix + ".")}
+    if not chosen:
+        close = ", ".join(list(named)[:8])
+        raise ValueError(
+            f"optim.train_until: no parameter of {type(model).__name__} is named {prefix!r} or "
+            f"lies inside it (its parameters: {close}{', …' if len(named) > 8 else ''})"
+        )
+    kept, moved = [], []
+    for group in optimizer.param_groups:
+        mine = [p for p in group["params"] if id(p) in chosen]
+        rest = [p for p in group["params"] if id(p) not in chosen]
+        if mine:
+            settings = {k: v for k, v in group.items() if k != "params"}
+            moved.append({**settings, "params": mine, "train_until_epochs": epochs})
+        if rest:
+            kept.append({**group, "params": rest})
+    if not moved:
+        raise ValueError(
+            f"optim.train_until: {prefix!r} names parameters that {type(optimizer).__name__} "
+            "does not train (frozen ones?)"
+        )
+    optimizer.param_groups[:] = kept
+    for group in moved:
+        optimizer.add_param_group(group)
 
 
 Multiplier = Callable[[int], float]
@@ -181,6 +217,18 @@ def with_warmup(schedule: Multiplier, config: ScheduleConfig, steps_per_epoch: i
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_epoch: int, total_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR for the named schedule."""
+    """A per-step LambdaLR for the named schedule; groups split off by `optim.train_until`
+    instead decay linearly to zero over their own epochs, and then stay at zero."""
     multiplier = SCHEDULES.get(config.name).factory(config, steps_per_epoch, total_steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    multipliers = []
+    for group in optimizer.param_groups:
+        epochs = group.get("train_until_epochs")
+        if epochs is None:
+            multipliers.append(multiplier)
+        else:
+            multipliers.append(linear_to_zero(max(1, round(epochs * steps_per_epoch))))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multipliers)
+
+
+def linear_to_zero(steps: int) -> Multiplier:
+    return lambda step: max(0.0, 1.0 - step / steps)
