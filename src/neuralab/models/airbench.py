@@ -76,8 +76,8 @@ class AirbenchNet(nn.Module):
         widths: tuple[int, int, int],
         bn_momentum: float,
         scale: float,
-        shift_scale: float = 8.0,
-        head_std: float | None = None,
+        shift_scale: float,
+        head_std: float | None,
     ) -> None:
         super().__init__()
         patch = 2  # 2×2 patches: 4·C inputs, whitened into 2·4·C channels (±eigenvectors)
