@@ -266,3 +266,39 @@ def test_resume_under_two_processes_matches_an_uninterrupted_run(tmp_path: Path)
         torch.testing.assert_close(resumed[name], value, rtol=1e-4, atol=1e-5)
     history = json.loads((tmp_path / "cut" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
+
+
+LEAVING_UNDER_TORCHRUN = """
+import sys, time
+import torch
+from neuralab import distributed
+
+with distributed.process_group(torch.device("cpu")):
+    if distributed.rank() == 0:
+        time.sleep(1.0)  # rank 0 still writing and plotting after the last collective
+    done = time.time()
+left = time.time()
+print(f"rank {distributed.rank()} done {done:.3f} left {left:.3f}", flush=True)
+"""
+
+
+def test_processes_leave_the_group_together_after_a_good_run(tmp_path: Path) -> None:
+    """No process tears down its connections while another is still inside the run: rank 1
+    finishes its work at once, but leaves the group only after rank 0 has finished its own."""
+    script = tmp_path / "leaving.py"
+    script.write_text(LEAVING_UNDER_TORCHRUN)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    launched = subprocess.run(
+        [*command, "--nproc-per-node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,  # seconds: a hung process group fails the test instead of the suite
+    )
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    times = {}
+    for line in launched.stdout.splitlines():
+        _, rank, _, done, _, left = line.split()
+        times[int(rank)] = (float(done), float(left))
+    assert sorted(times) == [0, 1]
+    assert times[1][0] < times[0][0] - 0.5  # rank 1 really was done first
+    assert times[1][1] >= times[0][0]  # and yet left only once rank 0 was done

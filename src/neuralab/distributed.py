@@ -9,6 +9,7 @@ Outside torchrun (WORLD_SIZE unset or 1) every helper here is a no-op.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -126,9 +127,26 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
         dist.init_process_group("nccl" if cuda else "gloo", device_id=device if cuda else None)
     try:
         yield device
-    finally:
-        if created:
+    except BaseException:
+        if created:  # no barrier: the other processes may never reach one
             dist.destroy_process_group()
+        raise
+    if created:
+        leave_together()
+
+
+def leave_together() -> None:
+    """Leave the process group after a run that ended well on this process.
+
+    The processes first wait for each other, so none tears down its connections while another
+    still works (rank 0 writes files and plots after the last collective): a CI run once saw
+    rank 1 abort ("terminate called without an active exception") while rank 0 was still
+    plotting. Any garbage still holding the group (a DistributedDataParallel reducer) is then
+    freed while the interpreter is fully alive rather than during its shutdown.
+    """
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
