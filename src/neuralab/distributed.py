@@ -141,7 +141,7 @@ def leave_together() -> None:
     The processes first wait for each other, so none tears down its connections while another
     still works (rank 0 writes files and plots after the last collective): a CI run once saw
     rank 1 abort ("terminate called without an active exception") while rank 0 was still
-    plotting. Any garbage still holding the group (a DistributedDataParallel reducer) is then
+    writing its metrics and plots. Any garbage still holding the group (a DDP reducer) is then
     freed while the interpreter is fully alive rather than during its shutdown.
     """
     dist.barrier()
