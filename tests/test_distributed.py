@@ -269,7 +269,7 @@ def test_resume_under_two_processes_matches_an_uninterrupted_run(tmp_path: Path)
 
 
 LEAVING_UNDER_TORCHRUN = """
-import sys, time
+import time
 import torch
 from neuralab import distributed
 
