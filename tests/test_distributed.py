@@ -35,6 +35,10 @@ DIGITS_MLP = [
     "--lr", "0.1", "--set", "optim.momentum=0.9", "--set", "model.args.width=32",
     "--set", "train.precision=fp32", "--set", "train.threads=1",
 ]  # fmt: skip
+# Two gloo processes on this machine, started by torchrun itself.
+TWO_PROCESSES = [
+    sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+]  # fmt: skip
 
 
 def test_global_batch_splits_evenly_over_processes() -> None:
@@ -235,9 +239,8 @@ def test_resume_under_two_processes_matches_an_uninterrupted_run(tmp_path: Path)
     recipe.write_text(dump_config(cli.resolve_train_config(args)))
     script = tmp_path / "interrupted.py"
     script.write_text(INTERRUPTED_UNDER_TORCHRUN)
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     for command in (
-        [*torchrun, "--nproc-per-node", "2", str(script), str(recipe)],
+        [*TWO_PROCESSES, str(script), str(recipe)],
         [
             sys.executable,
             "-m",
@@ -269,7 +272,8 @@ def test_resume_under_two_processes_matches_an_uninterrupted_run(tmp_path: Path)
 
 
 LEAVING_UNDER_TORCHRUN = """
-import time
+import sys, time
+from pathlib import Path
 import torch
 from neuralab import distributed
 
@@ -278,7 +282,7 @@ with distributed.process_group(torch.device("cpu")):
         time.sleep(1.0)  # rank 0 still writing and plotting after the last collective
     done = time.time()
 left = time.time()
-print(f"rank {distributed.rank()} done {done:.3f} left {left:.3f}", flush=True)
+Path(sys.argv[1], f"rank{distributed.rank()}").write_text(f"{done} {left}")
 """
 
 
@@ -287,18 +291,17 @@ def test_processes_leave_the_group_together_after_a_good_run(tmp_path: Path) -> 
     finishes its work at once, but leaves the group only after rank 0 has finished its own."""
     script = tmp_path / "leaving.py"
     script.write_text(LEAVING_UNDER_TORCHRUN)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     launched = subprocess.run(
-        [*command, "--nproc-per-node", "2", str(script)],
+        [*TWO_PROCESSES, str(script), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,  # seconds: a hung process group fails the test instead of the suite
     )
     assert launched.returncode == 0, launched.stdout + launched.stderr
-    times = {}
-    for line in launched.stdout.splitlines():
-        _, rank, _, done, _, left = line.split()
-        times[int(rank)] = (float(done), float(left))
+    times = {
+        int(path.name.removeprefix("rank")): tuple(map(float, path.read_text().split()))
+        for path in tmp_path.glob("rank*")
+    }
     assert sorted(times) == [0, 1]
     assert times[1][0] < times[0][0] - 0.5  # rank 1 really was done first
     assert times[1][1] >= times[0][0]  # and yet left only once rank 0 was done
