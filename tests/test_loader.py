@@ -103,14 +103,15 @@ def random_images(batch: int = 16, seed: int = 0, shape=(2, 6, 7)) -> torch.Tens
     return torch.randint(0, 256, (batch, *shape), dtype=torch.uint8, generator=generator)
 
 
-def test_random_crop_equals_pad_and_slice_at_the_drawn_offsets() -> None:
-    images, padding = random_images(), 2
+@pytest.mark.parametrize("padding, dtype", [(2, torch.uint8), (5, torch.uint8), (3, torch.float32)])
+def test_random_crop_equals_pad_and_slice_at_the_drawn_offsets(padding, dtype) -> None:
+    images = random_images().to(dtype)  # 6x7: padding 5 reflects up to the far border
     result = random_crop(images, padding, torch.Generator().manual_seed(5))
     # The same generator draws the same offsets: all row offsets, then all column offsets.
     replay = torch.Generator().manual_seed(5)
     dy = torch.randint(0, 2 * padding + 1, (len(images),), generator=replay)
     dx = torch.randint(0, 2 * padding + 1, (len(images),), generator=replay)
-    assert result.dtype == torch.uint8 and result.shape == images.shape
+    assert result.dtype == dtype and result.shape == images.shape
     height, width = images.shape[2:]
     for index, image in enumerate(images.numpy()):
         padded = np.pad(image, ((0, 0), (padding, padding), (padding, padding)), mode="reflect")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from neuralab import distributed
+from neuralab import allocator, distributed
 from neuralab.callbacks import Callback, StopOnNonFinite, progress_callbacks
 from neuralab.checkpoint import (
     CheckpointError,
@@ -161,6 +161,7 @@ def train_config(
         with (
             distributed.process_group(device) as device,
             deterministic_mode(settings.deterministic),
+            allocator.reused_memory(settings.cpu_memory, device),
         ):
             verbose = verbose and distributed.is_main_process()
             shown = progress_callbacks(progress) if verbose else []
@@ -202,7 +203,8 @@ def train_on_device(
         run_dir = distributed.on_main_process(prepare_run_dir, config)
         inputs.initialise(model, device)
         engine = agreed_engine(model, inputs, config, device)
-    say(verbose, f"engine {engine.describe()}; {torch.get_num_threads()} threads on {cpu_model()}")
+    threads = f"{torch.get_num_threads()} threads on {cpu_model()}"
+    say(verbose, f"engine {engine.describe()}; {threads}; {allocator.current()}")
     loaders = inputs.loaders(config, engine)
     model = distribute_model(model, engine, settings.sync_bn)
     optimizer = build_optimizer(distributed.unwrap(model), config.optim)
@@ -256,6 +258,7 @@ def train_on_device(
         train_seconds=round(train_seconds, 2),
         epochs=trainer.epoch,
         engine=engine.describe(),
+        memory=allocator.current(),
         processes=distributed.world_size(),
     )
     if distributed.is_main_process():

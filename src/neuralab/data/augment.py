@@ -23,22 +23,28 @@ def to_float(
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Pad by `padding` (reflect) and crop back to the original size at a random offset per image.
 
-    Implemented as one gather over all images: (B, C, H, W) → (B, C, H, W).
+    One gather over all images, (B, C, H, W) → (B, C, H, W), whose row and column indices are
+    reflected at the borders: the padded batch is never built (padding it took longer than the
+    gather).
     """
     if padding <= 0:
         return images
-    batch, _, height, width = images.shape
-    padded = torch.nn.functional.pad(
-        images.float() if images.dtype == torch.uint8 else images, (padding,) * 4, mode="reflect"
-    ).to(images.dtype)
-    dy = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).to(images.device)
-    dx = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).to(images.device)
-    rows = (dy.view(-1, 1) + torch.arange(height, device=images.device)).view(batch, 1, height, 1)
-    cols = (dx.view(-1, 1) + torch.arange(width, device=images.device)).view(batch, 1, 1, width)
-    channels = images.shape[1]
-    batch_index = torch.arange(batch, device=images.device).view(batch, 1, 1, 1)
-    channel_index = torch.arange(channels, device=images.device).view(1, channels, 1, 1)
-    return padded[batch_index, channel_index, rows, cols]
+    batch, channels, height, width = images.shape
+    device = images.device
+    dy = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).to(device)
+    dx = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).to(device)
+    rows = reflected(dy - padding, height).view(batch, 1, height, 1)
+    cols = reflected(dx - padding, width).view(batch, 1, 1, width)
+    batch_index = torch.arange(batch, device=device).view(batch, 1, 1, 1)
+    channel_index = torch.arange(channels, device=device).view(1, channels, 1, 1)
+    return images[batch_index, channel_index, rows, cols]
+
+
+def reflected(offsets: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, size) indices offset + 0..size-1, mirrored at 0 and size-1 as reflect padding does
+    (-1 → 1, size → size-2); offsets must lie within ±(size-1)."""
+    index = (offsets.view(-1, 1) + torch.arange(size, device=offsets.device)).abs()
+    return (size - 1) - ((size - 1) - index).abs()
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

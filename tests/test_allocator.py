@@ -1,0 +1,119 @@
+"""CPU training keeps freed memory for reuse (glibc), and gives malloc back as it was."""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+import torch
+
+from neuralab import allocator
+
+needs_glibc = pytest.mark.skipif(allocator.glibc() is None, reason="glibc's malloc only")
+CPU = torch.device("cpu")
+BLOCK = 64 * 2**20  # bytes: above glibc's largest mmap threshold (32 MiB)
+PAGES = BLOCK // resource.getpagesize()
+
+
+def faults_of_second_block() -> int:
+    """Minor page faults while a large block is allocated and written after one was freed."""
+    first = torch.ones(BLOCK // 4)
+    del first
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    second = torch.ones(BLOCK // 4)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del second
+    return faults
+
+
+@needs_glibc
+def test_a_freed_block_is_reused_without_faulting_its_pages_in_again() -> None:
+    with allocator.reused_memory("reuse", CPU):
+        faults = [faults_of_second_block() for _ in range(5)]
+        assert allocator.current() == "freed memory reused"
+    # The heap may grow during the first rounds; then the same memory serves every block.
+    assert max(faults[-2:]) < PAGES // 10, faults
+
+
+@needs_glibc
+def test_malloc_is_as_before_after_the_run() -> None:
+    with allocator.reused_memory("reuse", CPU):
+        faults_of_second_block()
+    assert faults_of_second_block() > PAGES // 2  # unmapped on free, faulted in again
+    assert allocator.current() == "system allocator"
+
+
+@needs_glibc
+def test_the_system_setting_leaves_malloc_alone() -> None:
+    with allocator.reused_memory("system", CPU):
+        assert allocator.current() == "system allocator (as configured)"
+        assert faults_of_second_block() > PAGES // 2
+
+
+def test_a_gpu_run_leaves_malloc_alone() -> None:
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, *args: int) -> int:
+            calls.append(args)
+            return 1
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(allocator, "glibc", FakeLibc)
+        with allocator.reused_memory("reuse", torch.device("cuda")):
+            assert allocator.current() == "system allocator"
+    assert calls == []
+
+
+def test_settings_are_restored_even_when_training_fails() -> None:
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, *args: int) -> int:
+            calls.append(args)
+            return 1
+
+        def malloc_trim(self, pad: int) -> int:
+            calls.append(("trim", pad))
+            return 1
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(allocator, "glibc", FakeLibc)
+        with pytest.raises(RuntimeError), allocator.reused_memory("reuse", CPU):
+            raise RuntimeError("the run failed")
+    assert calls[-3:] == [
+        (allocator.M_TRIM_THRESHOLD, allocator.DEFAULT_TRIM_THRESHOLD),
+        (allocator.M_MMAP_MAX, allocator.DEFAULT_MMAP_MAX),
+        ("trim", 0),
+    ]
+    assert allocator.current() == "system allocator"
+
+
+@needs_glibc
+def test_training_runs_with_reused_memory_and_says_so(tmp_path, capsys) -> None:
+    import neuralab
+    from neuralab.callbacks import Callback
+
+    seen = []
+
+    class Watch(Callback):
+        def on_step_end(self, trainer) -> None:
+            seen.append(allocator.current())
+
+    runs = {}
+    for setting in ("reuse", "system"):
+        runs[setting] = neuralab.train(
+            data="digits",
+            model="mlp",
+            epochs=0.2,
+            out=str(tmp_path / setting),
+            overrides=[f"train.cpu_memory={setting}"],
+            callbacks=[Watch()],
+            progress="none",
+        )
+    shown = capsys.readouterr().out
+    assert "; freed memory reused\n" in shown and "system allocator (as configured)" in shown
+    assert runs["reuse"].metrics["memory"] == "freed memory reused"
+    assert runs["system"].metrics["memory"] == "system allocator (as configured)"
+    assert set(seen) == {"freed memory reused", "system allocator (as configured)"}
+    assert allocator.current() == "system allocator"
