@@ -8,7 +8,8 @@ back on this machine in one invocation, each in its own process.
         --peer-args="--limit 2048 --epochs 1 --test-limit 1000"               # a smoke run
 
 Contenders: `neuralab train --recipe cifar10-best` (and any `--ours` recipes), then the peers in
-benchmarks/peers/ (plain scripts, no neuralab import): airbench94 ported to the CPU in fp32,
+benchmarks/peers/ (plain scripts, no neuralab import): airbench94 ported to the CPU (fp32 or
+bf16 autocast, whichever trains one timed batch faster there, as neuralab's engine chooses),
 and the common ResNet-18 blog recipe, stopped at the first epoch end after `--max-minutes`
 (default 30) of training since its 20 epochs would take many hours on a small CPU.
 

@@ -3,6 +3,7 @@ the top operators by self CPU time written to benchmarks/results/profile_<model>
 
     python -m benchmarks.profile_step resnet18 --stem cifar --batch 64
     python -m benchmarks.profile_step airbench --batch 512 --channels-last
+    python -m benchmarks.profile_step airbench --batch 2000 --channels-last --bf16
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (native-bf16 CPUs)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model_args = {"stem": args.stem} if args.model.startswith("resnet") else {}
@@ -41,7 +43,9 @@ def main() -> None:
 
     def step() -> None:
         optimizer.zero_grad()
-        nn.functional.cross_entropy(model(images), labels).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+            loss = nn.functional.cross_entropy(model(images).float(), labels)
+        loss.backward()
         optimizer.step()
 
     step()  # warm-up
@@ -50,11 +54,12 @@ def main() -> None:
             step()
     table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
     layout = "channels_last" if args.channels_last else "contiguous"
+    precision = "bf16 autocast" if args.bf16 else "fp32"
     head = (
         f"{args.model}{f' ({args.stem} stem)' if model_args else ''}, batch {args.batch}, "
-        f"{args.steps} steps, fp32, {layout}; {machine_line(machine_info())}\n"
+        f"{args.steps} steps, {precision}, {layout}; {machine_line(machine_info())}\n"
     )
-    path = RESULTS / f"profile_{args.model}_{layout}.txt"
+    path = RESULTS / f"profile_{args.model}_{layout}{'_bf16' if args.bf16 else ''}.txt"
     path.write_text(head + table + "\n")
     print(head + table)
 
