@@ -48,9 +48,15 @@ def run_ours(recipe: str, extra_args: Sequence[str] = ()) -> dict:
         "examples_per_second": round(examples / seconds, 1),
         "peak_mib": memory,
         "wall_seconds": round(wall, 1),
-        "engine": metrics["engine"],
+        "engine": engine_line(metrics),
     }
     return result
+
+
+def engine_line(metrics: dict) -> str:
+    """A run's engine and, from 2026-12-02 on, what its CPU allocator did."""
+    memory = metrics.get("memory")
+    return f"{metrics['engine']}; {memory}" if memory else metrics["engine"]
 
 
 def run_peer(name: str, module: str, extra_args: Sequence[str] = ()) -> dict:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import neuralab
+from benchmarks.harness import engine_line
 from benchmarks.machine import machine_info, machine_line
 from benchmarks.report import replace_section
 
@@ -34,7 +35,7 @@ def run_recipe(recipe: str, overrides: list[str]) -> dict:
         "train_seconds": run.metrics["train_seconds"],
         "total_seconds": round(total, 1),
         "epochs": run.metrics["epochs"],
-        "engine": run.metrics["engine"],
+        "engine": engine_line(run.metrics),
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine_info(),
     }

@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import neuralab
+from benchmarks.harness import engine_line
 from benchmarks.machine import machine_info, machine_line
 from benchmarks.report import replace_section
 
@@ -81,7 +82,7 @@ def ours(recipe: str, epochs: float) -> tuple[float, str]:
         run = neuralab.train(
             recipe, out=str(Path(folder) / "run"), overrides=[f"train.epochs={epochs}"]
         )
-    return run.history[-1]["examples_per_second"], run.metrics["engine"]
+    return run.history[-1]["examples_per_second"], engine_line(run.metrics)
 
 
 def plain_resnet(steps: int) -> float:
