@@ -56,8 +56,8 @@ def table(record: dict) -> str:
     head = (
         f"{record['date']}, {machine_line(record['machine'])}; `{record['recipe']}` for "
         f"{record['epochs']:g} epoch, each run a fresh process.\n\n"
-        "| round | cpu_memory | training images/s | minor page faults | system CPU s | peak memory |"
-        "\n| --- | --- | --- | --- | --- | --- |\n"
+        "| round | cpu_memory | training images/s | minor page faults | system CPU s "
+        "| peak memory |\n| --- | --- | --- | --- | --- | --- |\n"
     )
     rows = [
         f"| {r['round']} | {r['setting']} | {r['train_images_per_second']:,.1f} | "

@@ -26,10 +26,11 @@ paper), its recipe ported to the CPU:
 Differences that the port needs: on the CPU, fp32 or bf16 autocast instead of the paper's fp16
 (`--precision auto`, the default, times one training batch in each before the clock starts and
 keeps the faster, as neuralab's engine does: bf16 is about 2x faster on CPUs with native bf16
-and several times slower on others), no torch.compile, and the test split is evaluated (with the TTA) after every epoch outside the
-training clock, so the time to 90% and to 94% are exact; the paper's clock also counts the one
-final TTA pass. The clock counts what airbench times: the whitening initialisation and the data
-preparation of the first epoch, not reading the files.
+and several times slower on others), no torch.compile, and the test split is evaluated (with
+the TTA) after every epoch outside the training clock, so the time to 90% and to 94% are
+exact; the paper's clock also counts the one final TTA pass. The clock counts what airbench
+times: the whitening initialisation and the data preparation of the first epoch, not reading
+the files.
 
     NEURALAB_DATA=../shared/datasets python -m benchmarks.peers.airbench94 [--epochs 9.9]
         [--limit N] [--test-limit N] [--seed S] [--test-from EPOCH] [--precision auto|fp32|bf16]
@@ -387,7 +388,9 @@ def main() -> None:
         train_epoch(model, optimizer, batches, epoch, state, dtype)
         seconds = time.perf_counter() - start + (setup_seconds if epoch == 0 else 0.0)
         tested = epoch + 1 >= args.test_from or epoch + 1 == math.ceil(args.epochs)
-        curve.add(seconds, test_accuracy(model, test_images, test_labels, dtype) if tested else None)
+        curve.add(
+            seconds, test_accuracy(model, test_images, test_labels, dtype) if tested else None
+        )
     # The last epoch may be partial: images/s from the images actually trained on.
     curve.report(state.seen / len(curve.epochs))
 
