@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import neuralab
-from neuralab import cli
+from neuralab import cli, distributed
 from neuralab.checkpoint import load_checkpoint, save_checkpoint
 from neuralab.config import dump_config
 from neuralab.data.augment import Augment
@@ -305,3 +305,43 @@ def test_processes_leave_the_group_together_after_a_good_run(tmp_path: Path) -> 
     assert sorted(times) == [0, 1]
     assert times[1][0] < times[0][0] - 0.5  # rank 1 really was done first
     assert times[1][1] >= times[0][0]  # and yet left only once rank 0 was done
+
+
+FAILING_UNDER_TORCHRUN = """
+import sys, time
+from pathlib import Path
+import torch
+from neuralab import distributed
+
+try:
+    with distributed.process_group(torch.device("cpu")):
+        if distributed.rank() == 0:
+            time.sleep(1.0)  # rank 0 still writing its checkpoint when the interrupt comes
+        done = time.time()
+        raise KeyboardInterrupt  # every process, as Ctrl-C does
+except KeyboardInterrupt:
+    left = time.time()
+Path(sys.argv[1], f"rank{distributed.rank()}").write_text(f"{done} {left}")
+"""
+
+
+def test_processes_that_all_fail_leave_the_group_together(tmp_path: Path) -> None:
+    """Interrupted everywhere, rank 1 (interrupted at once) still leaves the group only after
+    rank 0's interrupt: no process tears down its connections while another uses them."""
+    script = tmp_path / "failing.py"
+    script.write_text(FAILING_UNDER_TORCHRUN)
+    launched = subprocess.run(
+        [*TWO_PROCESSES, str(script), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,  # seconds: a hung process group fails the test instead of the suite
+    )
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    times = {
+        int(path.name.removeprefix("rank")): tuple(map(float, path.read_text().split()))
+        for path in tmp_path.glob("rank*")
+    }
+    assert sorted(times) == [0, 1]
+    assert times[1][0] < times[0][0] - 0.5  # rank 1 really was interrupted first
+    assert times[1][1] >= times[0][0]  # and yet left only once rank 0 was interrupted too
+    assert times[1][1] < times[0][0] + distributed.FAILURE_WAIT_S / 2  # not by timing out

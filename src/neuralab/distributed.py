@@ -9,10 +9,12 @@ Outside torchrun (WORLD_SIZE unset or 1) every helper here is a no-op.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import torch
@@ -21,6 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 Result = TypeVar("Result")
+FAILURE_WAIT_S = 30  # seconds a failed process waits for the others before leaving alone
 
 
 def rank() -> int:
@@ -128,8 +131,8 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
     try:
         yield device
     except BaseException:
-        if created:  # no barrier: the other processes may never reach one
-            dist.destroy_process_group()
+        if created:
+            leave_after_failure()
         raise
     if created:
         leave_together()
@@ -146,6 +149,22 @@ def leave_together() -> None:
     """
     dist.barrier()
     gc.collect()
+    dist.destroy_process_group()
+
+
+def leave_after_failure() -> None:
+    """Leave the process group after this process raised.
+
+    The others usually fail alike and at about the same point (Ctrl-C reaches every process; a
+    callback or a full disk fails on each), so on gloo they are waited for, up to
+    `FAILURE_WAIT_S`, and all leave together as after a good run: a CI run saw rank 1 abort
+    ("terminate called without an active exception") after leaving while rank 0 was still
+    writing its checkpoint. A process stuck in a collective never arrives: the wait ends, and
+    this process leaves alone (torchrun then stops the rest).
+    """
+    if dist.get_backend() == "gloo":
+        with contextlib.suppress(Exception):  # a timeout, or a peer already gone
+            dist.monitored_barrier(timeout=timedelta(seconds=FAILURE_WAIT_S))
     dist.destroy_process_group()
 
 
