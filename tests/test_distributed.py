@@ -286,13 +286,13 @@ Path(sys.argv[1], f"rank{distributed.rank()}").write_text(f"{done} {left}")
 """
 
 
-def test_processes_leave_the_group_together_after_a_good_run(tmp_path: Path) -> None:
-    """No process tears down its connections while another is still inside the run: rank 1
-    finishes its work at once, but leaves the group only after rank 0 has finished its own."""
-    script = tmp_path / "leaving.py"
-    script.write_text(LEAVING_UNDER_TORCHRUN)
+def done_and_left(script_text: str, folder: Path) -> dict[int, tuple[float, float]]:
+    """Run a script under two torchrun processes; each rank's (done, left) times, read from
+    the file it wrote into `folder`."""
+    script = folder / "script.py"
+    script.write_text(script_text)
     launched = subprocess.run(
-        [*TWO_PROCESSES, str(script), str(tmp_path)],
+        [*TWO_PROCESSES, str(script), str(folder)],
         capture_output=True,
         text=True,
         timeout=120,  # seconds: a hung process group fails the test instead of the suite
@@ -300,9 +300,16 @@ def test_processes_leave_the_group_together_after_a_good_run(tmp_path: Path) -> 
     assert launched.returncode == 0, launched.stdout + launched.stderr
     times = {
         int(path.name.removeprefix("rank")): tuple(map(float, path.read_text().split()))
-        for path in tmp_path.glob("rank*")
+        for path in folder.glob("rank*")
     }
     assert sorted(times) == [0, 1]
+    return times
+
+
+def test_processes_leave_the_group_together_after_a_good_run(tmp_path: Path) -> None:
+    """No process tears down its connections while another is still inside the run: rank 1
+    finishes its work at once, but leaves the group only after rank 0 has finished its own."""
+    times = done_and_left(LEAVING_UNDER_TORCHRUN, tmp_path)
     assert times[1][0] < times[0][0] - 0.5  # rank 1 really was done first
     assert times[1][1] >= times[0][0]  # and yet left only once rank 0 was done
 
@@ -328,20 +335,7 @@ Path(sys.argv[1], f"rank{distributed.rank()}").write_text(f"{done} {left}")
 def test_processes_that_all_fail_leave_the_group_together(tmp_path: Path) -> None:
     """Interrupted everywhere, rank 1 (interrupted at once) still leaves the group only after
     rank 0's interrupt: no process tears down its connections while another uses them."""
-    script = tmp_path / "failing.py"
-    script.write_text(FAILING_UNDER_TORCHRUN)
-    launched = subprocess.run(
-        [*TWO_PROCESSES, str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,  # seconds: a hung process group fails the test instead of the suite
-    )
-    assert launched.returncode == 0, launched.stdout + launched.stderr
-    times = {
-        int(path.name.removeprefix("rank")): tuple(map(float, path.read_text().split()))
-        for path in tmp_path.glob("rank*")
-    }
-    assert sorted(times) == [0, 1]
+    times = done_and_left(FAILING_UNDER_TORCHRUN, tmp_path)
     assert times[1][0] < times[0][0] - 0.5  # rank 1 really was interrupted first
     assert times[1][1] >= times[0][0]  # and yet left only once rank 0 was interrupted too
     assert times[1][1] < times[0][0] + distributed.FAILURE_WAIT_S / 2  # not by timing out
