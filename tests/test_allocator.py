@@ -50,38 +50,35 @@ def test_the_system_setting_leaves_malloc_alone() -> None:
         assert faults_of_second_block() > PAGES // 2
 
 
-def test_a_gpu_run_leaves_malloc_alone() -> None:
-    calls = []
+class FakeLibc:
+    """Records the mallopt / malloc_trim calls instead of making them."""
 
-    class FakeLibc:
-        def mallopt(self, *args: int) -> int:
-            calls.append(args)
-            return 1
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(allocator, "glibc", FakeLibc)
-        with allocator.reused_memory("reuse", torch.device("cuda")):
-            assert allocator.current() == "system allocator"
-    assert calls == []
+    def mallopt(self, *args: int) -> int:
+        self.calls.append(args)
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("trim", pad))
+        return 1
 
 
-def test_settings_are_restored_even_when_training_fails() -> None:
-    calls = []
+def test_a_gpu_run_leaves_malloc_alone(monkeypatch) -> None:
+    libc = FakeLibc()
+    monkeypatch.setattr(allocator, "glibc", lambda: libc)
+    with allocator.reused_memory("reuse", torch.device("cuda")):
+        assert allocator.current() == "system allocator"
+    assert libc.calls == []
 
-    class FakeLibc:
-        def mallopt(self, *args: int) -> int:
-            calls.append(args)
-            return 1
 
-        def malloc_trim(self, pad: int) -> int:
-            calls.append(("trim", pad))
-            return 1
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(allocator, "glibc", FakeLibc)
-        with pytest.raises(RuntimeError), allocator.reused_memory("reuse", CPU):
-            raise RuntimeError("the run failed")
-    assert calls[-3:] == [
+def test_settings_are_restored_even_when_training_fails(monkeypatch) -> None:
+    libc = FakeLibc()
+    monkeypatch.setattr(allocator, "glibc", lambda: libc)
+    with pytest.raises(RuntimeError), allocator.reused_memory("reuse", CPU):
+        raise RuntimeError("the run failed")
+    assert libc.calls[-3:] == [
         (allocator.M_TRIM_THRESHOLD, allocator.DEFAULT_TRIM_THRESHOLD),
         (allocator.M_MMAP_MAX, allocator.DEFAULT_MMAP_MAX),
         ("trim", 0),
