@@ -98,9 +98,11 @@ def test_bf16_must_beat_fp32_by_a_margin(monkeypatch) -> None:
     monkeypatch.setattr(engine, "time_step", lambda model, images, labels, d, c: seconds[(d, c)])
     chosen = choose_engine(convnet(), SAMPLE, LABELS, CPU)
     assert (chosen.autocast_dtype, chosen.channels_last) == (None, True)
+    assert chosen.reason.endswith("bf16+cl is less than 10% faster than fp32+cl, so fp32")
     seconds[(torch.bfloat16, True)] = 0.40  # 20% faster: worth it
     chosen = choose_engine(convnet(), SAMPLE, LABELS, CPU)
     assert (chosen.autocast_dtype, chosen.channels_last) == (torch.bfloat16, True)
+    assert chosen.reason.startswith("fastest of one-batch timings: ")
 
 
 def test_gpu_defaults_are_bf16_and_channels_last_for_convnets(monkeypatch) -> None:

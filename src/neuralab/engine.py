@@ -113,6 +113,15 @@ def choose_engine(
             timings[candidate] = min(timings[candidate], seconds)
     best = pick_fastest(timings)
     summary = ", ".join(f"{label(c)} {timings[c] * 1000:.0f} ms" for c in candidates)
+    if timings[best] > min(timings.values()):  # the margin kept fp32
+        fastest = min(timings, key=timings.get)
+        return Engine(
+            device,
+            best[0],
+            best[1],
+            f"one-batch timings: {summary}; {label(fastest)} is less than "
+            f"{1 - BF16_MARGIN:.0%} faster than {label(best)}, so fp32",
+        )
     return Engine(device, best[0], best[1], f"fastest of one-batch timings: {summary}")
 
 
