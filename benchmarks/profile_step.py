@@ -4,11 +4,21 @@ the top operators by self CPU time written to benchmarks/results/profile_<model>
     python -m benchmarks.profile_step resnet18 --stem cifar --batch 64
     python -m benchmarks.profile_step airbench --batch 512 --channels-last
     python -m benchmarks.profile_step airbench --batch 2000 --channels-last --bf16
+    python -m benchmarks.profile_step resnet18 --batch 128 --channels-last --onednn
+
+--onednn times each oneDNN primitive instead (its verbose log, from a child process), summed
+per primitive, implementation and direction: which kernels the convolutions ran and how long
+each took. Prefix ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 to see what an AVX2-only CPU
+would run. Steps run with freed memory reused, as `neuralab train` does by default.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -17,8 +27,10 @@ from torch.profiler import ProfilerActivity, profile
 
 import neuralab
 from benchmarks.machine import machine_info, machine_line
+from neuralab.allocator import reused_memory
 
 RESULTS = Path(__file__).parent / "results"
+ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")  # emulate an older CPU's kernels
 
 
 def main() -> None:
@@ -29,7 +41,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (native-bf16 CPUs)")
+    parser.add_argument("--onednn", action="store_true", help="per-kernel oneDNN times instead")
+    parser.add_argument("--onednn-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.onednn:
+        onednn_breakdown(args)
+        return
     torch.manual_seed(0)
     model_args = {"stem": args.stem} if args.model.startswith("resnet") else {}
     model = neuralab.build_model(args.model, neuralab.InputSpec(3, 32, 32, 10), **model_args)
@@ -48,20 +65,70 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    step()  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        for _ in range(args.steps):
-            step()
+    with reused_memory("reuse", torch.device("cpu")):
+        step()  # warm-up
+        if args.onednn_child:  # the parent reads the verbose log of these steps
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                for _ in range(args.steps):
+                    step()
+            return
+        with profile(activities=[ProfilerActivity.CPU]) as profiler:
+            for _ in range(args.steps):
+                step()
     table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+    write(args, "profile", head_line(args, model_args) + table)
+
+
+def head_line(args: argparse.Namespace, model_args: dict) -> str:
     layout = "channels_last" if args.channels_last else "contiguous"
     precision = "bf16 autocast" if args.bf16 else "fp32"
-    head = (
+    limits = " ".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS if k in os.environ)
+    return (
         f"{args.model}{f' ({args.stem} stem)' if model_args else ''}, batch {args.batch}, "
-        f"{args.steps} steps, {precision}, {layout}; {machine_line(machine_info())}\n"
+        f"{args.steps} steps, {precision}, {layout}; {machine_line(machine_info())}"
+        + (f"; kernels limited by {limits}" if limits else "")
+        + "\n"
     )
-    path = RESULTS / f"profile_{args.model}_{layout}{'_bf16' if args.bf16 else ''}.txt"
-    path.write_text(head + table + "\n")
-    print(head + table)
+
+
+def write(args: argparse.Namespace, kind: str, text: str) -> None:
+    layout = "channels_last" if args.channels_last else "contiguous"
+    isa = (
+        f"_{os.environ['ONEDNN_MAX_CPU_ISA'].lower()}" if "ONEDNN_MAX_CPU_ISA" in os.environ else ""
+    )
+    path = RESULTS / f"{kind}_{args.model}_{layout}{'_bf16' if args.bf16 else ''}{isa}.txt"
+    path.write_text(text + "\n")
+    print(text)
+    print(f"written to {path}")
+
+
+def onednn_breakdown(args: argparse.Namespace) -> None:
+    """Run the steps in a child with oneDNN's verbose log on; sum its kernel times."""
+    command = [sys.executable, "-m", "benchmarks.profile_step", *sys.argv[1:], "--onednn-child"]
+    command.remove("--onednn")
+    log = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    totals: dict[tuple[str, str, str], float] = collections.defaultdict(float)
+    calls: collections.Counter = collections.Counter()
+    # onednn_verbose,v1,primitive,exec,cpu,<primitive>,<implementation>,<direction>,...,<ms>
+    for line in log.splitlines():
+        fields = line.split(",")
+        if len(fields) > 8 and fields[2:4] == ["primitive", "exec"]:
+            key = (fields[5], fields[6], fields[7])
+            totals[key] += float(fields[-1]) / args.steps
+            calls[key] += 1
+    if not totals:
+        raise SystemExit("oneDNN logged no kernels: this torch build or model does not use it")
+    rows = [
+        f"{ms:10.1f} ms  {calls[key] // args.steps:4d}  {' · '.join(key)}"
+        for key, ms in sorted(totals.items(), key=lambda item: -item[1])
+    ]
+    text = (
+        head_line(args, {"stem": args.stem} if args.model.startswith("resnet") else {})
+        + f"oneDNN kernel time per step (sum {sum(totals.values()):.1f} ms), calls per step, "
+        + "primitive · implementation · direction\n"
+        + "\n".join(rows)
+    )
+    write(args, "onednn", text)
 
 
 if __name__ == "__main__":
