@@ -30,7 +30,6 @@ from benchmarks.machine import machine_info, machine_line
 from neuralab.allocator import reused_memory
 
 RESULTS = Path(__file__).parent / "results"
-ISA_LIMITS = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")  # emulate an older CPU's kernels
 
 
 def main() -> None:
@@ -82,12 +81,9 @@ def main() -> None:
 def head_line(args: argparse.Namespace, model_args: dict) -> str:
     layout = "channels_last" if args.channels_last else "contiguous"
     precision = "bf16 autocast" if args.bf16 else "fp32"
-    limits = " ".join(f"{k}={os.environ[k]}" for k in ISA_LIMITS if k in os.environ)
     return (
         f"{args.model}{f' ({args.stem} stem)' if model_args else ''}, batch {args.batch}, "
-        f"{args.steps} steps, {precision}, {layout}; {machine_line(machine_info())}"
-        + (f"; kernels limited by {limits}" if limits else "")
-        + "\n"
+        f"{args.steps} steps, {precision}, {layout}; {machine_line(machine_info())}\n"
     )
 
 
