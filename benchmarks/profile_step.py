@@ -75,20 +75,18 @@ def main() -> None:
             for _ in range(args.steps):
                 step()
     table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    write(args, "profile", head_line(args, model_args) + table)
-
-
-def head_line(args: argparse.Namespace, model_args: dict) -> str:
-    layout = "channels_last" if args.channels_last else "contiguous"
-    precision = "bf16 autocast" if args.bf16 else "fp32"
-    return (
-        f"{args.model}{f' ({args.stem} stem)' if model_args else ''}, batch {args.batch}, "
-        f"{args.steps} steps, {precision}, {layout}; {machine_line(machine_info())}\n"
-    )
+    write(args, "profile", table)
 
 
 def write(args: argparse.Namespace, kind: str, text: str) -> None:
+    """Print `text` under a line naming the model, settings and machine, and save both."""
     layout = "channels_last" if args.channels_last else "contiguous"
+    stem = f" ({args.stem} stem)" if args.model.startswith("resnet") else ""
+    precision = "bf16 autocast" if args.bf16 else "fp32"
+    text = (
+        f"{args.model}{stem}, batch {args.batch}, {args.steps} steps, {precision}, {layout}; "
+        f"{machine_line(machine_info())}\n{text}"
+    )
     isa = (
         f"_{os.environ['ONEDNN_MAX_CPU_ISA'].lower()}" if "ONEDNN_MAX_CPU_ISA" in os.environ else ""
     )
@@ -119,8 +117,7 @@ def onednn_breakdown(args: argparse.Namespace) -> None:
         for key, ms in sorted(totals.items(), key=lambda item: -item[1])
     ]
     text = (
-        head_line(args, {"stem": args.stem} if args.model.startswith("resnet") else {})
-        + f"oneDNN kernel time per step (sum {sum(totals.values()):.1f} ms), calls per step, "
+        f"oneDNN kernel time per step (sum {sum(totals.values()):.1f} ms), calls per step, "
         + "primitive · implementation · direction\n"
         + "\n".join(rows)
     )

@@ -112,17 +112,15 @@ def choose_engine(
             seconds = time_step(model, sample, labels, *candidate)
             timings[candidate] = min(timings[candidate], seconds)
     best = pick_fastest(timings)
+    fastest = min(timings, key=timings.get)
     summary = ", ".join(f"{label(c)} {timings[c] * 1000:.0f} ms" for c in candidates)
-    if timings[best] > min(timings.values()):  # the margin kept fp32
-        fastest = min(timings, key=timings.get)
-        return Engine(
-            device,
-            best[0],
-            best[1],
+    reason = f"fastest of one-batch timings: {summary}"
+    if best != fastest:  # the margin kept fp32
+        reason = (
             f"one-batch timings: {summary}; {label(fastest)} is less than "
-            f"{1 - BF16_MARGIN:.0%} faster than {label(best)}, so fp32",
+            f"{1 - BF16_MARGIN:.0%} faster than {label(best)}, so fp32"
         )
-    return Engine(device, best[0], best[1], f"fastest of one-batch timings: {summary}")
+    return Engine(device, best[0], best[1], reason)
 
 
 def pick_fastest(timings: dict[tuple[torch.dtype | None, bool], float]) -> tuple:
