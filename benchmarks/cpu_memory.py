@@ -31,7 +31,7 @@ def one_run(recipe: str, epochs: float, setting: str) -> dict:
     """A short `neuralab train` in its own process with `train.cpu_memory=setting`."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "run"
-        command = [sys.executable, "-m", "neuralab.cli", "train", "--recipe", recipe]
+        command = [sys.executable, "-m", "neuralab.cli.main", "train", "--recipe", recipe]
         command += ["--epochs", f"{epochs:g}", "--out", str(out), "--progress", "none"]
         command += ["--set", f"train.cpu_memory={setting}", "--set", "train.tta=off"]
         _, wall, usage = run_measured(command)

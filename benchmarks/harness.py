@@ -30,7 +30,7 @@ def run_ours(recipe: str, extra_args: Sequence[str] = ()) -> dict:
     """
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "run"
-        command = [sys.executable, "-m", "neuralab.cli", "train", "--recipe", recipe]
+        command = [sys.executable, "-m", "neuralab.cli.main", "train", "--recipe", recipe]
         command += ["--out", str(out), "--progress", "plain", *extra_args]
         _, wall, memory = run_process(command)
         metrics = json.loads((out / "metrics.json").read_text())

@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from neuralab.engine import cpu_flags, cpu_model
+from neuralab.train.engine import cpu_flags, cpu_model
 
 # The flags that decide which kernels and precisions are fast.
 INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni")

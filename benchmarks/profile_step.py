@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import neuralab
 from benchmarks.machine import machine_info, machine_line
-from neuralab.allocator import reused_memory
+from neuralab.train.allocator import reused_memory
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -117,8 +117,8 @@ class PackedLSTM(nn.Module):
 def plain_lstm(steps: int) -> float:
     """Token ids from neuralab's own tokenizer (data preparation is not timed)."""
     from neuralab.config import resolve_config
-    from neuralab.evaluation import load_data
-    from neuralab.textrun import prepare_text
+    from neuralab.inference.evaluation import load_data
+    from neuralab.modalities.text import prepare_text
 
     config = resolve_config("imdb-lstm")
     inputs = prepare_text(load_data(config), config)

@@ -7,7 +7,7 @@ import resource
 import pytest
 import torch
 
-from neuralab import allocator
+from neuralab.train import allocator
 
 needs_glibc = pytest.mark.skipif(allocator.glibc() is None, reason="glibc's malloc only")
 CPU = torch.device("cpu")
@@ -89,7 +89,7 @@ def test_settings_are_restored_even_when_training_fails(monkeypatch) -> None:
 @needs_glibc
 def test_training_runs_with_reused_memory_and_says_so(tmp_path, capsys) -> None:
     import neuralab
-    from neuralab.callbacks import Callback
+    from neuralab.train.callbacks import Callback
 
     seen = []
 

@@ -162,8 +162,8 @@ def test_same_seed_gives_bit_identical_runs_and_another_seed_does_not(
 def test_deterministic_flag_pins_the_engine_and_the_kernels(tmp_path: Path) -> None:
     """--deterministic: nothing timed, only deterministic kernels while training (checked
     from inside the loop), and the global setting restored afterwards."""
-    from neuralab import cli
-    from neuralab.callbacks import Callback
+    from neuralab.cli import main as cli
+    from neuralab.train.callbacks import Callback
 
     seen = []
 
@@ -196,7 +196,7 @@ def test_non_finite_step_in_epoch_two_names_the_last_good_checkpoint(
     """A gradient poisoned from the 5th step of epoch 2 on: the run stops at that step, the
     error names epoch/step/batch and the epoch-1 checkpoint, which is untouched and finite."""
     from neuralab.api import TrainingStopped
-    from neuralab.callbacks import Callback
+    from neuralab.train.callbacks import Callback
 
     class PoisonGradients(Callback):
         def on_step_end(self, trainer) -> None:

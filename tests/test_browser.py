@@ -30,7 +30,7 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from neuralab.serve import create_app  # noqa: E402
+from neuralab.serve.app import create_app  # noqa: E402
 from test_serve import train_image_run, train_text_run  # noqa: E402
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)

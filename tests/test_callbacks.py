@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import neuralab
-from neuralab.callbacks import EarlyStopping, MetricWatch
+from neuralab.train.callbacks import EarlyStopping, MetricWatch
 
 
 def fake_trainer() -> SimpleNamespace:
@@ -137,7 +137,7 @@ def test_bar_progress_draws_steps_and_leaves_one_line_per_epoch(tmp_path: Path) 
     pytest.importorskip("sklearn")
     from rich.console import Console
 
-    from neuralab.callbacks import BarProgress
+    from neuralab.train.callbacks import BarProgress
 
     console = Console(record=True, force_terminal=True, width=120)
     bar = BarProgress(console=console, refresh_per_second=1e6)  # refresh on every step
@@ -153,7 +153,7 @@ def test_bar_progress_draws_steps_and_leaves_one_line_per_epoch(tmp_path: Path) 
 
 
 def test_progress_modes(capsys: pytest.CaptureFixture) -> None:
-    from neuralab.callbacks import BarProgress, PlainProgress, progress_callbacks
+    from neuralab.train.callbacks import BarProgress, PlainProgress, progress_callbacks
 
     assert progress_callbacks("none") == []
     assert isinstance(progress_callbacks("plain")[0], PlainProgress)

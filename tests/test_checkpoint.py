@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from neuralab import checkpoint
-from neuralab.checkpoint import (
+from neuralab.checkpoint import format as checkpoint
+from neuralab.checkpoint.format import (
     CheckpointError,
     load_checkpoint,
     load_training_state,
     save_checkpoint,
 )
-from neuralab.distributed import unwrap
-from neuralab.predict import Predictor
+from neuralab.inference.predict import Predictor
+from neuralab.train.distributed import unwrap
 
 META = {"model": {"name": "mlp", "args": {"width": 4}}, "classes": ["a", "b"], "epoch": 2}
 

@@ -16,7 +16,7 @@ import torch
 import yaml
 from PIL import Image
 
-from neuralab.cli import main
+from neuralab.cli.main import main
 from neuralab.config import recipe_names
 from neuralab.data import DATASETS, load_dataset
 from neuralab.models import MODELS

@@ -18,14 +18,15 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import neuralab
-from neuralab import cli, distributed
-from neuralab.checkpoint import load_checkpoint, save_checkpoint
+from neuralab.checkpoint.format import load_checkpoint, save_checkpoint
+from neuralab.cli import main as cli
 from neuralab.config import dump_config
 from neuralab.data.augment import Augment
 from neuralab.data.dataset import Split
 from neuralab.data.loader import BatchLoader
-from neuralab.distributed import check_sync_bn, split_batch
-from neuralab.trainer import Trainer
+from neuralab.train import distributed
+from neuralab.train.distributed import check_sync_bn, split_batch
+from neuralab.train.trainer import Trainer
 
 # One epoch of digits (1438 train images: even, so no shard padding; 359 test images: odd,
 # so the two evaluation shards differ in size) with a small MLP: no batch norm, whose
@@ -210,7 +211,7 @@ def test_two_processes_evaluate_every_test_example_once(runs: dict[str, Path]) -
 INTERRUPTED_UNDER_TORCHRUN = """
 import sys
 import neuralab
-from neuralab.callbacks import Callback
+from neuralab.train.callbacks import Callback
 
 
 class InterruptAfterFirstEpoch(Callback):
@@ -275,7 +276,7 @@ LEAVING_UNDER_TORCHRUN = """
 import sys, time
 from pathlib import Path
 import torch
-from neuralab import distributed
+from neuralab.train import distributed
 
 with distributed.process_group(torch.device("cpu")):
     if distributed.rank() == 0:
@@ -318,7 +319,7 @@ FAILING_UNDER_TORCHRUN = """
 import sys, time
 from pathlib import Path
 import torch
-from neuralab import distributed
+from neuralab.train import distributed
 
 try:
     with distributed.process_group(torch.device("cpu")):

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from neuralab import engine
-from neuralab.engine import Engine, choose_engine, pick_device, time_step
+from neuralab.train import engine
+from neuralab.train.engine import Engine, choose_engine, pick_device, time_step
 
 
 def mlp() -> nn.Module:

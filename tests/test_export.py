@@ -15,12 +15,12 @@ import torch
 from torch.nn import functional as F
 
 import neuralab
-from neuralab.checkpoint import save_checkpoint
-from neuralab.cli import main
+from neuralab.checkpoint.format import save_checkpoint
+from neuralab.cli.main import main
 from neuralab.config import RunConfig
 from neuralab.data.augment import to_float
 from neuralab.data.tokenizer import TextTokenizer, TokenizerSettings
-from neuralab.exporters import FORMATS, ExportError
+from neuralab.inference.exporters import FORMATS, ExportError
 from neuralab.models import MODELS, InputSpec, TextSpec, build_model, model_input
 from neuralab.models.text import NGRAM_HASH_MULTIPLIER, PAD_ID, lengths_of
 

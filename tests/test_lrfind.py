@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from neuralab.cli import main
-from neuralab.lrfind import lr_range_test, steepest_descent
+from neuralab.cli.main import main
+from neuralab.run.lrfind import lr_range_test, steepest_descent
 
 
 def toy_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from neuralab.metrics import ClassificationCounts, classification_report, format_report
+from neuralab.tasks.metrics import ClassificationCounts, classification_report, format_report
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 

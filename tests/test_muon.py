@@ -9,8 +9,8 @@ from pydantic import ValidationError
 from torch import nn
 
 from neuralab.config import OptimConfig
-from neuralab.muon import Muon, orthogonalize
-from neuralab.optim import build_optimizer
+from neuralab.train.muon import Muon, orthogonalize
+from neuralab.train.optim import build_optimizer
 
 
 def singular_values(matrix: torch.Tensor) -> torch.Tensor:

@@ -8,14 +8,14 @@ import torch
 from torch import nn
 
 from neuralab.config import OptimConfig, ScheduleConfig
-from neuralab.optim import (
+from neuralab.registry import UnknownNameError
+from neuralab.train.optim import (
     OPTIMIZERS,
     SCHEDULES,
     build_optimizer,
     build_scheduler,
     parameter_groups,
 )
-from neuralab.registry import UnknownNameError
 
 
 def multiplier(name: str, steps_per_epoch: int, total_steps: int, **settings):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import neuralab
-from neuralab.cli import main
+from neuralab.cli.main import main
 
 pytest.importorskip("matplotlib")
 
@@ -64,6 +64,6 @@ def test_text_report_lists_the_worst_texts(tmp_path: Path) -> None:
         out=str(tmp_path / "run"),
         verbose=False,
     )
-    page = neuralab.evaluation.write_report(run.run_dir).read_text(encoding="utf-8")
+    page = neuralab.inference.evaluation.write_report(run.run_dir).read_text(encoding="utf-8")
     assert "Worst-predicted test texts" in page and "film" in page
     assert not (run.run_dir / "worst.png").exists()

@@ -14,11 +14,11 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from neuralab import checkpoint  # noqa: E402
-from neuralab.checkpoint import CheckpointError, load_checkpoint, load_training_state  # noqa: E402
+from neuralab.checkpoint import format as checkpoint  # noqa: E402
+from neuralab.checkpoint.format import CheckpointError, load_checkpoint, load_training_state  # noqa: E402
 from neuralab.config import ConfigError, RunConfig, resolve_config  # noqa: E402
 from neuralab.data import DataError, load_dataset  # noqa: E402
-from neuralab.predict import Predictor  # noqa: E402
+from neuralab.inference.predict import Predictor  # noqa: E402
 
 EXAMPLES = 60  # per property: enough to find the easy crashes, quick enough for every run
 SETTINGS = settings(

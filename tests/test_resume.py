@@ -16,9 +16,12 @@ import torch
 from safetensors.torch import load_file
 
 import neuralab
-from neuralab import api, checkpoint, cli, tracking
-from neuralab import trainer as trainer_module
-from neuralab.callbacks import Callback
+from neuralab import api
+from neuralab.checkpoint import format as checkpoint
+from neuralab.cli import main as cli
+from neuralab.run import tracking
+from neuralab.train import trainer as trainer_module
+from neuralab.train.callbacks import Callback
 
 pytest.importorskip("sklearn")  # the digits dataset ships with scikit-learn
 
@@ -42,7 +45,7 @@ KILL_AT_STEP = 2 * STEPS_PER_EPOCH + 7  # in the middle of the third epoch
 
 KILLED_RUN = """
 import os, signal, neuralab
-from neuralab.callbacks import Callback
+from neuralab.train.callbacks import Callback
 
 class KillMidEpoch(Callback):
     def on_step_end(self, trainer):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import neuralab
-from neuralab.cli import main
+from neuralab.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import neuralab
-from neuralab import cli
+from neuralab.cli import main as cli
 
 pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
 pytest.importorskip("fastapi", reason="neuralab serve needs the serve extra")
@@ -23,7 +23,7 @@ httpx = pytest.importorskip("httpx", reason="the tests drive the app with httpx"
 from fastapi.testclient import TestClient  # noqa: E402
 
 from neuralab.data import load_dataset  # noqa: E402
-from neuralab.serve import ServeSettings, create_app  # noqa: E402
+from neuralab.serve.app import ServeSettings, create_app  # noqa: E402
 
 GOOD, BAD = ["wonderful", "superb", "lovely"], ["awful", "dull", "terrible"]
 FILLER = ["the", "film", "plot", "was", "and", "a", "it", "of"]

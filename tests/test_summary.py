@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from neuralab.cli import main
+from neuralab.cli.main import main
+from neuralab.inference.summary import summarize
 from neuralab.models import InputSpec, TextSpec, build_model
-from neuralab.summary import summarize
 
 
 def test_linear_and_conv_flops_are_two_per_multiply_add() -> None:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import neuralab
-from neuralab import cli
+from neuralab.cli import main as cli
 from neuralab.data import DataError, TextDataset, load_dataset
 from neuralab.data.textloader import TextBatchLoader, pad_batch
 from neuralab.data.tokenizer import PAD_ID, TextTokenizer, TokenizerSettings

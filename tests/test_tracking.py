@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from neuralab.checkpoint import load_checkpoint, load_training_state
-from neuralab.tracking import HISTORY_FIELDS, RunWriter, history_csv, write_text_atomic
-from neuralab.trainer import Trainer
+from neuralab.checkpoint.format import load_checkpoint, load_training_state
+from neuralab.run.tracking import HISTORY_FIELDS, RunWriter, history_csv, write_text_atomic
+from neuralab.train.trainer import Trainer
 
 ROWS = [
     {"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "lr": 0.1, "extra": "ignored"},

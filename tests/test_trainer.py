@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from neuralab.callbacks import Callback, PlainProgress, StopOnNonFinite
 from neuralab.data.dataset import Split, channel_stats
 from neuralab.data.loader import BatchLoader
-from neuralab.lookahead import Lookahead
-from neuralab.trainer import Trainer, evaluate, make_loss, planned_steps, predict_logits
+from neuralab.train.callbacks import Callback, PlainProgress, StopOnNonFinite
+from neuralab.train.lookahead import Lookahead
+from neuralab.train.trainer import Trainer, evaluate, make_loss, planned_steps, predict_logits
 
 CLASSES = 4  # class k lights up quadrant k of a 4x4 image
 

@@ -9,12 +9,12 @@ Example:
 from neuralab.api import Run, load, train
 from neuralab.config import RunConfig, resolve_config
 from neuralab.data import DATASETS, load_dataset
-from neuralab.evaluation import evaluate
-from neuralab.export import ExportResult, export
-from neuralab.lrfind import lr_find
+from neuralab.inference.evaluation import evaluate
+from neuralab.inference.export import ExportResult, export
+from neuralab.inference.predict import Predictor
 from neuralab.models import MODELS, InputSpec, build_model
-from neuralab.predict import Predictor
-from neuralab.resuming import resume
+from neuralab.run.lrfind import lr_find
+from neuralab.run.resume import resume
 
 __all__ = [
     "DATASETS",

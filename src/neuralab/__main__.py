@@ -2,6 +2,6 @@
 
 import sys
 
-from neuralab.cli import main
+from neuralab.cli.main import main
 
 sys.exit(main())

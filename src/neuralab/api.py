@@ -12,9 +12,7 @@ from pathlib import Path
 
 import torch
 
-from neuralab import allocator, distributed
-from neuralab.callbacks import Callback, StopOnNonFinite, progress_callbacks
-from neuralab.checkpoint import (
+from neuralab.checkpoint.format import (
     CheckpointError,
     load_checkpoint,
     load_training_state,
@@ -22,7 +20,23 @@ from neuralab.checkpoint import (
 )
 from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data.dataset import PATH_KINDS
-from neuralab.engine import (
+from neuralab.inference.evaluation import load_data
+from neuralab.inference.predict import Predictor
+from neuralab.inference.summary import ModelSummary, summarize
+from neuralab.modalities.image import ImageInputs
+from neuralab.modalities.text import TextInputs, prepare_text
+from neuralab.models import build_model
+from neuralab.run.tracking import (
+    RunWriter,
+    check_monitor,
+    draw_curves,
+    monitor_callbacks,
+    tensorboard_callbacks,
+    write_text_atomic,
+)
+from neuralab.train import allocator, distributed
+from neuralab.train.callbacks import Callback, StopOnNonFinite, progress_callbacks
+from neuralab.train.engine import (
     Engine,
     choose_engine,
     choose_threads,
@@ -33,24 +47,10 @@ from neuralab.engine import (
     pick_device,
     resumed_engine,
 )
-from neuralab.evaluation import load_data
-from neuralab.imagerun import ImageInputs
-from neuralab.lookahead import lookahead_callbacks
-from neuralab.models import build_model
-from neuralab.optim import build_optimizer, build_scheduler
-from neuralab.predict import Predictor
-from neuralab.summary import ModelSummary, summarize
-from neuralab.textrun import TextInputs, prepare_text
-from neuralab.tracking import (
-    RunWriter,
-    check_monitor,
-    draw_curves,
-    monitor_callbacks,
-    tensorboard_callbacks,
-    write_text_atomic,
-)
-from neuralab.trainer import Trainer, make_loss, planned_steps
-from neuralab.trainer import evaluate as evaluate_loader
+from neuralab.train.lookahead import lookahead_callbacks
+from neuralab.train.optim import build_optimizer, build_scheduler
+from neuralab.train.trainer import Trainer, make_loss, planned_steps
+from neuralab.train.trainer import evaluate as evaluate_loader
 
 Inputs = ImageInputs | TextInputs
 
@@ -107,7 +107,7 @@ def train(
         recipe: a shipped recipe name (`neuralab recipes`) or a YAML path.
         data, model, epochs, batch_size, lr, seed, data_dir, out: shortcuts for config fields.
         overrides: `section.field=value` strings applied last.
-        callbacks: your own `neuralab.callbacks.Callback`s, called after the built-in ones.
+        callbacks: your own `neuralab.train.callbacks.Callback`s, called after the built-in ones.
         progress: auto (a live bar in a terminal, else a line per epoch), bar, plain or none;
             `verbose=False` prints nothing at all.
 

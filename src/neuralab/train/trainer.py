@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from neuralab.callbacks import Callback
-from neuralab.distributed import all_reduce_sums, broadcast_buffers, local_module
-from neuralab.tta import tta_logits
+from neuralab.models.tta import tta_logits
+from neuralab.train.callbacks import Callback
+from neuralab.train.distributed import all_reduce_sums, broadcast_buffers, local_module
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

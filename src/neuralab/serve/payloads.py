@@ -17,7 +17,7 @@ import json
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from neuralab.predict import Predictor
+from neuralab.inference.predict import Predictor
 
 # Most pixels an uploaded image may decode to: 40 megapixels covers phone photos while keeping
 # one decoded RGB image under ~120 MB (Pillow's own guard allows ~90 megapixels).

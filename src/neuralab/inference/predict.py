@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from neuralab.checkpoint import CheckpointError, load_checkpoint
+from neuralab.checkpoint.format import CheckpointError, load_checkpoint
 from neuralab.data.augment import to_float
 from neuralab.data.dataset import DataError
 from neuralab.data.textloader import pad_batch
 from neuralab.data.tokenizer import TextTokenizer, TokenizerSettings
 from neuralab.models import InputSpec, TextSpec, build_model
-from neuralab.trainer import predict_logits
+from neuralab.train.trainer import predict_logits
 
 TEXT_BATCH = 256  # texts per forward pass when predicting
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neuralab.inference.predict import Predictor
 from neuralab.models import InputSpec, TextSpec, build_model
-from neuralab.predict import Predictor
-from neuralab.tta import tta_logits, tta_mode
+from neuralab.models.tta import tta_logits, tta_mode
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 EXPORT_EXTRA = "pip install 'neuralab[export]'"

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from neuralab.callbacks import Callback
-from neuralab.distributed import local_module
+from neuralab.train.callbacks import Callback
+from neuralab.train.distributed import local_module
 
 if TYPE_CHECKING:
     from neuralab.config import TrainConfig
-    from neuralab.trainer import Trainer
+    from neuralab.train.trainer import Trainer
 
 
 class Lookahead(Callback):

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from neuralab.trainer import Trainer
+    from neuralab.train.trainer import Trainer
 
 
 class Callback:

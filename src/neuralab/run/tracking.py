@@ -3,7 +3,7 @@
 <run>/config.yaml            the resolved configuration
 <run>/history.csv|json       one row per epoch
 <run>/metrics.json           final test metrics
-<run>/checkpoint/            the latest checkpoint (see neuralab.checkpoint)
+<run>/checkpoint/            the latest checkpoint (see neuralab.checkpoint.format)
 <run>/best/                  the best epoch's weights by monitor.metric (runs with validation)
 <run>/epochs/epoch-NNNN/     the last monitor.keep_epochs epochs' weights (when asked for)
 """
@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from neuralab.callbacks import Callback, EarlyStopping, MetricWatch
-from neuralab.checkpoint import MANIFEST, save_checkpoint
+from neuralab.checkpoint.format import MANIFEST, save_checkpoint
 from neuralab.config import RunConfig
-from neuralab.distributed import is_main_process
+from neuralab.train.callbacks import Callback, EarlyStopping, MetricWatch
+from neuralab.train.distributed import is_main_process
 
 HISTORY_FIELDS = [
     "epoch",
@@ -246,7 +246,7 @@ def have_tensorboard() -> bool:
 
 def draw_curves(run_dir: Path, history: list[dict]) -> str:
     """curves.png of the run (when matplotlib is installed); returns the log line."""
-    from neuralab import plots
+    from neuralab.inference import plots
 
     if not plots.have_matplotlib():
         return f"plots  skipped: {plots.PLOTS_EXTRA} draws curves.png and `neuralab report`"

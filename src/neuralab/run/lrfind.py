@@ -111,7 +111,7 @@ def steepest_descent(lrs: list[float], smoothed: list[float]) -> float:
 
 
 def lr_find_figure(result: LrFindResult, path: Path) -> Path:
-    from neuralab.plots import new_figure
+    from neuralab.inference.plots import new_figure
 
     figure = new_figure(6.5, 4)
     axis = figure.subplots()
@@ -150,11 +150,11 @@ def lr_find(
     import time
 
     from neuralab.api import model_for
-    from neuralab.engine import Engine, pick_device
-    from neuralab.optim import build_optimizer
-    from neuralab.plots import have_matplotlib
-    from neuralab.tracking import write_text_atomic
-    from neuralab.trainer import make_loss
+    from neuralab.inference.plots import have_matplotlib
+    from neuralab.run.tracking import write_text_atomic
+    from neuralab.train.engine import Engine, pick_device
+    from neuralab.train.optim import build_optimizer
+    from neuralab.train.trainer import make_loss
 
     config, inputs, network = model_for(recipe, data, model, data_dir, overrides)
     device = pick_device(config.train.device)

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 import torch
 
-from neuralab import distributed
 from neuralab.config import RunConfig
 from neuralab.data import ImageDataset
 from neuralab.data.augment import Augment, to_float
 from neuralab.data.loader import BatchLoader
-from neuralab.engine import Engine
 from neuralab.models import InputSpec
+from neuralab.train import distributed
+from neuralab.train.engine import Engine
 
 ENGINE_SAMPLE = 128  # images timed when choosing the engine: ranks candidates, cheap to repeat
 INIT_SAMPLE = 5000  # images given to data-dependent initialisation: stable statistics

@@ -85,7 +85,7 @@ def format_runs(rows: list[RunRow]) -> str:
 def compare_figure(run_dirs: list[str | Path], path: Path) -> Path:
     """Loss and accuracy per epoch of several runs in one figure (validation when a run has
     it, dashed training curves always)."""
-    from neuralab.plots import new_figure
+    from neuralab.inference.plots import new_figure
 
     figure = new_figure(11, 4)
     loss_axis, accuracy_axis = figure.subplots(1, 2)

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import torch
 
-from neuralab.batching import Batcher, Overloaded, PredictionTimeout
-from neuralab.middleware import BodyLimit, BodyTooLarge, Metrics, RecordMetrics
-from neuralab.payloads import (
+from neuralab.inference.predict import Predictor
+from neuralab.serve.batching import Batcher, Overloaded, PredictionTimeout
+from neuralab.serve.middleware import BodyLimit, BodyTooLarge, Metrics, RecordMetrics
+from neuralab.serve.payloads import (
     PayloadError,
     clean_texts,
     is_text_model,
@@ -36,7 +37,6 @@ from neuralab.payloads import (
     parse_json,
     read_inputs,
 )
-from neuralab.predict import Predictor
 
 SERVE_EXTRA = "pip install 'neuralab[serve]'"
 STATIC = Path(__file__).parent / "static"

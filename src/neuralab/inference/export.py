@@ -39,7 +39,7 @@ from neuralab.config import RunConfig
 from neuralab.data.augment import to_float
 from neuralab.data.dataset import DataError
 from neuralab.data.textloader import pad_batch
-from neuralab.exporters import (
+from neuralab.inference.exporters import (
     FORMATS,
     SUFFIXES,
     ExportError,
@@ -49,8 +49,8 @@ from neuralab.exporters import (
     graph_module,
     require_onnx,
 )
-from neuralab.predict import Predictor, checkpoint_folder
-from neuralab.trainer import predict_logits
+from neuralab.inference.predict import Predictor, checkpoint_folder
+from neuralab.train.trainer import predict_logits
 
 CHECK_DATA = ("test", "random")
 RELATIVE_TOLERANCE = 1e-4  # float32 exports differ by ~1e-6 relative: this leaves 100x headroom
@@ -178,7 +178,7 @@ def test_examples(predictor: Predictor, count: int, data_dir: str | Path | None)
     config.data.download = False  # export never touches the network
     if data_dir:
         config.data.data_dir = str(data_dir)
-    from neuralab.evaluation import load_data
+    from neuralab.inference.evaluation import load_data
 
     try:
         dataset = load_data(config)

@@ -14,11 +14,11 @@ from torch.nn import functional as F
 from neuralab.config import RunConfig
 from neuralab.data import ImageDataset, TextDataset, load_dataset
 from neuralab.data.loader import BatchLoader
-from neuralab.metrics import ClassificationCounts, classification_report
-from neuralab.predict import Predictor
-from neuralab.textrun import split_loader
-from neuralab.tracking import write_text_atomic
-from neuralab.trainer import make_loss, predict_logits
+from neuralab.inference.predict import Predictor
+from neuralab.modalities.text import split_loader
+from neuralab.run.tracking import write_text_atomic
+from neuralab.tasks.metrics import ClassificationCounts, classification_report
+from neuralab.train.trainer import make_loss, predict_logits
 
 TOP_K = (1, 5)
 WORST_KEPT = 16  # worst-predicted test examples listed in the report (a 4×4 grid of images)
@@ -90,7 +90,7 @@ def evaluate_with_data(
 def write_report(run_dir: str | Path, data_dir: str | None = None) -> Path:
     """`neuralab report RUN`: evaluation.json, curves.png, confusion.png, worst.png (image
     runs) and a self-contained report.html in the run directory. Returns the page's path."""
-    from neuralab import plots
+    from neuralab.inference import plots
 
     if not plots.have_matplotlib():
         raise ImportError(f"neuralab report draws its figures with matplotlib: {plots.PLOTS_EXTRA}")

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
-from neuralab import distributed
 from neuralab.config import RunConfig, TokenizerConfig
 from neuralab.data.text import TextDataset, TextSplit
 from neuralab.data.textloader import EncodedTexts, TextBatchLoader
 from neuralab.data.tokencache import TokenCache, cache_dir
 from neuralab.data.tokenizer import TextTokenizer, TokenizerSettings
-from neuralab.engine import Engine
 from neuralab.models import TextSpec
+from neuralab.train import distributed
+from neuralab.train.engine import Engine
 
 TOKENIZER_FILE = "tokenizer.json"
 ENGINE_SAMPLE = 128  # texts timed when choosing the engine (as for images)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from neuralab.api import Run, train_config
-from neuralab.checkpoint import recover_interrupted_save
+from neuralab.checkpoint.format import recover_interrupted_save
 from neuralab.config import RunConfig, resolve_config
 
 

@@ -32,7 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from neuralab.distributed import unwrap
+from neuralab.train.distributed import unwrap
 
 FORMAT_VERSION = 2  # 2: manifest.json with SHA-256 digests
 MANIFEST = "manifest.json"

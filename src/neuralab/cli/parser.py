@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from neuralab import serve
-from neuralab.export import add_command as add_export_command  # neuralab.export: the function
+from neuralab.inference.export import (
+    add_command as add_export_command,  # neuralab.inference.export: the function
+)
+from neuralab.serve import app as serve
 
 
 def add_train(commands) -> None:

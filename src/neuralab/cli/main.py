@@ -12,9 +12,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from neuralab import api, distributed, resuming
-from neuralab.checkpoint import CheckpointError
-from neuralab.cliparser import build_parser
+from neuralab import api
+from neuralab.checkpoint.format import CheckpointError
+from neuralab.cli.parser import build_parser
 from neuralab.config import (
     ConfigError,
     RunConfig,
@@ -24,11 +24,13 @@ from neuralab.config import (
     resolve_config,
 )
 from neuralab.data import DATASETS, DataError
-from neuralab.engine import pick_device
-from neuralab.evaluation import evaluate, format_confusion, report_path, write_report
-from neuralab.metrics import format_report
+from neuralab.inference.evaluation import evaluate, format_confusion, report_path, write_report
 from neuralab.models import MODELS
 from neuralab.registry import UnknownNameError
+from neuralab.run import resume as resuming
+from neuralab.tasks.metrics import format_report
+from neuralab.train import distributed
+from neuralab.train.engine import pick_device
 
 # Errors the user can fix: printed as one clear message, no traceback.
 USER_ERRORS = (
@@ -147,7 +149,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_runs(args: argparse.Namespace) -> int:
-    from neuralab.runs import format_runs, list_runs
+    from neuralab.run.listing import format_runs, list_runs
 
     rows = list_runs(args.folder)
     print(format_runs(rows) if rows else f"no runs in {args.folder}")
@@ -155,8 +157,8 @@ def run_runs(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from neuralab.plots import PLOTS_EXTRA, have_matplotlib
-    from neuralab.runs import compare_figure
+    from neuralab.inference.plots import PLOTS_EXTRA, have_matplotlib
+    from neuralab.run.listing import compare_figure
 
     if not have_matplotlib():
         raise ImportError(f"neuralab compare draws with matplotlib: {PLOTS_EXTRA}")
@@ -165,7 +167,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
-    from neuralab.lrfind import lr_find
+    from neuralab.run.lrfind import lr_find
 
     out = args.out or f"runs/lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
     result = lr_find(

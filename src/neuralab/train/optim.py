@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from neuralab.config import OptimConfig, ScheduleConfig
-from neuralab.muon import Muon
 from neuralab.registry import Registry
+from neuralab.train.muon import Muon
 
 OPTIMIZERS = Registry("optimizer")
 SCHEDULES = Registry("schedule")
