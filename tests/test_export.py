@@ -22,7 +22,8 @@ from neuralab.data.augment import to_float
 from neuralab.data.tokenizer import TextTokenizer, TokenizerSettings
 from neuralab.inference.exporters import FORMATS, ExportError
 from neuralab.models import MODELS, InputSpec, TextSpec, build_model, model_input
-from neuralab.models.text import NGRAM_HASH_MULTIPLIER, PAD_ID, lengths_of
+from neuralab.models.ngram import NGRAM_HASH_MULTIPLIER
+from neuralab.models.sequence import PAD_ID, lengths_of
 
 IMAGE = InputSpec(channels=3, height=32, width=32, num_classes=5)
 MAX_LENGTH = 24

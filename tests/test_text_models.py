@@ -13,7 +13,8 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from neuralab.models import MODELS, TextSpec, build_model, model_input
-from neuralab.models.text import NgramBag, RecurrentClassifier
+from neuralab.models.ngram import NgramBag
+from neuralab.models.recurrent import RecurrentClassifier
 
 SPEC = TextSpec(vocab_size=50, num_classes=3, max_length=24)
 # Small sizes so every case runs in milliseconds.

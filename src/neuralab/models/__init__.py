@@ -1,80 +1,17 @@
-"""Model registry. Every factory takes a spec plus its own keyword arguments and returns a plain
-`nn.Module` that maps a batch to logits (B, num_classes): image models take an `InputSpec` and
-float (B, C, H, W); text models (registered with `input="text"`) take a `TextSpec` and padded
-token ids int64 (B, T) with 0 as padding."""
+"""Models: the registry (`MODELS`, `build_model`), the specs they adapt to, and one module per
+family. Importing this package registers every built-in model."""
 
-from __future__ import annotations
+from neuralab.models import (  # noqa: F401  (imported for their registrations)
+    airbench,
+    alexnet,
+    lenet,
+    linear,
+    ngram,
+    recurrent,
+    resnet,
+    textcnn,
+    transformer,
+)
+from neuralab.models.registry import MODELS, InputSpec, TextSpec, build_model, model_input
 
-import importlib
-from dataclasses import asdict, dataclass
-from typing import ClassVar
-
-from torch import nn
-
-from neuralab.registry import Registry
-
-MODELS = Registry("model")
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What a model adapts to: image channels, height, width, and the number of classes."""
-
-    channels: int
-    height: int
-    width: int
-    num_classes: int
-    kind: ClassVar[str] = "image"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class TextSpec:
-    """What a text model adapts to: the tokenizer's vocabulary size (ids 0..vocab_size-1, 0 is
-    padding), the number of classes, and the longest token sequence it will be given."""
-
-    vocab_size: int
-    num_classes: int
-    max_length: int
-    kind: ClassVar[str] = "text"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def model_input(name: str) -> str:
-    """What the registered model `name` takes: "image" or "text"."""
-    return MODELS.get(name).info.get("input", "image")
-
-
-def build_model(name: str, spec: InputSpec | TextSpec, **kwargs) -> nn.Module:
-    """Build the registered model `name` for `spec`, passing `kwargs` to its factory.
-
-    Unknown keyword arguments raise a TypeError that names the model and its valid arguments;
-    an image model asked for text (or the reverse) raises a ValueError naming suitable models.
-    """
-    entry = MODELS.get(name)
-    if model_input(name) != spec.kind:
-        suitable = [n for n in MODELS.names() if model_input(n) == spec.kind]
-        raise ValueError(
-            f"model {name!r} takes {model_input(name)} input but the data is {spec.kind}; "
-            f"use one of: {', '.join(suitable)}"
-        )
-    try:
-        return entry.factory(spec, **kwargs)
-    except TypeError as error:
-        if "unexpected keyword argument" in str(error):
-            import inspect
-
-            params = [p for p in inspect.signature(entry.factory).parameters if p != "spec"]
-            raise TypeError(
-                f"model {name!r}: {error}. Valid arguments: {', '.join(params)}"
-            ) from None
-        raise
-
-
-# Importing a family module registers its models.
-for _family in ("linear", "lenet", "alexnet", "resnet", "airbench", "text"):
-    importlib.import_module(f"neuralab.models.{_family}")
+__all__ = ["MODELS", "InputSpec", "TextSpec", "build_model", "model_input"]

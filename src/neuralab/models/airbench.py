@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralab.models import MODELS, InputSpec
+from neuralab.models.registry import MODELS, InputSpec
 
 
 class ConvGroup(nn.Sequential):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from neuralab.models import MODELS, InputSpec
 from neuralab.models.lenet import FeaturesClassifier
 from neuralab.models.linear import flat_features
+from neuralab.models.registry import MODELS, InputSpec
 
 VARIANTS = ("imagenet", "small", "auto")
 # "auto" picks the ImageNet form from this side length up: the 11x11 stride-4 stem and three

@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralab.models import MODELS, InputSpec
 from neuralab.models.linear import flat_features
+from neuralab.models.registry import MODELS, InputSpec
 
 # `mnist_fast` uses unpadded ("valid") 3x3 convolutions, which shrink 28x28 to 2x2 and keep the
 # cost near 10 M multiply-adds per image; below this size the map would shrink to nothing, so

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralab.models import MODELS, InputSpec
+from neuralab.models.registry import MODELS, InputSpec
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neuralab.models import MODELS, InputSpec
+from neuralab.models.registry import MODELS, InputSpec
 
 STEMS = ("imagenet", "cifar", "auto")
 # "auto" uses the ImageNet stem from this side length up; it divides the image by 4 before the

@@ -1,0 +1,189 @@
+"""fastText-style bag of word and hashed n-gram embeddings, with an optional NBSVM-style
+naive-Bayes logistic-regression term."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from neuralab.models.registry import MODELS, TextSpec
+from neuralab.models.sequence import PAD_ID
+
+# fastText's n-gram hash multiplier (src/dictionary.cc): odd and not a multiple of 5, so it is
+# coprime with round bucket counts and spreads consecutive ids over the whole table. (A
+# multiplier close to a fraction of the bucket count would fold most n-grams onto few rows.)
+NGRAM_HASH_MULTIPLIER = 116_049_371
+NB_SMOOTHING = 1.0  # add-one (Laplace) smoothing of naive-Bayes feature counts, as in NBSVM
+
+
+class NgramBag(nn.Module):
+    """fastText (Joulin et al. 2016): the mean embedding of a text's words and hashed word
+    n-grams (n = 2..`ngrams`, hashed from the ids into `buckets` extra rows) through an
+    nn.EmbeddingBag, then dropout and a linear classifier. N-grams touching padding are dropped.
+
+    With `nb=True` a second, linear term is added to the logits: logistic regression on
+    NBSVM's naive-Bayes scaled features (Wang & Manning 2012). Each feature f has a fixed
+    log-count ratio r[f, c] (how much likelier f is in class c's texts than in the others',
+    counted once per text with add-one smoothing, set by `initialize_from_texts`; 0 for features
+    in fewer than `nb_min_count` texts) and a learned weight w[f, c] starting at 0; the term is
+    `nb_scale` * sum over a text's features of r * w. Scaling by r lets informative features
+    move the logits faster than uninformative ones; `nb_scale` sets this term's step size
+    relative to the embeddings' under scale-free optimizers such as Adagrad (the linear term
+    overfits IMDB within one epoch at the embeddings' learning rate).
+    """
+
+    def __init__(
+        self,
+        spec: TextSpec,
+        embed_dim: int,
+        ngrams: int,
+        buckets: int,
+        dropout: float,
+        sparse: bool,
+        binary: bool,
+        nb: bool = False,
+        nb_scale: float = 1.0,
+        nb_min_count: int = 1,
+    ) -> None:
+        super().__init__()
+        self.nb_scale, self.nb_min_count = nb_scale, nb_min_count
+        self.vocab_size, self.ngrams, self.buckets = spec.vocab_size, ngrams, buckets
+        self.binary = binary
+        rows = spec.vocab_size + (buckets if ngrams > 1 else 0)
+        self.bag: nn.EmbeddingBag | None = None  # embed_dim=0: no fastText part (NB-LR alone)
+        if embed_dim:
+            self.bag = nn.EmbeddingBag(
+                rows, embed_dim, mode="mean", padding_idx=PAD_ID, sparse=sparse
+            )
+            bound = 1.0 / embed_dim  # fastText's uniform(-1/dim, 1/dim) initialisation
+            nn.init.uniform_(self.bag.weight, -bound, bound)
+            with torch.no_grad():
+                self.bag.weight[PAD_ID].zero_()
+        self.dropout = nn.Dropout(dropout)
+        if embed_dim:
+            self.classifier = nn.Linear(embed_dim, spec.num_classes)
+        else:
+            self.bias = nn.Parameter(torch.zeros(spec.num_classes))
+        self.nb_weight: nn.Embedding | None = None
+        if nb:
+            self.nb_weight = nn.Embedding(rows, spec.num_classes, sparse=sparse)
+            nn.init.zeros_(self.nb_weight.weight)
+            # (rows, classes); zero until initialize_from_texts, and always zero for padding.
+            self.register_buffer("nb_ratio", torch.zeros(rows, spec.num_classes))
+
+    def features(self, ids: torch.Tensor) -> torch.Tensor:
+        """Row ids of every word and n-gram: (B, T) → (B, T * ngrams), 0 = nothing.
+
+        Column n·T + i holds the (n+1)-gram starting at token i (before `binary` sorts each
+        row). N-grams that would run past the end of the row read padding and are dropped (0),
+        and 0 adds nothing to the bag's mean or to the NB term (nb_ratio's padding row stays 0),
+        so the extra columns change no output. Shifted slices of a padded
+        copy (rather than `unfold` and a branch on T) keep the graph free of shape-dependent
+        steps, so traced exports are right for every T, one-token texts included.
+        """
+        length = ids.shape[1]
+        padded = nn.functional.pad(ids, (0, self.ngrams - 1), value=PAD_ID)  # (B, T + n - 1)
+        grams, hashed, complete = [ids], ids, ids != PAD_ID  # hashed, complete: (B, T)
+        for k in range(1, self.ngrams):  # extend every n-gram by its (k+1)-th token
+            token = padded[:, k : k + length]  # (B, T): the token k places to the right
+            # Reduced every step: stays far below int64 overflow.
+            hashed = (hashed * NGRAM_HASH_MULTIPLIER + token).remainder(self.buckets)
+            complete = complete & (token != PAD_ID)
+            grams.append(torch.where(complete, self.vocab_size + hashed, PAD_ID))
+        features = torch.cat(grams, dim=1)
+        return distinct(features) if self.binary else features
+
+    @torch.no_grad()
+    def initialize_from_texts(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Set the naive-Bayes log-count ratios from the training texts (nb=True only).
+
+        batches: (ids int64 (B, T), labels int64 (B,)) covering the training split once."""
+        if self.nb_weight is None:
+            return
+        rows, classes = self.nb_ratio.shape
+        counts = torch.zeros(classes * rows, dtype=torch.float64, device=self.nb_ratio.device)
+        for ids, labels in batches:
+            features = self.features(ids)  # already distinct when binary
+            present = features if self.binary else distinct(features)  # (B, L): once per text
+            cells = labels.unsqueeze(1) * rows + present  # (B, L) flat (class, row) index
+            counts += torch.bincount(cells[present != PAD_ID], minlength=classes * rows)
+        per_class = counts.view(classes, rows).T  # (rows, classes) texts holding f, per class
+        inside = per_class + NB_SMOOTHING
+        outside = per_class.sum(1, keepdim=True) - per_class + NB_SMOOTHING
+        ratio = (inside / inside.sum(0)).log() - (outside / outside.sum(0)).log()
+        ratio[PAD_ID] = 0.0
+        # Features in fewer than nb_min_count texts say more about those texts than the class.
+        ratio[per_class.sum(1) < self.nb_min_count] = 0.0
+        self.nb_ratio.copy_(ratio.float())
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        features = self.features(ids)  # (B, L)
+        if self.bag is None:
+            logits = self.bias.expand(len(ids), -1)
+        else:
+            logits = self.classifier(self.dropout(self.bag_mean(features)))
+        if self.nb_weight is not None:
+            weighted = self.nb_weight(features) * self.nb_ratio[features]  # (B, L, classes)
+            logits = logits + self.nb_scale * weighted.sum(1)
+        return logits
+
+    def bag_mean(self, features: torch.Tensor) -> torch.Tensor:
+        """Mean embedding of each row's features, padding left out: (B, L) → (B, E).
+
+        Traced exports (ONNX has no EmbeddingBag with a padding index) take the same mean as a
+        gather and a masked sum, equal up to float rounding (tests/test_export.py checks it);
+        training keeps the EmbeddingBag, which is faster and can give sparse gradients.
+        """
+        if not torch.jit.is_tracing():
+            return self.bag(features)
+        real = (features != PAD_ID).unsqueeze(2).to(self.bag.weight.dtype)  # (B, L, 1)
+        summed = (self.bag.weight[features] * real).sum(1)  # (B, E)
+        return summed / real.sum(1).clamp_min(1.0)  # a bag of padding alone gives zeros
+
+
+def distinct(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's ids with repeats replaced by padding: (B, L) → (B, L), sorted per row."""
+    ordered = rows.sort(dim=1).values
+    first = torch.zeros_like(ordered[:, :1], dtype=torch.bool)  # (B, 1): never a repeat
+    repeat = torch.cat([first, ordered[:, 1:] == ordered[:, :-1]], dim=1)  # (B, L)
+    return ordered.masked_fill(repeat, PAD_ID)
+
+
+@MODELS.register(
+    "ngram", summary="fastText-style bag of word + hashed n-gram embeddings", input="text"
+)
+def ngram(
+    spec: TextSpec,
+    *,
+    embed_dim: int = 64,
+    ngrams: int = 2,
+    buckets: int = 1_000_000,
+    dropout: float = 0.0,
+    sparse: bool = False,
+    binary: bool = False,
+    nb: bool = False,
+    nb_scale: float = 1.0,
+    nb_min_count: int = 1,
+) -> nn.Module:
+    """fastText: mean of word and hashed n-gram embeddings → linear (ngrams=2: uni+bigrams).
+
+    `sparse=True` gives the table sparse gradients: each step then touches only the rows its
+    batch uses, which makes plain SGD (fastText's optimizer, no momentum or weight decay) fast
+    even with millions of buckets; optimizers with dense state (Adam) cannot take them.
+    `binary=True` counts each distinct word or n-gram once per text (as NBSVM does), so a
+    word repeated ten times weighs no more than once.
+    `nb=True` adds a logistic regression on NBSVM's naive-Bayes scaled features (see NgramBag),
+    its steps scaled by `nb_scale`; features in fewer than `nb_min_count` texts get no weight.
+    """
+    if ngrams < 1 or buckets < 1:
+        raise ValueError(f"ngram: ngrams and buckets must be >= 1, got {ngrams}, {buckets}")
+    if embed_dim < 0 or (embed_dim == 0 and not nb):
+        raise ValueError(
+            f"ngram: embed_dim must be >= 1 (or 0 together with nb=true, for NB-weighted "
+            f"logistic regression alone), got {embed_dim}"
+        )
+    return NgramBag(
+        spec, embed_dim, ngrams, buckets, dropout, sparse, binary, nb, nb_scale, nb_min_count
+    )
