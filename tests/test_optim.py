@@ -1,26 +1,38 @@
-"""Optimizer and schedule tests: multipliers at known steps, registry errors, weight-decay
-groups, and reference tests against plain torch.optim updates."""
+"""Optimizer and schedule tests: multipliers at known steps, registry errors (unknown names and
+settings a factory does not take), weight-decay groups, reference tests against plain
+torch.optim updates, and every shipped recipe's optimizer and schedule built."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
-from neuralab.config import OptimConfig, ScheduleConfig
-from neuralab.registry import UnknownNameError
+from neuralab.config import (
+    OptimConfig,
+    RunConfig,
+    ScheduleConfig,
+    dump_config,
+    explicit_fields,
+    recipe_names,
+    resolve_config,
+)
+from neuralab.models import model_input
+from neuralab.registry import REQUIRED, UnknownArgumentError, UnknownNameError
 from neuralab.train.optim import (
     OPTIMIZERS,
     SCHEDULES,
     build_optimizer,
     build_scheduler,
+    make_optimizer,
+    make_scheduler,
     parameter_groups,
 )
 
 
 def multiplier(name: str, steps_per_epoch: int, total_steps: int, **settings):
-    config = ScheduleConfig(name=name, **settings)
-    return SCHEDULES.get(name).factory(config, steps_per_epoch, total_steps)
+    return SCHEDULES.build(name, steps_per_epoch, total_steps, **settings)
 
 
 def test_constant_is_one_everywhere() -> None:
@@ -84,8 +96,7 @@ def test_cosine_warmup_longer_than_half_the_run_still_ramps_to_the_peak() -> Non
 def test_scheduler_sets_lr_per_optimizer_step() -> None:
     model = nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.4)
-    config = ScheduleConfig(name="cosine")
-    scheduler = build_scheduler(optimizer, config, steps_per_epoch=5, total_steps=10)
+    scheduler = make_scheduler(optimizer, "cosine", steps_per_epoch=5, total_steps=10)
     reference = multiplier("cosine", 5, 10)
     for step in range(10):
         assert optimizer.param_groups[0]["lr"] == pytest.approx(0.4 * reference(step))
@@ -95,7 +106,7 @@ def test_scheduler_sets_lr_per_optimizer_step() -> None:
 
 def test_unknown_optimizer_lists_the_close_match() -> None:
     with pytest.raises(UnknownNameError) as error:
-        build_optimizer(nn.Linear(2, 2), OptimConfig(name="adma"))
+        make_optimizer(nn.Linear(2, 2), "adma")
     assert "'adam'" in str(error.value)
     assert "unknown optimizer 'adma'" in str(error.value)
 
@@ -103,7 +114,89 @@ def test_unknown_optimizer_lists_the_close_match() -> None:
 def test_unknown_schedule_lists_the_close_match() -> None:
     optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
     with pytest.raises(UnknownNameError, match="did you mean 'cosine'"):
-        build_scheduler(optimizer, ScheduleConfig(name="cosin"), 1, 1)
+        make_scheduler(optimizer, "cosin", 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "setting", "valid"),
+    [
+        ("adam", {"momentum": 0.9}, "lr=0.01, betas=(0.9, 0.999), weight_decay=0.0"),
+        ("sgd", {"rho": 0.5}, "lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0"),
+        ("adagrad", {"nesterov": True}, "lr=0.01, weight_decay=0.0"),
+        ("sgd", {"other_lr": 0.5}, "lr=0.01, momentum=0.0, nesterov=False, weight_decay=0.0"),
+    ],
+)
+def test_a_setting_the_optimizer_does_not_take_is_an_error(
+    name: str, setting: dict, valid: str
+) -> None:
+    with pytest.raises(UnknownArgumentError) as error:
+        make_optimizer(nn.Linear(2, 2), name, **setting)
+    (argument,) = setting
+    assert str(error.value).startswith(f"optimizer {name!r} takes no argument {argument!r}")
+    assert str(error.value).endswith(f"Valid arguments: {valid}")
+    assert (error.value.kind, error.value.entry, error.value.argument) == (
+        "optimizer",
+        name,
+        argument,
+    )
+
+
+def test_a_mistyped_setting_suggests_the_close_one() -> None:
+    with pytest.raises(UnknownArgumentError, match="'momentun'; did you mean 'momentum'"):
+        make_optimizer(nn.Linear(2, 2), "sgd", momentun=0.9)
+
+
+def test_a_setting_the_schedule_does_not_take_is_an_error() -> None:
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    with pytest.raises(UnknownArgumentError, match="schedule 'onecycle' takes no argument"):
+        make_scheduler(optimizer, "onecycle", 10, 100, warmup_epochs=1.0)
+    with pytest.raises(UnknownArgumentError, match="schedule 'constant' takes no argument 'gamma'"):
+        make_scheduler(optimizer, "constant", 10, 100, gamma=0.5)
+
+
+def test_config_wrappers_reject_a_set_field_the_optimizer_does_not_take() -> None:
+    """build_optimizer/build_scheduler (kept until run/build.py replaces their callers) pass
+    only the fields set explicitly: `optim.momentum=0.9` with adam is an error, not ignored."""
+    with pytest.raises(UnknownArgumentError, match="optimizer 'adam' takes no argument 'momentum'"):
+        build_optimizer(nn.Linear(2, 2), OptimConfig(name="adam", momentum=0.9))
+    optimizer = build_optimizer(nn.Linear(2, 2), OptimConfig(name="adam", lr=0.003))
+    assert optimizer.defaults["lr"] == 0.003 and optimizer.defaults["betas"] == (0.9, 0.999)
+    with pytest.raises(UnknownArgumentError, match="schedule 'onecycle' takes no argument"):
+        build_scheduler(optimizer, ScheduleConfig(name="onecycle", warmup_epochs=1), 10, 100)
+
+
+@pytest.mark.parametrize(
+    ("registry", "section"), [(OPTIMIZERS, OptimConfig), (SCHEDULES, ScheduleConfig)]
+)
+def test_factory_defaults_are_the_config_defaults(registry, section) -> None:
+    """Every setting a factory takes is a config field with the same default, so a recipe that
+    leaves a field unset trains exactly as when every factory read the whole config."""
+    fields = section.model_fields
+    for entry in registry:
+        for argument in entry.arguments():
+            where = f"{registry.kind} {entry.name!r}: {argument.name}"
+            assert argument.name in fields, where
+            assert argument.default is not REQUIRED, where
+            assert argument.default == fields[argument.name].get_default(), where
+
+
+def test_explicit_fields_are_the_ones_set_to_a_non_default_value() -> None:
+    config = OptimConfig(name="adam", lr=0.003, momentum=0.0)
+    assert explicit_fields(config) == {"name": "adam", "lr": 0.003}
+    config.momentum = 0.9  # assignment counts as setting
+    assert explicit_fields(config) == {"name": "adam", "lr": 0.003, "momentum": 0.9}
+    assert explicit_fields(OptimConfig()) == {}
+
+
+def test_a_run_directory_config_builds_again() -> None:
+    """config.yaml holds every field (adam's unused momentum: 0.0 included): resuming from it
+    builds the same optimizer instead of tripping over the fields adam does not take."""
+    written = resolve_config("imdb-gru")
+    read_back = RunConfig.model_validate(yaml.safe_load(dump_config(written)))
+    assert "momentum" in read_back.optim.model_fields_set  # every field is set in the file
+    assert explicit_fields(read_back.optim) == explicit_fields(written.optim)
+    optimizer = build_optimizer(nn.Linear(2, 2), read_back.optim)
+    assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == 0.003
 
 
 def small_net() -> nn.Module:
@@ -134,7 +227,7 @@ def test_frozen_parameters_are_left_out() -> None:
 def test_weight_decay_moves_only_matrices_when_gradients_are_zero() -> None:
     model = small_net()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    optimizer = build_optimizer(model, OptimConfig(name="sgd", lr=0.5, weight_decay=0.1))
+    optimizer = make_optimizer(model, "sgd", lr=0.5, weight_decay=0.1)
     for parameter in model.parameters():
         parameter.grad = torch.zeros_like(parameter)
     optimizer.step()
@@ -143,19 +236,21 @@ def test_weight_decay_moves_only_matrices_when_gradients_are_zero() -> None:
         torch.testing.assert_close(parameter.detach(), before[name] * factor, msg=name)
 
 
-def reference_optimizer(name: str, groups: list[dict], config: OptimConfig):
-    """The plain torch.optim equivalent of each registered optimizer."""
-    if name == "sgd":
-        return torch.optim.SGD(
-            groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov
-        )
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, betas=config.betas)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
-    if name == "adagrad":
-        return torch.optim.Adagrad(groups, lr=config.lr)
-    return torch.optim.Adadelta(groups, lr=config.lr, rho=config.rho)
+# Settings other than the defaults for each optimizer (weight decay is set for all of them).
+SETTINGS = {
+    "sgd": {"lr": 0.05, "momentum": 0.9, "nesterov": True},
+    "adam": {"lr": 0.05, "betas": (0.8, 0.99)},
+    "adamw": {"lr": 0.05, "betas": (0.8, 0.99)},
+    "adagrad": {"lr": 0.05},
+    "adadelta": {"lr": 0.05, "rho": 0.8},
+}
+REFERENCES = {
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "adagrad": torch.optim.Adagrad,
+    "adadelta": torch.optim.Adadelta,
+}
 
 
 def test_every_optimizer_has_a_reference() -> None:
@@ -163,18 +258,15 @@ def test_every_optimizer_has_a_reference() -> None:
     assert OPTIMIZERS.names() == ["adadelta", "adagrad", "adam", "adamw", "muon", "sgd"]
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adadelta", "adagrad"])
+@pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_steps_match_plain_torch_optim(name: str) -> None:
-    config = OptimConfig(
-        name=name, lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01, betas=(0.8, 0.99)
-    )
     ours, theirs = small_net(), small_net()
-    optimizer = build_optimizer(ours, config)
+    optimizer = make_optimizer(ours, name, weight_decay=0.01, **SETTINGS[name])
     groups = [
         {"params": [p for p in theirs.parameters() if p.ndim > 1], "weight_decay": 0.01},
         {"params": [p for p in theirs.parameters() if p.ndim <= 1], "weight_decay": 0.0},
     ]
-    reference = reference_optimizer(name, groups, config)
+    reference = REFERENCES[name](groups, **SETTINGS[name])
     generator = torch.Generator().manual_seed(1)
     for _ in range(3):
         inputs = torch.randn(8, 4, generator=generator)
@@ -203,9 +295,8 @@ def test_train_until_decays_its_parameters_to_zero_then_holds_them() -> None:
     put while the rest keeps training at the constant rate."""
     torch.manual_seed(0)
     model = TwoLayers()
-    config = OptimConfig(name="sgd", lr=0.1, momentum=0.9, train_until={"first.bias": 1})
-    optimizer = build_optimizer(model, config)
-    scheduler = build_scheduler(optimizer, ScheduleConfig(name="constant"), 4, 12)
+    optimizer = make_optimizer(model, "sgd", {"first.bias": 1}, lr=0.1, momentum=0.9)
+    scheduler = make_scheduler(optimizer, "constant", 4, 12)
     rates = []
     for step in range(12):
         rates.append([group["lr"] for group in optimizer.param_groups])
@@ -227,8 +318,7 @@ def test_train_until_decays_its_parameters_to_zero_then_holds_them() -> None:
 
 def test_train_until_a_module_takes_all_its_parameters() -> None:
     model = TwoLayers()
-    config = OptimConfig(name="adamw", weight_decay=0.1, train_until={"second": 2})
-    optimizer = build_optimizer(model, config)
+    optimizer = make_optimizer(model, "adamw", {"second": 2}, weight_decay=0.1)
     split = [g for g in optimizer.param_groups if "train_until_epochs" in g]
     # Each keeps the settings of the group it came from: the matrix is decayed, the bias not.
     assert [(g["params"], g["weight_decay"]) for g in split] == [
@@ -240,7 +330,7 @@ def test_train_until_a_module_takes_all_its_parameters() -> None:
 
 def test_train_until_an_unknown_name_lists_the_parameters() -> None:
     with pytest.raises(ValueError, match=r"'firts'.*first\.weight, first\.bias"):
-        build_optimizer(TwoLayers(), OptimConfig(train_until={"firts": 1}))
+        make_optimizer(TwoLayers(), "sgd", train_until={"firts": 1})
 
 
 def test_train_until_refuses_a_non_positive_horizon() -> None:
@@ -252,3 +342,48 @@ def test_train_until_takes_dotted_names_nested_by_set() -> None:
     """`--set optim.train_until.whiten.bias=3` nests the dotted name; it is read back whole."""
     config = OptimConfig(train_until={"whiten": {"bias": 3}, "head": 1})
     assert config.train_until == {"whiten.bias": 3, "head": 1}
+
+
+def tiny_model(kind: str, train_until: dict[str, float]) -> nn.Module:
+    """A few parameters of the recipe's kind: a convolution (4-D filters, which muon needs) for
+    images, an embedding for text, a linear head, and a layer at each `train_until` name."""
+    model = nn.Module()
+    model.features = nn.Conv2d(3, 4, 3) if kind == "image" else nn.Embedding(10, 4)
+    model.head = nn.Linear(4, 2)
+    for name in train_until:
+        *parents, last = name.split(".")
+        if last not in ("weight", "bias"):  # a module prefix: the layer itself
+            parents.append(last)
+        owner = model
+        for part in parents[:-1]:
+            if not hasattr(owner, part):
+                owner.add_module(part, nn.Module())
+            owner = getattr(owner, part)
+        owner.add_module(parents[-1], nn.Conv2d(4, 4, 1))
+    return model
+
+
+@pytest.mark.parametrize("recipe", recipe_names())
+def test_every_recipe_builds_its_optimizer_and_schedule(recipe: str) -> None:
+    """Each shipped recipe's settings are all taken by its optimizer and schedule, arrive in
+    the optimizer (lr, momentum), and give finite positive learning rates."""
+    config = resolve_config(recipe)
+    kind = model_input(config.model.name)
+    settings = {
+        key: value
+        for key, value in explicit_fields(config.optim).items()
+        if key not in ("name", "train_until")
+    }
+    model = tiny_model(kind, config.optim.train_until)
+    optimizer = make_optimizer(model, config.optim.name, config.optim.train_until, **settings)
+    first = optimizer.param_groups[0]
+    assert first["lr"] == config.optim.lr
+    if "momentum" in settings:
+        assert first["momentum"] == config.optim.momentum
+    schedule = {k: v for k, v in explicit_fields(config.schedule).items() if k != "name"}
+    scheduler = make_scheduler(optimizer, config.schedule.name, 10, 100, **schedule)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    rates = [group["lr"] for group in optimizer.param_groups]
+    assert all(0.0 < rate < float("inf") for rate in rates), rates

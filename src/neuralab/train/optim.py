@@ -9,16 +9,17 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from neuralab.config import OptimConfig, ScheduleConfig
+from neuralab.config import OptimConfig, ScheduleConfig, explicit_fields
 from neuralab.registry import Registry
 from neuralab.train.muon import Muon
 
-OPTIMIZERS = Registry("optimizer")
-SCHEDULES = Registry("schedule")
+OPTIMIZERS = Registry("optimizer", supplied=("model",))
+SCHEDULES = Registry("schedule", supplied=("steps_per_epoch", "total_steps"))
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -36,64 +37,90 @@ def fused_kwargs(model: nn.Module) -> dict:
     return {"foreach": True}
 
 
+# Each factory declares exactly the settings it takes, with the defaults of config.py's
+# OptimConfig (tests/test_optim.py checks they agree), so a setting an optimizer does not take
+# is an error (Registry.check) instead of being silently ignored.
+
+
 @OPTIMIZERS.register("sgd", summary="SGD with optional momentum / Nesterov")
-def sgd(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def sgd(
+    model: nn.Module,
+    *,
+    lr: float = 0.01,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
     return torch.optim.SGD(
-        parameter_groups(model, config.weight_decay),
-        lr=config.lr,
-        momentum=config.momentum,
-        nesterov=config.nesterov,
+        parameter_groups(model, weight_decay),
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov,
         **fused_kwargs(model),
     )
 
 
 @OPTIMIZERS.register("adam", summary="Adam (L2 weight decay added to the gradient)")
-def adam(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def adam(
+    model: nn.Module,
+    *,
+    lr: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
     return torch.optim.Adam(
-        parameter_groups(model, config.weight_decay),
-        lr=config.lr,
-        betas=config.betas,
-        **fused_kwargs(model),
+        parameter_groups(model, weight_decay), lr=lr, betas=betas, **fused_kwargs(model)
     )
 
 
 @OPTIMIZERS.register("adamw", summary="AdamW (decoupled weight decay)")
-def adamw(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def adamw(
+    model: nn.Module,
+    *,
+    lr: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
     return torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
-        lr=config.lr,
-        betas=config.betas,
-        **fused_kwargs(model),
+        parameter_groups(model, weight_decay), lr=lr, betas=betas, **fused_kwargs(model)
     )
 
 
 @OPTIMIZERS.register(
     "adagrad", summary="Adagrad (per-weight step sizes; takes sparse embedding gradients)"
 )
-def adagrad(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def adagrad(
+    model: nn.Module, *, lr: float = 0.01, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """Adagrad, the classic optimizer for sparse text features: with an embedding's sparse
     gradients (e.g. `ngram` with sparse=True) it updates only the rows a batch used."""
     # torch warns once that it skips sparse-tensor checks; they are for hand-built tensors.
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-    return torch.optim.Adagrad(
-        parameter_groups(model, config.weight_decay), lr=config.lr, **fused_kwargs(model)
-    )
+    return torch.optim.Adagrad(parameter_groups(model, weight_decay), lr=lr, **fused_kwargs(model))
 
 
 @OPTIMIZERS.register("adadelta", summary="Adadelta (the official PyTorch MNIST example's choice)")
-def adadelta(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def adadelta(
+    model: nn.Module, *, lr: float = 0.01, rho: float = 0.9, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     return torch.optim.Adadelta(
-        parameter_groups(model, config.weight_decay),
-        lr=config.lr,
-        rho=config.rho,
-        **fused_kwargs(model),
+        parameter_groups(model, weight_decay), lr=lr, rho=rho, **fused_kwargs(model)
     )
 
 
 @OPTIMIZERS.register(
     "muon", summary="Muon for conv filters (orthogonalised momentum), Nesterov SGD for the rest"
 )
-def muon(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
+def muon(
+    model: nn.Module,
+    *,
+    lr: float = 0.01,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float = 0.0,
+    other_lr: float | None = None,
+    other_momentum: float | None = None,
+) -> torch.optim.Optimizer:
     """Convolution filters (4-D weights) take Muon steps of `lr` with `momentum`; everything
     else (biases, norms, the classifier head) takes SGD steps of `other_lr` with
     `other_momentum` and `weight_decay`, as in airbench94_muon."""
@@ -108,17 +135,42 @@ def muon(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
     groups = [{"params": filters, "orthogonalize": True, "weight_decay": 0.0}]
     if others:
         # Unset other_* fall back to Muon's defaults, i.e. lr / momentum.
-        own = {"lr": config.other_lr, "momentum": config.other_momentum}
+        own = {"lr": other_lr, "momentum": other_momentum}
         settings = {key: value for key, value in own.items() if value is not None}
-        groups.append({"params": others, "weight_decay": config.weight_decay, **settings})
-    return Muon(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+        groups.append({"params": others, "weight_decay": weight_decay, **settings})
+    return Muon(groups, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def make_optimizer(
+    model: nn.Module, name: str, train_until: dict[str, float] | None = None, **settings: Any
+) -> torch.optim.Optimizer:
+    """The registered optimizer `name` over `model`'s trainable parameters.
+
+    Args:
+        model: the model whose parameters it trains (biases and norms are not decayed).
+        name: a registered optimizer (`OPTIMIZERS.names()`).
+        train_until: {parameter name or module prefix: epochs}; those parameters get groups of
+            their own that `make_scheduler` decays linearly to zero over that many epochs.
+        settings: the optimizer's own settings (lr, momentum, ...); one it does not take
+            raises UnknownArgumentError naming the valid ones.
+
+    Example:
+        >>> make_optimizer(nn.Linear(2, 2), "sgd", lr=0.1, momentum=0.9).defaults["momentum"]
+        0.9
+    """
+    optimizer = OPTIMIZERS.build(name, model, **settings)
+    for prefix, epochs in (train_until or {}).items():
+        split_off_group(optimizer, model, prefix, epochs)
+    return optimizer
 
 
 def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    optimizer = OPTIMIZERS.get(config.name).factory(model, config)
-    for prefix, epochs in config.train_until.items():
-        split_off_group(optimizer, model, prefix, epochs)
-    return optimizer
+    """Deprecated wrapper (until run/build.py replaces its callers): `make_optimizer` with the
+    settings `config` sets explicitly."""
+    settings = explicit_fields(config)
+    for key in ("name", "train_until"):
+        settings.pop(key, None)
+    return make_optimizer(model, config.name, config.train_until, **settings)
 
 
 def split_off_group(
@@ -126,7 +178,7 @@ def split_off_group(
 ) -> None:
     """Move the parameters named `prefix` (or inside the module `prefix`) into groups of their
     own, with the settings of the groups they came from plus `train_until_epochs`, which
-    `build_scheduler` reads. Call before the first step (no optimizer state yet)."""
+    `make_scheduler` reads. Call before the first step (no optimizer state yet)."""
     named = dict(model.named_parameters())
     chosen = {id(p) for name, p in named.items() if name == prefix or name.startswith(prefix + ".")}
     if not chosen:
@@ -156,47 +208,75 @@ def split_off_group(
 
 Multiplier = Callable[[int], float]
 
+# Schedule factories map (steps_per_epoch, total_steps, settings) to a per-step multiplier of
+# the peak learning rate; their settings' defaults are config.py ScheduleConfig's.
+
 
 @SCHEDULES.register("constant", summary="constant learning rate (after optional warmup)")
-def constant(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Multiplier:
-    return with_warmup(lambda step: 1.0, config, steps_per_epoch)
+def constant(steps_per_epoch: int, total_steps: int, *, warmup_epochs: float = 0.0) -> Multiplier:
+    return with_warmup(lambda step: 1.0, warmup_epochs, steps_per_epoch)
 
 
 @SCHEDULES.register("step", summary="multiply by gamma every step_size epochs")
-def step_decay(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Multiplier:
+def step_decay(
+    steps_per_epoch: int,
+    total_steps: int,
+    *,
+    warmup_epochs: float = 0.0,
+    step_size: int = 1,
+    gamma: float = 0.1,
+) -> Multiplier:
     def multiplier(step: int) -> float:
-        return config.gamma ** (step // (config.step_size * steps_per_epoch))
+        return gamma ** (step // (step_size * steps_per_epoch))
 
-    return with_warmup(multiplier, config, steps_per_epoch)
+    return with_warmup(multiplier, warmup_epochs, steps_per_epoch)
 
 
 @SCHEDULES.register("cosine", summary="linear warmup, then cosine decay to final_lr_fraction")
-def cosine(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Multiplier:
-    warmup = round(config.warmup_epochs * steps_per_epoch)
-    floor = config.final_lr_fraction
+def cosine(
+    steps_per_epoch: int,
+    total_steps: int,
+    *,
+    warmup_epochs: float = 0.0,
+    final_lr_fraction: float = 0.0,
+) -> Multiplier:
+    warmup = round(warmup_epochs * steps_per_epoch)
+    floor = final_lr_fraction
 
     def multiplier(step: int) -> float:
         # 0 during warmup (which with_warmup scales), 1 at the last step and after.
         progress = min(1.0, max(0.0, (step - warmup) / max(1, total_steps - warmup)))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return with_warmup(multiplier, config, steps_per_epoch)
+    return with_warmup(multiplier, warmup_epochs, steps_per_epoch)
 
 
 @SCHEDULES.register("linear", summary="linear decay to final_lr_fraction (after optional warmup)")
-def linear(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Multiplier:
-    floor = config.final_lr_fraction
+def linear(
+    steps_per_epoch: int,
+    total_steps: int,
+    *,
+    warmup_epochs: float = 0.0,
+    final_lr_fraction: float = 0.0,
+) -> Multiplier:
+    floor = final_lr_fraction
 
     def multiplier(step: int) -> float:
         return floor + (1.0 - floor) * max(0.0, 1.0 - step / max(1, total_steps))
 
-    return with_warmup(multiplier, config, steps_per_epoch)
+    return with_warmup(multiplier, warmup_epochs, steps_per_epoch)
 
 
 @SCHEDULES.register("onecycle", summary="linear rise for pct_start of training, linear fall")
-def onecycle(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> Multiplier:
-    peak = max(1, round(config.pct_start * total_steps))
-    start, floor = 0.1, config.final_lr_fraction  # start at 10% of peak (a common choice)
+def onecycle(
+    steps_per_epoch: int,
+    total_steps: int,
+    *,
+    pct_start: float = 0.25,
+    final_lr_fraction: float = 0.0,
+) -> Multiplier:
+    peak = max(1, round(pct_start * total_steps))
+    start, floor = 0.1, final_lr_fraction  # start at 10% of peak (a common choice)
 
     def multiplier(step: int) -> float:
         if step < peak:
@@ -206,20 +286,33 @@ def onecycle(config: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> 
     return multiplier
 
 
-def with_warmup(schedule: Multiplier, config: ScheduleConfig, steps_per_epoch: int) -> Multiplier:
+def with_warmup(schedule: Multiplier, warmup_epochs: float, steps_per_epoch: int) -> Multiplier:
     """Scale the first warmup_epochs of steps linearly from ~0 up to the schedule."""
-    warmup = round(config.warmup_epochs * steps_per_epoch)
+    warmup = round(warmup_epochs * steps_per_epoch)
     if warmup == 0:
         return schedule
     return lambda step: schedule(step) * min(1.0, (step + 1) / warmup)
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_epoch: int, total_steps: int
+def make_scheduler(
+    optimizer: torch.optim.Optimizer,
+    name: str,
+    steps_per_epoch: int,
+    total_steps: int,
+    **settings: Any,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR for the named schedule; groups split off by `optim.train_until`
-    instead decay linearly to zero over their own epochs, and then stay at zero."""
-    multiplier = SCHEDULES.get(config.name).factory(config, steps_per_epoch, total_steps)
+    """A per-step LambdaLR for the registered schedule `name`; groups split off by
+    `make_optimizer(train_until=...)` instead decay linearly to zero over their own epochs,
+    and then stay at zero.
+
+    Args:
+        optimizer: its groups' learning rates are the peaks the schedule multiplies.
+        name: a registered schedule (`SCHEDULES.names()`).
+        steps_per_epoch, total_steps: optimizer steps per epoch and in the whole run.
+        settings: the schedule's own settings (warmup_epochs, gamma, ...); one it does not
+            take raises UnknownArgumentError naming the valid ones.
+    """
+    multiplier = SCHEDULES.build(name, steps_per_epoch, total_steps, **settings)
     multipliers = []
     for group in optimizer.param_groups:
         epochs = group.get("train_until_epochs")
@@ -228,6 +321,16 @@ def build_scheduler(
         else:
             multipliers.append(linear_to_zero(max(1, round(epochs * steps_per_epoch))))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multipliers)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_epoch: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Deprecated wrapper (until run/build.py replaces its callers): `make_scheduler` with the
+    settings `config` sets explicitly."""
+    settings = explicit_fields(config)
+    settings.pop("name", None)
+    return make_scheduler(optimizer, config.name, steps_per_epoch, total_steps, **settings)
 
 
 def linear_to_zero(steps: int) -> Multiplier:
