@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from neuralab.errors import UserError
 from neuralab.train.distributed import unwrap
 
 FORMAT_VERSION = 2  # 2: manifest.json with SHA-256 digests
@@ -58,7 +59,7 @@ PICKLE_SIGNATURES = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint folder is missing, incomplete or not in neuralab's format."""
 
 

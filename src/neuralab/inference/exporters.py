@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neuralab.errors import UserError
 from neuralab.inference.predict import Predictor
 from neuralab.models import InputSpec, TextSpec, build_model
 from neuralab.models.tta import tta_logits, tta_mode
@@ -28,7 +29,7 @@ EXPORT_EXTRA = "pip install 'neuralab[export]'"
 ONNX_OPSET = 17
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """The model cannot be exported, or the export does not match PyTorch (nothing written)."""
 
 
