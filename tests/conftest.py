@@ -10,7 +10,14 @@ import torch
 torch.set_num_threads(1)
 
 
+import os  # noqa: E402
+
 import pytest  # noqa: E402
+
+# pytester: the CI rules are tested on generated test files. ci_rules: under CI=true a skipped
+# real-data or browser test fails the run, and hypothesis is derandomised; elsewhere skip
+# reasons say what to set (tests/ci_rules.py).
+pytest_plugins = ("pytester", "ci_rules")
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -54,8 +61,6 @@ def fault_table_markdown() -> str:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    import os
-
     if not FAULTS:
         return
     table = fault_table_markdown()

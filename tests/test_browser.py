@@ -1,6 +1,7 @@
 """The web page of `neuralab serve` in a real browser: headless Chromium (Selenium) against a real
 uvicorn server on a free loopback port. Drawing a digit or typing a text must show the same
-prediction the API gives for the same input. Skipped without Chromium, chromedriver or Selenium."""
+prediction the API gives for the same input. Skipped without Chromium, chromedriver or Selenium
+(a failure under CI=true: see tests/ci_rules.py)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from PIL import Image
 
 import neuralab
 
-pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
-pytest.importorskip("fastapi", reason="neuralab serve needs the serve extra")
-uvicorn = pytest.importorskip("uvicorn", reason="neuralab serve needs the serve extra")
-httpx = pytest.importorskip("httpx", reason="the test asks the API with httpx")
+TEST_EXTRA = "pip install -e '.[test]'"
+pytest.importorskip("sklearn", reason=f"the digits dataset needs scikit-learn: {TEST_EXTRA}")
+pytest.importorskip("fastapi", reason=f"neuralab serve needs FastAPI: {TEST_EXTRA}")
+uvicorn = pytest.importorskip("uvicorn", reason=f"neuralab serve needs uvicorn: {TEST_EXTRA}")
+httpx = pytest.importorskip("httpx", reason=f"the test asks the API with httpx: {TEST_EXTRA}")
 webdriver = pytest.importorskip(
-    "selenium.webdriver", reason="the browser test needs selenium: pip install 'neuralab[browser]'"
+    "selenium.webdriver", reason=f"the browser test drives Chromium with selenium: {TEST_EXTRA}"
 )
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -35,10 +37,15 @@ from test_serve import train_image_run, train_text_run  # noqa: E402
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
 CHROMEDRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Chromium and chromedriver (Debian: apt-get install chromium chromium-driver)",
-)
+# `browser`: under CI=true a skip of these tests fails the run (tests/ci_rules.py).
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="no chromium or chromedriver on PATH: install chromium and chromium-driver "
+        "(Debian: apt-get install chromium chromium-driver)",
+    ),
+]
 PAGE_TIMEOUT_S = 60  # generous: Chromium starts slowly on a busy 2-core machine
 
 
