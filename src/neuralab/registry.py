@@ -17,19 +17,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuralab.errors import UserError
+
 # Parameter kinds that are not named arguments (`*args`, `**kwargs`).
 VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
 GLOB_CHARACTERS = "*?["
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """Raised when a name is not in a registry; the message lists valid names and close matches."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain.
         return str(self.args[0])
 
 
-class UnknownArgumentError(TypeError):
+class UnknownArgumentError(UserError, TypeError):
     """An argument a registered factory does not take, or a required one left out.
 
     Attributes name the registry `kind` ("model"), the `entry` ("resnet18") and the offending

@@ -9,10 +9,11 @@ from neuralab.data.dataset import (
     DataError,
     ImageDataset,
     Split,
+    TextDataset,
+    TextSplit,
     default_data_dir,
     load_dataset,
 )
-from neuralab.data.text import TextDataset, TextSplit
 
 __all__ = [
     "DATASETS",

@@ -1,21 +1,21 @@
-"""What every dataset factory returns, the dataset registry and the `load_dataset` entry point."""
+"""What every dataset factory returns (`ImageDataset`, `TextDataset`), the dataset registry and
+the `load_dataset` entry point."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from neuralab.errors import UserError
 from neuralab.registry import Registry
 
-if TYPE_CHECKING:
-    from neuralab.data.text import TextDataset
-
-DATASETS = Registry("dataset")
+# Every factory takes (root, download) first, then `path` for PATH_KINDS; the rest are the
+# dataset's own options (`data.options`), checked against its signature.
+DATASETS = Registry("dataset", supplied=("root", "download", "path"))
 
 # Names with a path argument are written `kind:<path>` (e.g. `folder:~/photos`).
 PATH_KINDS = ("folder", "textfolder", "csv", "jsonl")
@@ -78,6 +78,38 @@ class ImageDataset:
         return tuple(self.train.images.shape[2:])  # (H, W)
 
 
+@dataclass
+class TextSplit:
+    """One split held in memory: texts (N strings) and labels int64 (N,)."""
+
+    texts: list[str]
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if len(self.texts) != len(self.labels):
+            raise DataError(f"{len(self.texts)} texts but {len(self.labels)} labels")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> TextSplit:
+        return TextSplit([self.texts[i] for i in index.tolist()], self.labels[index])
+
+
+@dataclass
+class TextDataset:
+    """A text dataset's splits and class names (label i is `classes[i]`)."""
+
+    name: str
+    train: TextSplit
+    test: TextSplit
+    classes: list[str]
+    val: TextSplit | None = None
+    info: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "text"
+
+
 def default_data_dir() -> Path:
     """`NEURALAB_DATA` if set, else `~/.cache/neuralab`."""
     env = os.environ.get("NEURALAB_DATA")
@@ -112,16 +144,13 @@ def load_dataset(
         val_split: fraction of the training split held out for validation when the
             dataset has no validation split of its own.
         seed: seeds the validation split.
-        options: dataset-specific options (e.g. `image_size` for folders).
+        options: dataset-specific options (e.g. `image_size` for folders); one the dataset
+            does not take raises UnknownArgumentError naming the valid ones.
     """
     kind, arg = parse_name(name)
-    entry = DATASETS.get(kind)
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    dataset = (
-        entry.factory(root, download=download, path=arg, **options)
-        if arg
-        else entry.factory(root, download=download, **options)
-    )
+    supplied = (root, download, arg) if arg else (root, download)
+    dataset = DATASETS.build(kind, *supplied, **options)
     if val_split and dataset.val is None:
         dataset.train, dataset.val = split_off(dataset.train, val_split, seed)
     return dataset

@@ -24,13 +24,11 @@ import csv
 import io
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
-from neuralab.data.dataset import DATASETS, DataError, split_off
+from neuralab.data.dataset import DATASETS, DataError, TextDataset, TextSplit, split_off
 from neuralab.data.download import Resource, extract_tar, fetch
 
 IMDB_RESOURCE = Resource(
@@ -46,38 +44,6 @@ IMDB_CLASSES = ["neg", "pos"]  # label 0 = negative (rating <= 4), 1 = positive 
 TAB_SUFFIXES = (".tsv", ".tab")
 
 Record = tuple[int, str, str]  # (line number, text, label as written)
-
-
-@dataclass
-class TextSplit:
-    """One split held in memory: texts (N strings) and labels int64 (N,)."""
-
-    texts: list[str]
-    labels: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if len(self.texts) != len(self.labels):
-            raise DataError(f"{len(self.texts)} texts but {len(self.labels)} labels")
-        self.labels = self.labels.long()
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, index: torch.Tensor) -> TextSplit:
-        return TextSplit([self.texts[i] for i in index.tolist()], self.labels[index])
-
-
-@dataclass
-class TextDataset:
-    """A text dataset's splits and class names (label i is `classes[i]`)."""
-
-    name: str
-    train: TextSplit
-    test: TextSplit
-    classes: list[str]
-    val: TextSplit | None = None
-    info: dict = field(default_factory=dict)
-    kind: ClassVar[str] = "text"
 
 
 # ------------------------------------------------------------------------------------- IMDB
@@ -203,10 +169,20 @@ def decode_utf8(data: bytes, path: Path) -> str:
     "label_field, test)",
     input="text",
 )
-def csv_dataset(root: Path, download: bool = True, path: str = "", **options) -> TextDataset:
+def csv_dataset(
+    root: Path,
+    download: bool = True,
+    path: str = "",
+    text_field: str = "text",
+    label_field: str = "label",
+    test: str | None = None,
+    test_split: float = 0.2,
+    seed: int = 0,
+) -> TextDataset:
     """A CSV file with a header row (`.tsv`/`.tab`: tab-separated); see `table_dataset`."""
     del root, download
-    return table_dataset("csv", path, read_csv_records, **options)
+    options = (text_field, label_field, test, test_split, seed)
+    return table_dataset("csv", path, read_csv_records, *options)
 
 
 @DATASETS.register(
@@ -214,10 +190,20 @@ def csv_dataset(root: Path, download: bool = True, path: str = "", **options) ->
     summary="jsonl:<path>, one JSON object per line (options text_field, label_field, test)",
     input="text",
 )
-def jsonl_dataset(root: Path, download: bool = True, path: str = "", **options) -> TextDataset:
+def jsonl_dataset(
+    root: Path,
+    download: bool = True,
+    path: str = "",
+    text_field: str = "text",
+    label_field: str = "label",
+    test: str | None = None,
+    test_split: float = 0.2,
+    seed: int = 0,
+) -> TextDataset:
     """A JSON Lines file: one object per line with a text and a label field."""
     del root, download
-    return table_dataset("jsonl", path, read_jsonl_records, **options)
+    options = (text_field, label_field, test, test_split, seed)
+    return table_dataset("jsonl", path, read_jsonl_records, *options)
 
 
 RecordReader = Callable[[Path, str, str], list[Record]]
