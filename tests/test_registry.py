@@ -7,19 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from torch import nn
 
 from neuralab.config import resolve_config
 from neuralab.data import DATASETS, load_dataset
 from neuralab.errors import UserError
-from neuralab.models import MODELS, InputSpec, build_model
+from neuralab.models import MODELS, InputSpec, TextSpec, build_model
 from neuralab.registry import (
     REQUIRED,
     Argument,
+    InvalidArgumentError,
     Registry,
     UnknownArgumentError,
     UnknownNameError,
 )
-from neuralab.train.optim import OPTIMIZERS, SCHEDULES
+from neuralab.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer
 
 ALL_REGISTRIES = [MODELS, DATASETS, OPTIMIZERS, SCHEDULES]
 
@@ -121,6 +123,28 @@ def test_registry_errors_are_user_errors() -> None:
     assert issubclass(UnknownNameError, UserError) and issubclass(UnknownNameError, KeyError)
     assert issubclass(UnknownArgumentError, UserError)
     assert issubclass(UnknownArgumentError, TypeError)
+    assert issubclass(InvalidArgumentError, UserError)
+    assert issubclass(InvalidArgumentError, ValueError)
+
+
+TEXT = TextSpec(vocab_size=20, num_classes=2, max_length=8)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: build_model("textcnn", TEXT, pooling="avg"), "pooling 'avg' is unknown"),
+        (lambda: build_model("mlp", TEXT), "model 'mlp' takes image input but the data is text"),
+        (lambda: build_model("resnet18", InputSpec(3, 8, 8, 2), stem="big"), "stem must be"),
+        (lambda: make_optimizer(nn.Linear(2, 2), "muon"), "Linear has none"),
+        (lambda: make_optimizer(nn.Linear(2, 2), "sgd", {"wieght": 1}), "'wieght'"),
+    ],
+    ids=["model-argument", "model-kind", "resnet-stem", "muon-without-filters", "train-until"],
+)
+def test_a_bad_argument_value_is_a_user_error(build, message: str) -> None:
+    """Values a factory cannot use are InvalidArgumentErrors: one line at the command line."""
+    with pytest.raises(InvalidArgumentError, match=message):
+        build()
 
 
 def test_entries_list_arguments_with_defaults(shapes) -> None:

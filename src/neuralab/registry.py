@@ -43,6 +43,12 @@ class UnknownArgumentError(UserError, TypeError):
         self.kind, self.entry, self.argument = kind, entry, argument
 
 
+class InvalidArgumentError(UserError, ValueError):
+    """A registered factory's argument has a value it cannot use (an unknown `pooling`, a model
+    too large for the images, `train_until` naming no parameter); the message names the entry,
+    the argument, what was found and what would work."""
+
+
 class Required:
     """The default of an argument that has none (shown as the bare name in listings)."""
 

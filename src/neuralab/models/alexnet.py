@@ -8,6 +8,7 @@ from torch import nn
 from neuralab.models.lenet import FeaturesClassifier
 from neuralab.models.linear import flat_features
 from neuralab.models.registry import MODELS, InputSpec
+from neuralab.registry import InvalidArgumentError
 
 VARIANTS = ("imagenet", "small", "auto")
 # "auto" picks the ImageNet form from this side length up: the 11x11 stride-4 stem and three
@@ -77,7 +78,9 @@ def _classifier(features: int, fc_width: int, num_classes: int, dropout: float) 
 def resolve_variant(variant: str, spec: InputSpec) -> str:
     """The form to build, "imagenet" or "small"; "auto" picks the one that suits `spec`'s size."""
     if variant not in VARIANTS:
-        raise ValueError(f"alexnet variant must be one of {', '.join(VARIANTS)}; got {variant!r}")
+        raise InvalidArgumentError(
+            f"alexnet variant must be one of {', '.join(VARIANTS)}; got {variant!r}"
+        )
     if variant != "auto":
         return variant
     return "imagenet" if min(spec.height, spec.width) >= AUTO_IMAGENET_MIN_SIDE else "small"

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from neuralab.models.registry import MODELS, InputSpec
+from neuralab.registry import InvalidArgumentError
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid,
@@ -24,11 +25,11 @@ def make_activation(name: str) -> nn.Module:
     """A fresh activation module for `name` (one of `ACTIVATIONS`).
 
     Raises:
-        ValueError: `name` is not a known activation; the message lists the valid ones.
+        InvalidArgumentError: `name` is not a known activation; the message lists the valid ones.
     """
     if name not in ACTIVATIONS:
         valid = ", ".join(ACTIVATIONS)
-        raise ValueError(f"unknown activation {name!r}; expected one of: {valid}")
+        raise InvalidArgumentError(f"unknown activation {name!r}; expected one of: {valid}")
     return ACTIVATIONS[name]()
 
 
@@ -38,7 +39,7 @@ def flat_features(features: nn.Module, spec: InputSpec, model_name: str) -> int:
     Runs one zeros image through `features` (in eval mode, without gradients) at construction.
 
     Raises:
-        ValueError: the image is too small for the model (a kernel no longer fits).
+        InvalidArgumentError: the image is too small for the model (a kernel no longer fits).
     """
     image = torch.zeros(1, spec.channels, spec.height, spec.width)  # (1, C, H, W)
     was_training = features.training
@@ -47,7 +48,7 @@ def flat_features(features: nn.Module, spec: InputSpec, model_name: str) -> int:
         with torch.no_grad():
             output = features(image)
     except RuntimeError as error:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"model {model_name!r} cannot take {spec.channels}x{spec.height}x{spec.width} images "
             f"({error}); use larger images or a model for small inputs such as 'mlp'"
         ) from None
@@ -96,7 +97,7 @@ def mlp(
         407050
     """
     if depth < 0:
-        raise ValueError(f"mlp depth must be >= 0, got {depth}")
+        raise InvalidArgumentError(f"mlp depth must be >= 0, got {depth}")
     make_activation(activation)  # validate the name even when depth == 0
     layers: list[nn.Module] = [nn.Flatten()]  # (B, C, H, W) -> (B, C*H*W)
     features = spec.channels * spec.height * spec.width

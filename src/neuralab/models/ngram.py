@@ -10,6 +10,7 @@ from torch import nn
 
 from neuralab.models.registry import MODELS, TextSpec
 from neuralab.models.sequence import PAD_ID
+from neuralab.registry import InvalidArgumentError
 
 # fastText's n-gram hash multiplier (src/dictionary.cc): odd and not a multiple of 5, so it is
 # coprime with round bucket counts and spreads consecutive ids over the whole table. (A
@@ -178,9 +179,11 @@ def ngram(
     its steps scaled by `nb_scale`; features in fewer than `nb_min_count` texts get no weight.
     """
     if ngrams < 1 or buckets < 1:
-        raise ValueError(f"ngram: ngrams and buckets must be >= 1, got {ngrams}, {buckets}")
+        raise InvalidArgumentError(
+            f"ngram: ngrams and buckets must be >= 1, got {ngrams}, {buckets}"
+        )
     if embed_dim < 0 or (embed_dim == 0 and not nb):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"ngram: embed_dim must be >= 1 (or 0 together with nb=true, for NB-weighted "
             f"logistic regression alone), got {embed_dim}"
         )

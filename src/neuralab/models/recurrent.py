@@ -8,6 +8,7 @@ from torch import nn
 
 from neuralab.models.registry import MODELS, TextSpec
 from neuralab.models.sequence import PAD_ID, embedding, masked_max, masked_mean
+from neuralab.registry import InvalidArgumentError
 
 
 class RecurrentClassifier(nn.Module):
@@ -39,7 +40,7 @@ class RecurrentClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in ("last", "max", "mean"):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"model {cell!r}: pooling {pooling!r} is unknown; valid: last, max, mean"
             )
         self.embedding = embedding(spec, embed_dim)

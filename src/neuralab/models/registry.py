@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from torch import nn
 
-from neuralab.registry import Registry
+from neuralab.registry import InvalidArgumentError, Registry
 
 MODELS = Registry("model", supplied=("spec",))
 
@@ -59,11 +59,11 @@ def build_model(name: str, spec: InputSpec | TextSpec, **arguments) -> nn.Module
         UnknownNameError: no model is registered as `name`.
         UnknownArgumentError: an argument the model does not take (or a required one missing),
             named with close matches and the model's valid arguments.
-        ValueError: an image model asked for text (or the reverse); names suitable models.
+        InvalidArgumentError: an image model asked for text (or the reverse); names suitable models.
     """
     if model_input(name) != spec.kind:
         suitable = [n for n in MODELS.names() if model_input(n) == spec.kind]
-        raise ValueError(
+        raise InvalidArgumentError(
             f"model {name!r} takes {model_input(name)} input but the data is {spec.kind}; "
             f"use one of: {', '.join(suitable)}"
         )

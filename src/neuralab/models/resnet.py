@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from neuralab.models.registry import MODELS, InputSpec
+from neuralab.registry import InvalidArgumentError
 
 STEMS = ("imagenet", "cifar", "auto")
 # "auto" uses the ImageNet stem from this side length up; it divides the image by 4 before the
@@ -94,7 +95,7 @@ def _make_stem(kind: str, channels: int, width: int) -> nn.Sequential:
 def resolve_stem(stem: str, spec: InputSpec) -> str:
     """The stem to build, "imagenet" or "cifar"; "auto" picks the one that suits `spec`'s size."""
     if stem not in STEMS:
-        raise ValueError(f"resnet18 stem must be one of {', '.join(STEMS)}; got {stem!r}")
+        raise InvalidArgumentError(f"resnet18 stem must be one of {', '.join(STEMS)}; got {stem!r}")
     if stem != "auto":
         return stem
     return "imagenet" if min(spec.height, spec.width) >= AUTO_IMAGENET_MIN_SIDE else "cifar"

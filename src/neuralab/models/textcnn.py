@@ -9,6 +9,7 @@ from torch import nn
 
 from neuralab.models.registry import MODELS, TextSpec
 from neuralab.models.sequence import PAD_ID, embedding, lengths_of
+from neuralab.registry import InvalidArgumentError
 
 
 class TextCNN(nn.Module):
@@ -32,7 +33,9 @@ class TextCNN(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in ("max", "max+mean"):
-            raise ValueError(f"textcnn: pooling {pooling!r} is unknown; valid: max, max+mean")
+            raise InvalidArgumentError(
+                f"textcnn: pooling {pooling!r} is unknown; valid: max, max+mean"
+            )
         self.mean_pooling = pooling == "max+mean"
         self.embedding = embedding(spec, embed_dim)
         self.embed_dropout = nn.Dropout1d(embed_dropout)
@@ -69,7 +72,9 @@ def as_list(value: int | Sequence[int], count: int, name: str) -> list[int]:
     if isinstance(value, int):
         return [value] * count
     if len(value) != count:
-        raise ValueError(f"textcnn: {name} has {len(value)} entries but there are {count} widths")
+        raise InvalidArgumentError(
+            f"textcnn: {name} has {len(value)} entries but there are {count} widths"
+        )
     return list(value)
 
 

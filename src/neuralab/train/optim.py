@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from neuralab.config import OptimConfig, ScheduleConfig, explicit_fields
-from neuralab.registry import Registry
+from neuralab.registry import InvalidArgumentError, Registry
 from neuralab.train.muon import Muon
 
 OPTIMIZERS = Registry("optimizer", supplied=("model",))
@@ -127,7 +127,7 @@ def muon(
     trained = [p for p in model.parameters() if p.requires_grad]
     filters = [p for p in trained if p.ndim == 4]
     if not filters:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"optim.name=muon orthogonalises convolution filters, and {type(model).__name__} "
             "has none: use sgd or adamw for this model"
         )
@@ -183,7 +183,7 @@ def split_off_group(
     chosen = {id(p) for name, p in named.items() if name == prefix or name.startswith(prefix + ".")}
     if not chosen:
         close = ", ".join(list(named)[:8])
-        raise ValueError(
+        raise InvalidArgumentError(
             f"optim.train_until: no parameter of {type(model).__name__} is named {prefix!r} or "
             f"lies inside it (its parameters: {close}{', …' if len(named) > 8 else ''})"
         )
@@ -197,7 +197,7 @@ def split_off_group(
         if rest:
             kept.append({**group, "params": rest})
     if not moved:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"optim.train_until: {prefix!r} names parameters that {type(optimizer).__name__} "
             "does not train (frozen ones?)"
         )
