@@ -15,6 +15,9 @@ from neuralab.config import (
     recipe_names,
     resolve_config,
 )
+from neuralab.data import DATASETS
+from neuralab.data.dataset import parse_name
+from neuralab.models import MODELS
 
 
 @pytest.mark.parametrize("name", recipe_names())
@@ -22,6 +25,16 @@ def test_every_shipped_recipe_validates(name: str) -> None:
     config = resolve_config(name)
     assert isinstance(config, RunConfig)
     assert config.description, f"recipe {name} has no description for `neuralab recipes`"
+
+
+@pytest.mark.parametrize("name", recipe_names())
+def test_every_recipe_names_registered_factories_with_arguments_they_take(name: str) -> None:
+    """A recipe's model.args and data.options fit their factories' signatures (checked without
+    building anything; tests/test_optim.py builds each recipe's optimizer and schedule)."""
+    config = resolve_config(name)
+    assert MODELS.check(config.model.name, **config.model.args).name == config.model.name
+    kind, _ = parse_name(config.data.name)
+    assert DATASETS.check(kind, **config.data.options).name == kind
 
 
 def test_recipes_are_listed() -> None:
