@@ -253,3 +253,45 @@ def test_airbench_shift_scale_and_head_std_reparametrise_without_changing_output
     images = torch.randn(BATCH, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(muon_style(images), default(images))
+
+
+# initialize_from_data adds this to every eigenvalue before taking 1/sqrt (airbench94's 5e-4),
+# so a direction of variance λ comes out with variance λ / (λ + eps), not exactly 1.
+WHITENING_EPS = 5e-4
+
+
+def patch_covariance(values: torch.Tensor) -> torch.Tensor:
+    """Covariance (D, D) of the rows of `values` (N, D), in float64, normalised by N."""
+    centred = values.double() - values.double().mean(0)
+    return centred.T @ centred / len(centred)
+
+
+def test_airbench_whitening_gives_patches_identity_covariance() -> None:
+    """Reference: the 2×2 patches of the images, seen through the whitening filters fitted on
+    them, have covariance I up to the eps: diag(λ / (λ + eps)) with λ the eigenvalues of the
+    raw patch covariance (computed here with torch.linalg.eigvalsh), and no correlation."""
+    generator = torch.Generator().manual_seed(0)
+    # Smooth colour images (neighbouring pixels and channels correlate, as in photos) plus a
+    # little independent noise, normalised per channel: patch variances span 0.009 to 3.7.
+    smooth = F.interpolate(torch.randn(64, 3, 8, 8, generator=generator), size=32, mode="bilinear")
+    images = smooth + 0.1 * torch.randn(64, 1, 32, 32, generator=generator)
+    images = images + 0.05 * torch.randn(64, 3, 32, 32, generator=generator)
+    images = (images - images.mean((0, 2, 3), keepdim=True)) / images.std((0, 2, 3), keepdim=True)
+    model = build_model("airbench", RGB, widths=[8, 8, 8])
+    model.initialize_from_data(images)
+
+    patches = images.unfold(2, 2, 1).unfold(3, 2, 1)  # (N, C, 31, 31, 2, 2)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)  # (N·31·31, C·2·2)
+    variances = torch.linalg.eigvalsh(patch_covariance(patches))  # ascending
+    filters = model.whiten.weight.detach()  # (24, 3, 2, 2): 12 filters, then their negatives
+    torch.testing.assert_close(filters[12:], -filters[:12], rtol=0, atol=0)
+    with torch.no_grad():
+        whitened = F.conv2d(images, filters[:12])  # the bias only shifts the mean: left out
+    covariance = patch_covariance(whitened.permute(0, 2, 3, 1).reshape(-1, 12))
+
+    # Identity, within what the eps allows for the weakest direction (here 0.051) plus round-off.
+    allowed = WHITENING_EPS / (variances.min() + WHITENING_EPS) + 1e-4
+    assert (covariance - torch.eye(12, dtype=torch.float64)).abs().max() <= allowed
+    # And exactly the eps's shrinkage, direction by direction (fp32 convolution: measured ≤ 5e-5).
+    expected = torch.diag(variances / (variances + WHITENING_EPS))
+    torch.testing.assert_close(covariance, expected, rtol=0, atol=1e-4)
