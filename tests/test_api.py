@@ -121,7 +121,15 @@ def test_public_api_is_explicit() -> None:
     assert {"train", "evaluate", "load", "Predictor", "resolve_config"} <= set(neuralab.__all__)
 
 
-SEEDED = ["model.args.dropout=0.3", "augment.crop_padding=1", "train.threads=1"]
+# Everything the engine would otherwise time is pinned (threads, precision, layout): two runs
+# must not differ because the machine was busier during one engine choice than the other.
+SEEDED = [
+    "model.args.dropout=0.3",
+    "augment.crop_padding=1",
+    "train.threads=1",
+    "train.precision=fp32",
+    "train.channels_last=off",
+]
 
 
 def weights_and_history(run_dir: Path) -> tuple[dict, list]:

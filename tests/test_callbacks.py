@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,11 +14,24 @@ import neuralab
 from neuralab.train.callbacks import EarlyStopping, MetricWatch
 
 
-def fake_trainer() -> SimpleNamespace:
-    model = nn.Linear(2, 2)
-    return SimpleNamespace(
-        eval_model=model, should_stop=False, stop_reason="", epoch=0, restored_epoch=None
-    )
+class FakeTrainer:
+    """The part of the Trainer that EarlyStopping uses: its model, epoch, stop and restore."""
+
+    def __init__(self) -> None:
+        self.eval_model = nn.Linear(2, 2)
+        self.epoch, self.should_stop, self.stop_reason = 0, False, ""
+        self.restored_epoch: int | None = None
+
+    def stop(self, reason: str, failed: bool = False) -> None:
+        self.should_stop, self.stop_reason = True, reason
+
+    def restore(self, weights: dict, epoch: int) -> None:
+        self.eval_model.load_state_dict(weights)
+        self.restored_epoch = epoch
+
+
+def fake_trainer() -> FakeTrainer:
+    return FakeTrainer()
 
 
 def test_early_stopping_waits_patience_epochs_and_restores_the_best() -> None:

@@ -18,9 +18,9 @@ from neuralab.checkpoint.format import (
     load_checkpoint,
     load_training_state,
     save_checkpoint,
+    unwrap,
 )
 from neuralab.inference.predict import Predictor
-from neuralab.train.distributed import unwrap
 
 META = {"model": {"name": "mlp", "args": {"width": 4}}, "classes": ["a", "b"], "epoch": 2}
 

@@ -6,6 +6,7 @@ with the same global batch, evaluation counts every test example once, batches s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from neuralab.config import dump_config
 from neuralab.data.augment import Augment
 from neuralab.data.dataset import Split
 from neuralab.data.loader import BatchLoader
+from neuralab.tasks.classification import Classification
 from neuralab.train import distributed
 from neuralab.train.distributed import check_sync_bn, split_batch
 from neuralab.train.trainer import Trainer
@@ -136,7 +138,9 @@ def train_tiny(grad_accumulation: int) -> nn.Module:
     model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     loss = nn.CrossEntropyLoss(label_smoothing=0.1)
-    Trainer(model, optimizer, loss, grad_accumulation=grad_accumulation).fit(loader, 3)
+    Trainer(model, optimizer, Classification(loss), grad_accumulation=grad_accumulation).fit(
+        loader, 3
+    )
     return model
 
 
@@ -165,7 +169,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     """The same config trained by 1 process and by 2 gloo processes (`neuralab train --nproc
     2`, which runs torchrun); the 2-process run also accumulates 2 micro-batches, so DDP's
     no_sync path runs too. Its output is kept in `two/stdout.txt`."""
-    pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
+    pytest.importorskip("sklearn", reason="digits needs scikit-learn: pip install -e '.[test]'")
     folder = tmp_path_factory.mktemp("ddp")
     assert cli.main(["train", *DIGITS_MLP, "--out", str(folder / "one")]) == 0
     two = ["train", *DIGITS_MLP, "--set", "train.grad_accumulation=2", "--nproc", "2"]
@@ -199,13 +203,86 @@ def test_two_processes_evaluate_every_test_example_once(runs: dict[str, Path]) -
     assert metrics["one"]["count"] == metrics["two"]["count"] == 359
     assert metrics["two"]["processes"] == 2
     assert abs(metrics["one"]["accuracy"] - metrics["two"]["accuracy"]) <= 1 / 359
-    assert metrics["two"]["accuracy"] > 0.8  # it learned
+    # It learned (chance: 0.1). One epoch of this MLP measured 0.86-0.90 over seeds 0-4, so
+    # ~0.95 is out of reach here; the exact check is the agreement with one process above.
+    assert metrics["two"]["accuracy"] > 0.8
     histories = {k: json.loads((v / "history.json").read_text()) for k, v in runs.items()}
     assert histories["two"][0]["train_loss"] == pytest.approx(histories["one"][0]["train_loss"])
     # The 2-process checkpoint evaluates in this single process to the same metrics.
     single = neuralab.evaluate(runs["two"])
     assert single["count"] == 359
     assert single["accuracy"] == pytest.approx(metrics["two"]["accuracy"])
+
+
+GOOD, BAD = ["wonderful", "superb", "lovely"], ["awful", "dull", "terrible"]
+FILLER = ["the", "film", "plot", "was", "and", "a", "it", "of"]
+
+
+def toy_reviews(path: Path, count: int) -> Path:
+    """`count` CSV reviews: filler words plus one word that gives the label away."""
+    lines = ["text,label"]
+    for index in range(count):
+        label, words = ("pos", GOOD) if index % 2 == 0 else ("neg", BAD)
+        filler = [FILLER[(index * 3 + k) % len(FILLER)] for k in range(3 + index % 6)]
+        filler.insert(index % len(filler), words[index % 3])
+        lines.append(f"{' '.join(filler)},{label}")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_text_under_two_processes_pads_training_and_evaluates_each_example_once(
+    tmp_path: Path,
+) -> None:
+    """A text run under 2 gloo processes: the odd training split is padded so both ranks take
+    the same steps (else DDP would hang or fail), and the odd test split, split unpadded over
+    the ranks, is counted once: evaluating the checkpoint in this one process agrees."""
+    # 157 training texts: unpadded, 79 and 78 per rank, 40 and 39 batches of 2 (a global
+    # batch of 4); 39 test texts, 20 and 19 per rank.
+    reviews = toy_reviews(tmp_path / "reviews.csv", 196)
+    data = neuralab.load_dataset(f"csv:{reviews}")
+    assert (len(data.train), len(data.test)) == (157, 39)
+    launched = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neuralab",
+            "train",
+            "--data",
+            f"csv:{reviews}",
+            "--model",
+            "ngram",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--nproc",
+            "2",
+            "--set",
+            "optim.name=adam",
+            "--set",
+            "optim.lr=0.05",
+            "--set",
+            "model.args.embed_dim=8",
+            "--set",
+            "model.args.buckets=512",
+            "--set",
+            "train.precision=fp32",
+            "--set",
+            "train.threads=1",
+            "--out",
+            str(tmp_path / "run"),
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,  # seconds: a hung process group fails the test instead of the suite
+    )
+    assert launched.returncode == 0, launched.stdout + launched.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["count"] == len(data.test)
+    single = neuralab.evaluate(tmp_path / "run")
+    assert single["count"] == len(data.test)
+    assert single["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert metrics["accuracy"] >= 0.95  # one word gives each label away (measured: 1.0)
 
 
 INTERRUPTED_UNDER_TORCHRUN = """
@@ -232,7 +309,7 @@ def test_resume_under_two_processes_matches_an_uninterrupted_run(tmp_path: Path)
     """2 processes interrupted after epoch 1 of 2, resumed by `neuralab train --resume RUN
     --nproc 2` (the same world size), end where an uninterrupted single-process run ends (up
     to the summation order of two shards)."""
-    pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
+    pytest.importorskip("sklearn", reason="digits needs scikit-learn: pip install -e '.[test]'")
     two_epochs = [*DIGITS_MLP, "--epochs", "2"]
     assert cli.main(["train", *two_epochs, "--out", str(tmp_path / "whole")]) == 0
     args = cli.build_parser().parse_args(["train", *two_epochs, "--out", str(tmp_path / "cut")])
@@ -272,71 +349,94 @@ def test_resume_under_two_processes_matches_an_uninterrupted_run(tmp_path: Path)
     assert [row["epoch"] for row in history] == [1, 2]
 
 
-LEAVING_UNDER_TORCHRUN = """
-import sys, time
+# Two torchrun processes join the group; rank 1 is done at once, rank 0 "works" until rank 1
+# starts to leave. Ordering, not time: rank 0 waits on a named pipe that rank 1 writes when it
+# first calls a barrier or destroys the group; rank 0 then marks itself done. Rank 1 records,
+# when it destroys its group, whether rank 0 was done by then, and how its barriers ended.
+LEAVING_IN_ORDER = """
+import json, os, sys
 from pathlib import Path
 import torch
+import torch.distributed as dist
 from neuralab.train import distributed
 
-with distributed.process_group(torch.device("cpu")):
-    if distributed.rank() == 0:
-        time.sleep(1.0)  # rank 0 still writing and plotting after the last collective
-    done = time.time()
-left = time.time()
-Path(sys.argv[1], f"rank{distributed.rank()}").write_text(f"{done} {left}")
+folder, interrupt = Path(sys.argv[1]), sys.argv[2] == "interrupt"
+pipe, rank0_done = folder / "rank1-leaving", folder / "rank0-done"
+rank = int(os.environ["RANK"])
+events, signalled = [], []  # rank 1's leaving, in order; whether rank 0 was told
+
+
+def signal_leaving():  # tell rank 0, once, that rank 1 has started to leave
+    if not signalled:
+        signalled.append(True)
+        pipe.write_text("leaving")  # blocks until rank 0 opens the pipe
+
+
+def watched(name):
+    original = getattr(dist, name)
+
+    def call(*args, **kwargs):
+        if name == "destroy_process_group":
+            events.append(["destroy", "rank 0 done" if rank0_done.exists() else "rank 0 busy"])
+            signal_leaving()
+            return original(*args, **kwargs)
+        signal_leaving()
+        try:
+            result = original(*args, **kwargs)
+        except Exception as error:
+            events.append([name, type(error).__name__])
+            raise
+        events.append([name, "returned"])
+        return result
+
+    setattr(dist, name, call)
+
+
+if rank == 1:
+    for name in ("barrier", "monitored_barrier", "destroy_process_group"):
+        watched(name)
+try:
+    with distributed.process_group(torch.device("cpu")):
+        if rank == 0:
+            pipe.read_text()  # rank 0 is busy until rank 1 starts to leave
+            rank0_done.write_text("")
+        if interrupt:
+            raise KeyboardInterrupt  # every process, as Ctrl-C does
+except KeyboardInterrupt:
+    pass
+if rank == 1:
+    (folder / "rank1.json").write_text(json.dumps(events))
 """
 
 
-def done_and_left(script_text: str, folder: Path) -> dict[int, tuple[float, float]]:
-    """Run a script under two torchrun processes; each rank's (done, left) times, read from
-    the file it wrote into `folder`."""
+def rank1_leaving(folder: Path, interrupt: bool) -> list[list[str]]:
+    """Run LEAVING_IN_ORDER under two torchrun processes; rank 1's leaving events."""
+    os.mkfifo(folder / "rank1-leaving")
     script = folder / "script.py"
-    script.write_text(script_text)
+    script.write_text(LEAVING_IN_ORDER)
     launched = subprocess.run(
-        [*TWO_PROCESSES, str(script), str(folder)],
+        [*TWO_PROCESSES, str(script), str(folder), "interrupt" if interrupt else "finish"],
         capture_output=True,
         text=True,
         timeout=120,  # seconds: a hung process group fails the test instead of the suite
     )
     assert launched.returncode == 0, launched.stdout + launched.stderr
-    times = {
-        int(path.name.removeprefix("rank")): tuple(map(float, path.read_text().split()))
-        for path in folder.glob("rank*")
-    }
-    assert sorted(times) == [0, 1]
-    return times
+    return json.loads((folder / "rank1.json").read_text())
 
 
 def test_processes_leave_the_group_together_after_a_good_run(tmp_path: Path) -> None:
-    """No process tears down its connections while another is still inside the run: rank 1
-    finishes its work at once, but leaves the group only after rank 0 has finished its own."""
-    times = done_and_left(LEAVING_UNDER_TORCHRUN, tmp_path)
-    assert times[1][0] < times[0][0] - 0.5  # rank 1 really was done first
-    assert times[1][1] >= times[0][0]  # and yet left only once rank 0 was done
-
-
-FAILING_UNDER_TORCHRUN = """
-import sys, time
-from pathlib import Path
-import torch
-from neuralab.train import distributed
-
-try:
-    with distributed.process_group(torch.device("cpu")):
-        if distributed.rank() == 0:
-            time.sleep(1.0)  # rank 0 still writing its checkpoint when the interrupt comes
-        done = time.time()
-        raise KeyboardInterrupt  # every process, as Ctrl-C does
-except KeyboardInterrupt:
-    left = time.time()
-Path(sys.argv[1], f"rank{distributed.rank()}").write_text(f"{done} {left}")
-"""
+    """No process tears down its connections while another is still inside the run: rank 1,
+    done first, waits in a barrier and destroys its group only once rank 0 is done too."""
+    assert rank1_leaving(tmp_path, interrupt=False) == [
+        ["barrier", "returned"],
+        ["destroy", "rank 0 done"],
+    ]
 
 
 def test_processes_that_all_fail_leave_the_group_together(tmp_path: Path) -> None:
-    """Interrupted everywhere, rank 1 (interrupted at once) still leaves the group only after
-    rank 0's interrupt: no process tears down its connections while another uses them."""
-    times = done_and_left(FAILING_UNDER_TORCHRUN, tmp_path)
-    assert times[1][0] < times[0][0] - 0.5  # rank 1 really was interrupted first
-    assert times[1][1] >= times[0][0]  # and yet left only once rank 0 was interrupted too
-    assert times[1][1] < times[0][0] + distributed.FAILURE_WAIT_S / 2  # not by timing out
+    """Interrupted everywhere, rank 1 (interrupted first) still leaves only after rank 0's
+    interrupt: its monitored barrier returns (it did not time out) once rank 0 arrives."""
+    assert rank1_leaving(tmp_path, interrupt=True) == [
+        ["monitored_barrier", "returned"],
+        ["destroy", "rank 0 done"],
+    ]

@@ -134,7 +134,7 @@ def test_export_round_trip_matches_pytorch_on_other_shapes(
     assert sidecar["model"]["name"] == name and sidecar["parity"]["examples"] == 40
     predictor = neuralab.load(run_dir)
     run = loader(format)(result.path)
-    if predictor.tokenizer is not None:
+    if predictor.modality.kind == "text":
         assert (result.path.parent / sidecar["input"]["tokenizer_file"]).is_file()
         vocab = tokenizer.vocab_size
         # Lengths the export never saw: one token, a 24-token row, padding past max_length.

@@ -216,8 +216,8 @@ def break_child(kind: str, count: int) -> list[Callback]:
     """Install the kill point in this (child) process; returns callbacks to train with."""
     if kind == "step":
         return [KillAtStep(count)]
-    if kind == "validation":  # val batches are 1000 examples: one call per epoch's validation
-        trainer_module.predict_logits = kill_on_call(trainer_module.predict_logits, count)
+    if kind == "validation":  # one score_loader call per epoch's validation
+        trainer_module.score_loader = kill_on_call(trainer_module.score_loader, count)
     elif kind in ("checkpoint weights", "training state", "best weights"):
         folder = "best" if kind == "best weights" else "checkpoint"
         file = "training.safetensors" if kind == "training state" else "model.safetensors"

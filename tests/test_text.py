@@ -79,7 +79,8 @@ def train(data: str, out: Path, *overrides: str, epochs: float = 3) -> neuralab.
 def csv_run(tmp_path_factory) -> neuralab.Run:
     folder = tmp_path_factory.mktemp("csv")
     path = write_csv(folder / "reviews.csv", make_rows(200))
-    return train(f"csv:{path}", folder / "run", "data.options.text_field=review")
+    # 8 epochs: 3 reached 0.900 test accuracy, 5 reached 0.925, 8 reach 0.975 (39 of 40).
+    return train(f"csv:{path}", folder / "run", "data.options.text_field=review", epochs=8)
 
 
 # ------------------------------------------------------------------------- end to end
@@ -87,7 +88,7 @@ def csv_run(tmp_path_factory) -> neuralab.Run:
 
 def test_csv_run_learns_and_saves_its_tokenizer(csv_run: neuralab.Run) -> None:
     assert csv_run.metrics["count"] == 40  # the default seeded 20% test split
-    assert csv_run.metrics["accuracy"] >= 0.9
+    assert csv_run.metrics["accuracy"] >= 0.95  # measured 0.975: at most 2 of 40 wrong
     folder = csv_run.run_dir / "checkpoint"
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     assert meta["kind"] == "text" and meta["classes"] == ["neg", "pos"]
@@ -98,7 +99,7 @@ def test_csv_run_learns_and_saves_its_tokenizer(csv_run: neuralab.Run) -> None:
 
 
 def test_predict_on_strings_agrees_with_evaluate(csv_run: neuralab.Run) -> None:
-    config = neuralab.RunConfig.model_validate(csv_run.load().meta["config"])
+    config = neuralab.RunConfig.model_validate(csv_run.load().meta.config)
     dataset = load_dataset(config.data.name, **config.data.options)
     predictions = csv_run.load().predict(dataset.test.texts, top_k=1)
     predicted = torch.tensor([dataset.classes.index(top[0][0]) for top in predictions])
@@ -160,12 +161,16 @@ def test_other_formats_train_end_to_end(form: str, tmp_path: Path) -> None:
     run = train(data, tmp_path / "run", *extra)
     expected = {"jsonl": 30, "tsv": 24, "textfolder": 30}[form]
     assert run.metrics["count"] == expected
+    # Measured: jsonl 1.0, textfolder 0.967, tsv 0.875 (21 of 24; still 0.875 after 15 or 30
+    # epochs: long reviews whose two telling words are diluted or cut at 24 tokens).
     assert run.metrics["accuracy"] >= 0.8
 
 
 @pytest.mark.parametrize("model", ["textcnn", "gru", "transformer", "ngram"])
 def test_sequence_models_train_on_text(model: str, tmp_path: Path) -> None:
-    """(ngram with sparse gradients and naive-Bayes features, as imdb-best trains it.)"""
+    """Each text family runs the whole text path (tokenizer, bucketing loader, train, evaluate);
+    ngram with sparse gradients and naive-Bayes features, as imdb-best trains it. That they
+    learn is shown in tests/test_learning.py: one epoch of 51 texts proves nothing either way."""
     path = write_jsonl(tmp_path / "train.jsonl", make_rows(64))
     args = {
         "textcnn": "filters=4",
@@ -183,7 +188,7 @@ def test_sequence_models_train_on_text(model: str, tmp_path: Path) -> None:
         verbose=False,
         overrides=[*FAST[:5], "model.args.embed_dim=8", args, *sparse],
     )
-    assert run.metrics["count"] == 13 and 0.0 <= run.metrics["accuracy"] <= 1.0
+    assert run.metrics["count"] == 13
     assert neuralab.evaluate(run.run_dir)["accuracy"] == run.metrics["accuracy"]
 
 

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from neuralab.checkpoint.format import load_checkpoint, load_training_state
+from neuralab.checkpoint.meta import DataRef, ModelRef, RunMeta, TaskRef
 from neuralab.run.tracking import HISTORY_FIELDS, RunWriter, history_csv, write_text_atomic
+from neuralab.tasks.classification import Classification
 from neuralab.train.trainer import Trainer
 
 ROWS = [
@@ -52,8 +54,13 @@ def test_run_writer_saves_history_and_a_resumable_checkpoint(tmp_path: Path) -> 
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    writer = RunWriter(tmp_path, {"model": {"name": "perceptron", "args": {}}})
-    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), callbacks=[writer])
+    meta = RunMeta(
+        kind="image", model=ModelRef("perceptron"), spec={}, classes=["a", "b"],
+        dataset="tiny", task=TaskRef(), data=DataRef("tiny"), inputs={"preprocessing": {}},
+        config={},
+    )  # fmt: skip
+    writer = RunWriter(tmp_path, meta)
+    trainer = Trainer(model, optimizer, Classification(), callbacks=[writer])
     trainer.fit(TwoBatches(), epochs=2)
     history = json.loads((tmp_path / "history.json").read_text(encoding="utf-8"))
     assert [row["epoch"] for row in history] == [1, 2]

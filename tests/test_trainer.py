@@ -11,9 +11,11 @@ from torch import nn
 
 from neuralab.data.dataset import Split, channel_stats
 from neuralab.data.loader import BatchLoader
-from neuralab.train.callbacks import Callback, PlainProgress, StopOnNonFinite
+from neuralab.inference.predict import predict_logits
+from neuralab.tasks.classification import Classification, make_loss
+from neuralab.train.callbacks import Callback, PlainProgress
 from neuralab.train.lookahead import Lookahead
-from neuralab.train.trainer import Trainer, evaluate, make_loss, planned_steps, predict_logits
+from neuralab.train.trainer import Trainer, planned_steps, score_loader
 
 CLASSES = 4  # class k lights up quadrant k of a 4x4 image
 
@@ -48,15 +50,15 @@ def make_trainer(model: nn.Module | None = None, lr: float = 0.1, **kwargs) -> T
     model = model or linear_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss = kwargs.pop("loss_fn", nn.CrossEntropyLoss())
-    return Trainer(model, optimizer, loss, **kwargs)
+    return Trainer(model, optimizer, Classification(loss), **kwargs)
 
 
 def test_learns_separable_data() -> None:
     trainer = make_trainer()
     train, test = loaders()
-    before = trainer.evaluate(test)["accuracy"]
+    before = trainer.score(test)["accuracy"]
     history = trainer.fit(train, epochs=3, val_loader=test)
-    after = trainer.evaluate(test)["accuracy"]
+    after = trainer.score(test)["accuracy"]
     assert before < 0.5 < 0.9 <= after  # chance is 0.25
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -71,7 +73,7 @@ def test_mse_loss_matches_manual_and_learns() -> None:
     trainer = make_trainer(loss_fn=make_loss("mse"))
     train, test = loaders()
     trainer.fit(train, epochs=3)
-    assert trainer.evaluate(test)["accuracy"] >= 0.9
+    assert trainer.score(test)["accuracy"] >= 0.9
 
 
 def test_cross_entropy_with_label_smoothing_is_torchs() -> None:
@@ -102,7 +104,7 @@ def test_fractional_epochs_stop_mid_epoch() -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     trainer = Trainer(
-        model, optimizer, nn.CrossEntropyLoss(), scheduler=scheduler, callbacks=[recorder]
+        model, optimizer, Classification(), scheduler=scheduler, callbacks=[recorder]
     )
     train, _ = loaders()
     history = trainer.fit(train, epochs=1.5)  # 8 steps per epoch -> 12 steps
@@ -120,7 +122,7 @@ def test_planned_steps_rounds_but_always_trains() -> None:
 def test_evaluate_counts_each_example_once() -> None:
     model = linear_model()
     _, test = loaders()
-    metrics = evaluate(model, test, nn.CrossEntropyLoss())
+    metrics = score_loader(model, test, Classification())
     assert metrics["count"] == len(TEST) == 60
     images = next(iter(BatchLoader(TEST, 1000, MEAN, STD)))[0]
     with torch.no_grad():
@@ -136,7 +138,7 @@ def test_tta_averages_the_mirror_image() -> None:
     images = torch.randn(3, 1, 4, 4)
     with torch.no_grad():
         expected = 0.5 * (model(images) + model(images.flip(-1)))
-    torch.testing.assert_close(predict_logits(model, images, tta=True), expected)
+    torch.testing.assert_close(predict_logits(model, images, Classification(tta=True)), expected)
 
 
 def test_flip_shift_tta_weights_the_plain_and_the_shifted_views() -> None:
@@ -150,10 +152,11 @@ def test_flip_shift_tta_weights_the_plain_and_the_shifted_views() -> None:
     up_left, down_right = padded[..., 0:4, 0:4], padded[..., 2:6, 2:6]
     with torch.no_grad():
         expected = 0.5 * mirrored(images) + 0.25 * (mirrored(up_left) + mirrored(down_right))
-    torch.testing.assert_close(predict_logits(model, images, tta="flip+shift"), expected)
-    torch.testing.assert_close(predict_logits(model, images, tta="off"), model(images))
+    flip_shift, off = Classification(tta="flip+shift"), Classification(tta="off")
+    torch.testing.assert_close(predict_logits(model, images, flip_shift), expected)
+    torch.testing.assert_close(predict_logits(model, images, off), model(images))
     with pytest.raises(ValueError, match="flip\\+shift"):
-        predict_logits(model, images, tta="rotate")
+        Classification(tta="rotate")
 
 
 def gradient_norm(model: nn.Module) -> float:
@@ -199,7 +202,7 @@ def test_ema_weights_are_the_average_of_the_raw_weights() -> None:
         torch.testing.assert_close(ema, expected)
         assert not torch.allclose(ema, raw)
     assert trainer.state_dict()["ema"] is not None
-    assert trainer.evaluate(test)["count"] == 60  # evaluation runs on the average
+    assert trainer.score(test)["count"] == 60  # evaluation runs on the average
 
 
 class NaNLoader:
@@ -289,13 +292,14 @@ class StopAfter(Callback):
         self.epochs = epochs
 
     def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
-        trainer.should_stop = trainer.epoch >= self.epochs
+        if trainer.epoch >= self.epochs:
+            trainer.stop(f"stopped after {self.epochs} epochs")
 
 
 def test_non_finite_loss_stops_at_that_step_before_the_update() -> None:
     """Epoch 2, batch 3 is NaN: the run stops there, names epoch/step/batch, logs only the
     complete epoch, and the weights are those after the last good step (step 6)."""
-    trainer = make_trainer(callbacks=[StopOnNonFinite()])
+    trainer = make_trainer()
     good = make_trainer()
     good.fit(NaNLoader(bad_epoch=9), epochs=1.5)  # the same 6 good steps, nothing else
     history = trainer.fit(NaNLoader(bad_epoch=2, bad_batch=3), epochs=3)
@@ -338,7 +342,7 @@ def test_sparse_gradients_are_checked_and_a_poisoned_one_is_named() -> None:
     torch.manual_seed(0)
     model = BagOfIds()
     optimizer = torch.optim.SparseAdam(model.parameters(), lr=0.05)
-    trainer = Trainer(model, optimizer, nn.CrossEntropyLoss())
+    trainer = Trainer(model, optimizer, Classification())
     trainer.fit(loaders()[0], epochs=1)
     assert not trainer.failed and trainer.step == 8
     model.bag.weight.register_hook(lambda grad: grad * float("nan"))
@@ -347,8 +351,8 @@ def test_sparse_gradients_are_checked_and_a_poisoned_one_is_named() -> None:
 
 
 def test_epoch_check_stops_after_the_epoch_when_steps_are_not_checked() -> None:
-    """check_finite=False (a GPU's default): StopOnNonFinite catches it at the epoch's end."""
-    trainer = make_trainer(callbacks=[StopOnNonFinite()], check_finite=False)
+    """finite_check="epoch" (a GPU's default): the trainer catches it at the epoch's end."""
+    trainer = make_trainer(finite_check="epoch")
     history = trainer.fit(NaNLoader(), epochs=3)
     assert trainer.should_stop and trainer.failed and len(history) == 1
     assert "epoch 1 (step 4)" in trainer.stop_reason
@@ -358,7 +362,7 @@ def test_epoch_check_stops_after_the_epoch_when_steps_are_not_checked() -> None:
 def test_huge_learning_rate_is_stopped() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, CLASSES))
-    trainer = make_trainer(model, lr=1e10, callbacks=[StopOnNonFinite()])
+    trainer = make_trainer(model, lr=1e10)
     train, _ = loaders()
     history = trainer.fit(train, epochs=3)
     assert trainer.failed and len(history) < 3
@@ -376,11 +380,11 @@ def test_plain_progress_writes_one_line_per_epoch() -> None:
 
 
 def test_state_dict_holds_what_resuming_needs() -> None:
-    trainer = make_trainer(callbacks=[StopOnNonFinite()])
+    trainer = make_trainer(callbacks=[PlainProgress(io.StringIO())])
     train, _ = loaders()
     trainer.fit(train, epochs=1)
     state = trainer.state_dict()
     assert (state["epoch"], state["step"], len(state["history"])) == (1, 8, 1)
     assert state["optimizer"]["state"]  # momentum buffers
-    assert state["callbacks"] == {"StopOnNonFinite": {}}
+    assert state["callbacks"] == {"PlainProgress": {}}
     assert state["rng"].dtype == torch.uint8

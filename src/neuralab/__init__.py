@@ -6,7 +6,7 @@ Example:
     >>> neuralab.load(run.run_dir).predict(["digit.png"], top_k=3)
 """
 
-from neuralab.api import Run, load, train
+from neuralab.api import Run, load, resume, train
 from neuralab.config import RunConfig, resolve_config
 from neuralab.data import DATASETS, load_dataset
 from neuralab.inference.evaluation import evaluate
@@ -14,7 +14,6 @@ from neuralab.inference.export import ExportResult, export
 from neuralab.inference.predict import Predictor
 from neuralab.models import MODELS, InputSpec, build_model
 from neuralab.run.lrfind import lr_find
-from neuralab.run.resume import resume
 
 __all__ = [
     "DATASETS",

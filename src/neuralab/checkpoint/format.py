@@ -31,9 +31,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from neuralab.errors import UserError
-from neuralab.train.distributed import unwrap
 
 FORMAT_VERSION = 2  # 2: manifest.json with SHA-256 digests
 MANIFEST = "manifest.json"
@@ -57,6 +57,18 @@ PICKLE_SIGNATURES = {
     **{b"\x80" + bytes([protocol]): "a Python pickle" for protocol in range(2, 6)},
     b"PK\x03\x04": "a zip archive (torch.save)",
 }
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Strip DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers, so
+    that saved weights never carry `module.` / `_orig_mod.` prefixes."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, DistributedDataParallel):
+            model = model.module
+        else:
+            return model
 
 
 class CheckpointError(UserError, ValueError):
@@ -206,6 +218,17 @@ def fsync_folder(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def write_json(path: Path, data: Any) -> None:

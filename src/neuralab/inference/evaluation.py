@@ -11,29 +11,13 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from neuralab.config import RunConfig
-from neuralab.data import ImageDataset, TextDataset, load_dataset
-from neuralab.data.loader import BatchLoader
-from neuralab.inference.predict import Predictor
-from neuralab.modalities.text import split_loader
-from neuralab.run.tracking import write_text_atomic
+from neuralab.checkpoint.format import write_text_atomic
+from neuralab.data import ImageDataset, TextDataset
+from neuralab.inference.predict import Predictor, predict_logits
 from neuralab.tasks.metrics import ClassificationCounts, classification_report
-from neuralab.train.trainer import make_loss, predict_logits
 
 TOP_K = (1, 5)
 WORST_KEPT = 16  # worst-predicted test examples listed in the report (a 4×4 grid of images)
-
-
-def load_data(config: RunConfig) -> ImageDataset | TextDataset:
-    """The dataset a config names, with its options."""
-    return load_dataset(
-        config.data.name,
-        config.data.data_dir,
-        config.data.download,
-        config.data.val_split,
-        config.train.seed,
-        **config.data.options,
-    )
 
 
 def evaluate(
@@ -50,7 +34,7 @@ def evaluate(
     Example:
         >>> neuralab.evaluate("runs/mnist-lenet-…")["per_class"]["7"]["recall"]  # doctest: +SKIP
     """
-    report, _ = evaluate_with_data(run_dir, data, data_dir)
+    report, _, _ = evaluate_with_data(run_dir, data, data_dir)
     if save:
         write_text_atomic(report_path(run_dir, data), json.dumps(report, indent=2))
     return report
@@ -58,33 +42,24 @@ def evaluate(
 
 def evaluate_with_data(
     run_dir: str | Path, data: str | None = None, data_dir: str | None = None
-) -> tuple[dict, ImageDataset | TextDataset]:
-    """`evaluate`'s report (unsaved) and the dataset it was computed on."""
+) -> tuple[dict, ImageDataset | TextDataset, Predictor]:
+    """`evaluate`'s report (unsaved), the dataset it was computed on and the loaded run."""
     predictor = Predictor.load(run_dir)
-    config = RunConfig.model_validate(predictor.meta["config"])
-    if data:
-        config.data.name = data
-    if data_dir:
-        config.data.data_dir = data_dir
-    dataset = load_data(config)
+    dataset = predictor.meta.data.load(data, data_dir)
     predictor.check_classes(dataset.classes, dataset.name)
-    size = config.train.eval_batch_size
-    if predictor.tokenizer is not None:
-        loader = split_loader(dataset.test, predictor.tokenizer, size, predictor.device)
-    else:
-        prep = predictor.meta["preprocessing"]
-        mean, std = tuple(prep["mean"]), tuple(prep["std"])
-        loader = BatchLoader(dataset.test, size, mean, std, device=predictor.device)
+    loader = predictor.modality.eval_loader(
+        dataset.test, predictor.meta.task.eval_batch_size, predictor.device
+    )
     counts = ClassificationCounts(len(dataset.classes), TOP_K)
     worst = WorstExamples(WORST_KEPT)
-    loss_fn, tta = make_loss(config.train.loss), predictor.meta.get("tta", False)
+    loss_fn = predictor.task.eval_loss_fn
     for index, inputs, labels in loader.indexed():
-        logits = predict_logits(predictor.model, inputs, tta=tta)
+        logits = predict_logits(predictor.model, inputs, predictor.task)
         counts.update(logits, labels, float(loss_fn(logits, labels)) * len(labels))
         worst.update(index, logits, labels)
     report = {**classification_report(counts, list(dataset.classes)), "dataset": dataset.name}
     report["worst"] = worst.describe(list(dataset.classes))
-    return report, dataset
+    return report, dataset, predictor
 
 
 def write_report(run_dir: str | Path, data_dir: str | None = None) -> Path:
@@ -97,19 +72,15 @@ def write_report(run_dir: str | Path, data_dir: str | None = None) -> Path:
     folder = Path(run_dir)
     if folder.name == "checkpoint":
         folder = folder.parent
-    report, dataset = evaluate_with_data(folder, data_dir=data_dir)
+    report, dataset, predictor = evaluate_with_data(folder, data_dir=data_dir)
     write_text_atomic(folder / "evaluation.json", json.dumps(report, indent=2))
     figures = []
     if (folder / "history.json").exists():
         history = json.loads((folder / "history.json").read_text(encoding="utf-8"))
         figures.append(plots.history_figure(history, folder / "curves.png"))
     figures.append(plots.confusion_figure(report, folder / "confusion.png"))
-    texts = []
-    if dataset.kind == "text":
-        texts = [dataset.test.texts[w["index"]] for w in report["worst"]]
-    else:
-        figures.append(plots.worst_images_figure(dataset.test.images, report["worst"],
-                                                 folder / "worst.png"))  # fmt: skip
+    shown, texts = predictor.modality.worst_examples(dataset.test, report["worst"], folder, plots)
+    figures += shown
     page = plots.report_page(folder, report, figures, texts)
     write_text_atomic(folder / "report.html", page)
     return folder / "report.html"

@@ -22,7 +22,6 @@ Input contract (also in the sidecar `<out>.json`, and inside the ONNX / TorchScr
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -35,10 +34,8 @@ from pathlib import Path
 
 import torch
 
-from neuralab.config import RunConfig
-from neuralab.data.augment import to_float
+from neuralab.config import ConfigError
 from neuralab.data.dataset import DataError
-from neuralab.data.textloader import pad_batch
 from neuralab.inference.exporters import (
     FORMATS,
     SUFFIXES,
@@ -49,8 +46,7 @@ from neuralab.inference.exporters import (
     graph_module,
     require_onnx,
 )
-from neuralab.inference.predict import Predictor, checkpoint_folder
-from neuralab.train.trainer import predict_logits
+from neuralab.inference.predict import Predictor, checkpoint_folder, predict_logits
 
 CHECK_DATA = ("test", "random")
 RELATIVE_TOLERANCE = 1e-4  # float32 exports differ by ~1e-6 relative: this leaves 100x headroom
@@ -104,9 +100,9 @@ def export(
     """
     start = time.perf_counter()
     if format not in SUFFIXES:
-        raise ValueError(f"export format {format!r} is unknown; valid: {', '.join(SUFFIXES)}")
+        raise ConfigError(f"export format {format!r} is unknown; valid: {', '.join(SUFFIXES)}")
     if check_data not in CHECK_DATA or check_examples < 1:
-        raise ValueError(
+        raise ConfigError(
             f"check_data must be one of {', '.join(CHECK_DATA)} and check_examples >= 1; "
             f"got {check_data!r}, {check_examples}"
         )
@@ -134,7 +130,7 @@ def export(
 
 def refuse_non_finite(predictor: Predictor) -> None:
     """NaN or Inf in any parameter or buffer: an ExportError naming the tensor."""
-    name = predictor.meta["model"]["name"]
+    name = predictor.meta.model.name
     for key, tensor in predictor.model.state_dict().items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             bad = int((~torch.isfinite(tensor)).sum())
@@ -149,7 +145,7 @@ def default_destination(run_dir: str | Path, predictor: Predictor, format: str) 
     """`<run>/export/<model name><suffix>`."""
     folder = checkpoint_folder(run_dir)
     run = folder.parent if folder.name == "checkpoint" else folder
-    return run / "export" / f"{predictor.meta['model']['name']}{SUFFIXES[format]}"
+    return run / "export" / f"{predictor.meta.model.name}{SUFFIXES[format]}"
 
 
 # ------------------------------------------------------------------------ inputs to compare on
@@ -166,62 +162,39 @@ def check_batches(
     while start < len(items):
         size = CHECK_BATCH_SIZES[turn % len(CHECK_BATCH_SIZES)]
         chunk = items[start : start + size]
-        batches.append(chunk if predictor.tokenizer is None else pad_batch(chunk))
+        batches.append(predictor.modality.collate(chunk))
         start, turn = start + size, turn + 1
     return batches
 
 
 def test_examples(predictor: Predictor, count: int, data_dir: str | Path | None):
     """Up to `count` test examples spread evenly over the split (test splits are often sorted
-    by class): uint8 images (N, C, H, W), or token id lists for text runs."""
-    config = RunConfig.model_validate(predictor.meta["config"])
-    config.data.download = False  # export never touches the network
-    if data_dir:
-        config.data.data_dir = str(data_dir)
-    from neuralab.inference.evaluation import load_data
-
-    try:
-        dataset = load_data(config)
+    by class), as the run's modality prepares them (uint8 images, or token id lists)."""
+    data = predictor.meta.data
+    try:  # never the network
+        dataset = data.load(data_dir=str(data_dir) if data_dir else None, download=False)
     except (DataError, FileNotFoundError, OSError) as error:
         raise DataError(
-            f"the parity check reads the test split of {config.data.name!r}, which is not "
+            f"the parity check reads the test split of {data.name!r}, which is not "
             f"available ({error}); pass --data-dir (data_dir=) where it lives, or check on "
             "random inputs with --check-data random (check_data='random')"
         ) from None
     predictor.check_classes(dataset.classes, dataset.name)
     total = len(dataset.test)
     index = torch.linspace(0, total - 1, min(count, total)).round().long().unique()
-    if predictor.tokenizer is not None:
-        return predictor.tokenizer.encode([dataset.test.texts[i] for i in index.tolist()])
-    images = dataset.test.images[index]
-    expected = (predictor.channels, *predictor.image_size)
-    if tuple(images.shape[1:]) != expected:
-        raise DataError(
-            f"test images of {dataset.name} are {tuple(images.shape[1:])} but the model takes "
-            f"{expected}; pass the run's own data, or --check-data random"
-        )
-    return images
+    return predictor.modality.split_examples(dataset.test, index, dataset.name)
 
 
 def random_examples(predictor: Predictor, count: int, data_dir=None):
     """`count` seeded random inputs: uint8 images, or id lists of 0..max_length real tokens."""
     generator = torch.Generator().manual_seed(0)
-    if predictor.tokenizer is None:
-        shape = (count, predictor.channels, *predictor.image_size)
-        return torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
-    spec = predictor.meta["spec"]
-    longest = predictor.tokenizer.settings.max_length
-    lengths = torch.randint(0, longest + 1, (count,), generator=generator).tolist()
-    return [torch.randint(1, spec["vocab_size"], (n,), generator=generator).tolist()
-            for n in lengths]  # fmt: skip
+    return predictor.modality.random_examples(count, predictor.meta.spec, generator)
 
 
 def reference_logits(predictor: Predictor, batch: torch.Tensor) -> torch.Tensor:
     """PyTorch's logits (B, classes), computed exactly as `Predictor` computes them."""
-    if predictor.tokenizer is not None:
-        return predict_logits(predictor.model, batch)
-    images = to_float(batch, predictor.mean, predictor.std)
-    return predict_logits(predictor.model, images, tta=predictor.meta.get("tta", False))
+    inputs = predictor.modality.model_inputs(batch)
+    return predict_logits(predictor.model, inputs, predictor.task)
 
 
 # ------------------------------------------------------------------------- write, run, compare
@@ -237,7 +210,7 @@ def write_and_run(
     destination: Path,
 ) -> list[torch.Tensor]:
     """Write the export to `staging` and run it on `batches`; any failure is an ExportError."""
-    name = predictor.meta["model"]["name"]
+    name = predictor.meta.model.name
     example = next((batch for batch in batches if len(batch) >= 2), batches[0])
     try:
         with warnings.catch_warnings():
@@ -299,7 +272,7 @@ class Parity:
         if self.passed:
             return
         raise ExportError(
-            f"the {format} export of model {predictor.meta['model']['name']!r} does not match "
+            f"the {format} export of model {predictor.meta.model.name!r} does not match "
             f"PyTorch on {self.examples} {data} examples: max |logit difference| "
             f"{self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g} = {RELATIVE_TOLERANCE:g} "
             f"x max(1, largest |logit| {self.largest_logit:.3g})), top-1 agreement "
@@ -324,10 +297,10 @@ def write_sidecar(
 ) -> Path:
     """`<out>.json` (and `<out>.tokenizer.json` for text runs), each written atomically."""
     sidecar = {"file": destination.name, **contract, "parity": parity.to_dict(data)}
-    if predictor.tokenizer is not None:
-        tokenizer = destination.with_name(destination.name + ".tokenizer.json")
-        replace_atomically(tokenizer, predictor.tokenizer.to_json())
-        sidecar["input"] = {**contract["input"], "tokenizer_file": tokenizer.name}
+    for name, text in predictor.modality.files().items():  # a text run's tokenizer.json
+        path = destination.with_name(f"{destination.name}.{name}")
+        replace_atomically(path, text)
+        sidecar["input"] = {**sidecar["input"], f"{Path(name).stem}_file": path.name}
     path = destination.with_name(destination.name + ".json")
     replace_atomically(path, json.dumps(sidecar, indent=2) + "\n")
     return path
@@ -355,45 +328,3 @@ def staged(destination: Path) -> Iterator[Path]:
         os.replace(staging, destination)
     finally:
         staging.unlink(missing_ok=True)
-
-
-# ------------------------------------------------------------------------------------- CLI
-
-
-def add_command(commands) -> None:
-    """Register `neuralab export` on the CLI's subcommands."""
-    parser = commands.add_parser(
-        "export",
-        help="export a run to ONNX / TorchScript / safetensors, checked against PyTorch",
-        description="Export a saved run. The export is run on real inputs (the run's test "
-        "split) and compared with PyTorch; one that does not match is not written.",
-    )
-    parser.add_argument("run_dir", metavar="RUN_DIR")
-    parser.add_argument("--format", choices=list(SUFFIXES), default="onnx")
-    parser.add_argument("--out", help="destination file (default <run>/export/<model><suffix>)")
-    parser.add_argument("--check-examples", type=int, default=1000, metavar="N",
-                        help="examples compared with PyTorch (default 1000)")  # fmt: skip
-    parser.add_argument("--check-data", choices=CHECK_DATA, default="test",
-                        help="test: the run's test split (default); random: random inputs",
-                        )  # fmt: skip
-    parser.add_argument("--data-dir", help="where the run's dataset lives, if moved")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(handler=run_command)
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """`neuralab export`: export, then print where it went and the parity figures."""
-    result = export(args.run_dir, args.format, args.out, args.check_examples,
-                    check_data=args.check_data, data_dir=args.data_dir)  # fmt: skip
-    if args.json:
-        fields = {**result.__dict__, "path": str(result.path), "sidecar": str(result.sidecar)}
-        print(json.dumps(fields))
-        return 0
-    size = result.path.stat().st_size / 1e6
-    print(f"wrote {result.path} ({result.format}, {size:.2f} MB) and {result.sidecar.name}")
-    print(
-        f"parity on {result.examples} {result.check_data} examples: max |logit difference| "
-        f"{result.max_abs_diff:.2g} (tolerance {result.tolerance:.2g}), top-1 agreement "
-        f"{result.top1_agreement:.2%} ({result.seconds:.1f} s)"
-    )
-    return 0

@@ -20,8 +20,8 @@ from torch.nn import functional as F
 
 from neuralab.errors import UserError
 from neuralab.inference.predict import Predictor
-from neuralab.models import InputSpec, TextSpec, build_model
-from neuralab.models.tta import tta_logits, tta_mode
+from neuralab.modalities import MODALITIES
+from neuralab.models import build_model
 
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 EXPORT_EXTRA = "pip install 'neuralab[export]'"
@@ -46,55 +46,22 @@ def require_onnx() -> None:
 
 def describe_contract(predictor: Predictor, format: str) -> dict:
     """What the exported model takes and returns, stored inside it and in the sidecar."""
-    meta, text = predictor.meta, predictor.tokenizer is not None
+    meta, classes = predictor.meta, predictor.meta.classes
     contract = {
-        "neuralab_export": 1, "format": format, "kind": "text" if text else "image",
-        "model": meta["model"], "spec": meta["spec"], "classes": meta["classes"],
-        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(meta["classes"])],
+        "neuralab_export": 1, "format": format, "kind": predictor.modality.kind,
+        "model": {"name": meta.model.name, "args": meta.model.args}, "spec": meta.spec,
+        "classes": classes,
+        "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(classes)],
                    "note": "softmax over axis 1 gives class probabilities"},
     }  # fmt: skip
-    if text:
-        contract["input"] = {
-            "name": "token_ids", "dtype": "int64", "shape": ["batch", "length"], "padding_id": 0,
-            "note": "ids from the run's tokenizer (truncated to tokenizer.max_length), padded "
-            "with 0 at the end of each row",
-            "tokenizer": meta["tokenizer"],
-        }  # fmt: skip
-        return contract
-    prep, bare = meta["preprocessing"], format == "safetensors"
-    contract["preprocessing"] = {"mean": prep["mean"], "std": prep["std"],
-                                 "tta": tta_mode(meta.get("tta"))}  # fmt: skip
-    contract["input"] = {
-        "name": "images", "dtype": "float32" if bare else "uint8",
-        "shape": ["batch", prep["channels"], *prep["image_size"]],
-        "note": "normalised images (x / 255 - mean) / std, for the bare model" if bare
-        else "images 0..255; normalisation (and the run's TTA) happen inside the model",
-    }  # fmt: skip
-    return contract
-
-
-class ImageGraph(nn.Module):
-    """uint8 images (B, C, H, W) → logits (B, classes), normalising inside (as `to_float`
-    does) and averaging the logits of the run's test-time augmentation views (tta.py)."""
-
-    def __init__(self, model: nn.Module, mean: list[float], std: list[float], tta: str) -> None:
-        super().__init__()
-        self.model, self.tta = model, tta
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.to(torch.float32) / 255.0 - self.mean) / self.std  # (B, C, H, W)
-        return tta_logits(self.model, x, self.tta)
+    bare = format == "safetensors"
+    return {**contract, **predictor.modality.export_contract(bare, predictor.task.tta)}
 
 
 def graph_module(model: nn.Module, contract: dict) -> nn.Module:
-    """The module an export holds: the model itself for text, `ImageGraph` around it for images."""
-    model = model.eval()
-    if contract["kind"] == "text":
-        return model
-    prep = contract["preprocessing"]
-    return ImageGraph(model, prep["mean"], prep["std"], prep["tta"]).eval()
+    """The module an export holds: the model behind its modality's graph (images are
+    normalised, and TTA-averaged, inside it)."""
+    return MODALITIES[contract["kind"]].export_graph(model, contract)
 
 
 class TraceableSelfAttention(nn.MultiheadAttention):
@@ -160,7 +127,7 @@ def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, contract: d
     import onnx
 
     input_name = contract["input"]["name"]
-    dynamic = {0: "batch", 1: "length"} if contract["kind"] == "text" else {0: "batch"}
+    dynamic = MODALITIES[contract["kind"]].dynamic_axes
     torch.onnx.export(
         onnx_friendly(module), (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
         input_names=[input_name], output_names=["logits"],
@@ -202,7 +169,7 @@ def run_torchscript(path: Path, batches: list[torch.Tensor]) -> list[torch.Tenso
 def write_safetensors(module: nn.Module, example: torch.Tensor, path: Path, contract: dict) -> None:
     from safetensors.torch import save_file
 
-    bare = module.model if isinstance(module, ImageGraph) else module
+    bare = MODALITIES[contract["kind"]].bare_model(module)
     weights = {k: v.detach().contiguous().cpu() for k, v in bare.state_dict().items()}
     save_file(weights, str(path), metadata={"neuralab": json.dumps(contract)})
 
@@ -215,7 +182,7 @@ def run_safetensors(path: Path, batches: list[torch.Tensor]) -> list[torch.Tenso
 
     with safe_open(str(path), framework="pt") as handle:
         contract = json.loads(handle.metadata()["neuralab"])
-    spec_type = TextSpec if contract["kind"] == "text" else InputSpec
+    spec_type = MODALITIES[contract["kind"]].spec_type
     model = build_model(contract["model"]["name"], spec_type(**contract["spec"]),
                         **contract["model"]["args"])  # fmt: skip
     model.load_state_dict(load_file(str(path)))

@@ -1,56 +1,161 @@
-"""The text half of api.py: for a `TextDataset`, the config becomes a tokenizer (trained on the
-training split only, cached with the token ids), a `TextSpec`, length-bucketed loaders and the
-checkpoint's metadata. `TextInputs` offers the same methods as `imagerun.ImageInputs`.
+"""Texts: how a run's inputs are prepared, for training and for inference alike.
+
+`TextModality` is the codec a checkpoint describes: the run's own tokenizer (trained on the
+training split only) with its truncation; it turns strings into token ids and batches of them
+into padded int64 (B, T) tensors. `TextInputs` is the training side: a text dataset, its
+tokenizer and every split's token ids, with length-bucketed loaders.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
-from neuralab.config import RunConfig, TokenizerConfig
+from neuralab.data.dataset import DataError
 from neuralab.data.text import TextDataset, TextSplit
-from neuralab.data.textloader import EncodedTexts, TextBatchLoader
+from neuralab.data.textloader import EncodedTexts, TextBatchLoader, pad_batch
 from neuralab.data.tokencache import TokenCache, cache_dir
 from neuralab.data.tokenizer import TextTokenizer, TokenizerSettings
 from neuralab.models import TextSpec
-from neuralab.train import distributed
-from neuralab.train.engine import Engine
 
 TOKENIZER_FILE = "tokenizer.json"
 ENGINE_SAMPLE = 128  # texts timed when choosing the engine (as for images)
+TEXT_BATCH = 256  # texts per forward pass when predicting
 
 
-def settings_from(config: TokenizerConfig) -> TokenizerSettings:
-    return TokenizerSettings.from_dict(config.model_dump())
+@dataclass(frozen=True)
+class TextModality:
+    """Strings through the run's tokenizer.
+
+    Example:
+        >>> modality = TextModality(tokenizer)
+        >>> [(rows, ids)] = modality.batches(modality.prepare_all(["a wonderful film"]))
+    """
+
+    tokenizer: TextTokenizer
+
+    kind = "text"
+    spec_type = TextSpec
+    tta_allowed = False  # test-time augmentation mirrors images; texts have none
+    dynamic_axes = {0: "batch", 1: "length"}  # of an exported graph's input
+
+    @classmethod
+    def from_meta(cls, settings: dict, folder: Path) -> TextModality:
+        """The modality of a checkpoint: its tokenizer settings and `folder`/tokenizer.json."""
+        tokenizer_settings = TokenizerSettings.from_dict(settings)
+        return cls(TextTokenizer.load(folder / TOKENIZER_FILE, tokenizer_settings))
+
+    def meta(self) -> dict:
+        """What a checkpoint's meta.json stores to rebuild this modality (the tokenizer itself
+        is `tokenizer.json`, see `files`)."""
+        return {"tokenizer": self.tokenizer.describe()}
+
+    def files(self) -> dict[str, str]:
+        """Saved with every checkpoint: the tokenizer, so predict encodes exactly as training."""
+        return {TOKENIZER_FILE: self.tokenizer.to_json()}
+
+    def describe(self) -> dict:
+        """The preprocessing, as the prediction service's /info shows it."""
+        return {"tokenizer": self.tokenizer.describe()}
+
+    # -- raw inputs → model inputs -------------------------------------------------------------
+    def prepare_all(self, items: Sequence) -> list[list[int]]:
+        """Strings → token id lists, truncated as in training."""
+        if isinstance(items, str) or not all(isinstance(text, str) for text in items):
+            raise DataError("a text model predicts a list of strings, e.g. ['a wonderful film']")
+        return self.tokenizer.encode(list(items))
+
+    def batches(self, examples: Sequence[list[int]]) -> list[tuple[list[int], torch.Tensor]]:
+        """Token id lists → [(rows, int64 ids (B, T))], texts of similar length together
+        (little padding per batch), at most TEXT_BATCH per batch."""
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+        chunks = [order[start : start + TEXT_BATCH] for start in range(0, len(order), TEXT_BATCH)]
+        return [(rows, pad_batch([examples[i] for i in rows])) for rows in chunks]
+
+    def collate(self, chunk: Sequence[list[int]]) -> torch.Tensor:
+        """Token id lists as an exported model takes them: int64 (B, T) padded with 0."""
+        return pad_batch(chunk)
+
+    def model_inputs(self, batch: torch.Tensor) -> torch.Tensor:
+        """Padded token ids are what the model takes."""
+        return batch
+
+    @staticmethod
+    def worst_examples(split: TextSplit, worst: list[dict], folder: Path, plots: Any) -> tuple:
+        """The report's worst test examples: no figure, their texts."""
+        return [], [split.texts[row["index"]] for row in worst]
+
+    # -- data for evaluation and export checks -------------------------------------------------
+    def eval_loader(self, split: TextSplit, batch_size: int, device: torch.device):
+        """A loader over a labelled split, encoded now."""
+        encoded = self.tokenizer.encode_flat(split.texts)
+        return TextBatchLoader(encoded, split.labels, batch_size, device=device)
+
+    def split_examples(self, split: TextSplit, index: torch.Tensor, dataset: str) -> list:
+        """The split's texts at `index`, as token id lists."""
+        return self.tokenizer.encode([split.texts[i] for i in index.tolist()])
+
+    def random_examples(self, count: int, spec: dict, generator: torch.Generator) -> list:
+        """`count` seeded random id lists of 0..max_length real tokens."""
+        longest = self.tokenizer.settings.max_length
+        lengths = torch.randint(0, longest + 1, (count,), generator=generator).tolist()
+        return [torch.randint(1, spec["vocab_size"], (n,), generator=generator).tolist()
+                for n in lengths]  # fmt: skip
+
+    def export_contract(self, bare: bool, tta: str) -> dict:
+        """The text part of an export's contract: what the token ids are."""
+        return {
+            "input": {
+                "name": "token_ids", "dtype": "int64", "shape": ["batch", "length"],
+                "padding_id": 0,
+                "note": "ids from the run's tokenizer (truncated to tokenizer.max_length), "
+                "padded with 0 at the end of each row",
+                "tokenizer": self.tokenizer.describe(),
+            }
+        }  # fmt: skip
+
+    @staticmethod
+    def export_graph(model: nn.Module, contract: dict) -> nn.Module:
+        """The module an export holds: the model itself."""
+        return model.eval()
+
+    @staticmethod
+    def bare_model(module: nn.Module) -> nn.Module:
+        return module
 
 
-def prepare_text(dataset: TextDataset, config: RunConfig) -> TextInputs:
-    """Train the configured tokenizer on the training texts (never on val or test) and encode
-    every split, reusing both from the token cache when an identical run made them."""
-    if config.train.tta != "off":
-        raise ValueError("train.tta mirrors images; it cannot be used with text data")
-    cache = TokenCache(cache_dir() if config.tokenizer.cache else None)
-    tokenizer = cache.tokenizer(dataset.train.texts, settings_from(config.tokenizer))
+def prepare_text(dataset: TextDataset, settings: TokenizerSettings, cache: bool) -> TextInputs:
+    """Train the tokenizer on the training texts (never on val or test) and encode every
+    split, reusing both from the token cache (`cache`) when an identical run made them."""
+    token_cache = TokenCache(cache_dir() if cache else None)
+    tokenizer = token_cache.tokenizer(dataset.train.texts, settings)
     splits = {"train": dataset.train, "test": dataset.test, "val": dataset.val}
     encoded = {
-        name: cache.encode(tokenizer, split.texts)
+        name: token_cache.encode(tokenizer, split.texts)
         for name, split in splits.items()
         if split is not None
     }
-    return TextInputs(dataset, tokenizer, encoded, cache.describe())
+    return TextInputs(dataset, tokenizer, encoded, token_cache.describe())
 
 
 @dataclass(frozen=True)
 class TextInputs:
     """A text dataset, its trained tokenizer and every split's token ids ("train", "test",
-    maybe "val"); the same methods as `imagerun.ImageInputs`."""
+    maybe "val"): the training side of the text modality (the same methods as ImageInputs)."""
 
     dataset: TextDataset
     tokenizer: TextTokenizer
     splits: dict[str, EncodedTexts]
     cache_note: str
+
+    @property
+    def modality(self) -> TextModality:
+        return TextModality(self.tokenizer)
 
     @property
     def spec(self) -> TextSpec:
@@ -95,47 +200,32 @@ class TextInputs:
         first = torch.arange(size)  # the first texts as stored (sorted order would be shortest)
         return loader.gather(first), labels.to(device)
 
-    def loaders(self, config: RunConfig, engine: Engine) -> dict[str, TextBatchLoader]:
-        """Train (shuffled, bucketed, sharded per process), test and val loaders."""
-        shard = {"rank": distributed.rank(), "world_size": distributed.world_size()}
-        train_batch = distributed.split_batch(config.train.batch_size, shard["world_size"])
+    def loaders(
+        self,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        augment: object,
+        device: torch.device,
+        channels_last: bool,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> dict[str, TextBatchLoader]:
+        """Train (shuffled, bucketed, sharded per process), test and val loaders;
+        `batch_size` is this process's share of the global batch. Texts take no image
+        augmentation and no memory layout: `augment` and `channels_last` are not used."""
         loaders = {}
         for name, encoded in self.splits.items():
             training = name == "train"
             loaders[name] = TextBatchLoader(
                 encoded,
                 self.labels(name),
-                train_batch if training else config.train.eval_batch_size,
-                device=engine.device,
+                batch_size if training else eval_batch_size,
+                device=device,
                 shuffle=training,
-                seed=config.train.seed,
+                seed=seed,
                 pad_shards=training,
-                **shard,
+                rank=rank,
+                world_size=world_size,
             )
         return loaders
-
-    def meta(self, config: RunConfig, engine: Engine) -> dict:
-        """What a text checkpoint's meta.json holds; the tokenizer itself is `tokenizer.json`."""
-        return {
-            "kind": "text",
-            "model": {"name": config.model.name, "args": config.model.args},
-            "spec": self.spec.to_dict(),
-            "classes": list(self.dataset.classes),
-            "dataset": self.dataset.name,
-            "tokenizer": self.tokenizer.describe(),
-            "tta": False,
-            "config": config.model_dump(mode="json"),
-            "engine": engine.describe(),
-        }
-
-    def files(self) -> dict[str, str]:
-        """Saved with every checkpoint: the tokenizer, so predict encodes exactly as training."""
-        return {TOKENIZER_FILE: self.tokenizer.to_json()}
-
-
-def split_loader(
-    split: TextSplit, tokenizer: TextTokenizer, batch_size: int, device: torch.device
-) -> TextBatchLoader:
-    """A loader over `split`, encoded now (for evaluating a saved run)."""
-    encoded = tokenizer.encode_flat(split.texts)
-    return TextBatchLoader(encoded, split.labels, batch_size, device=device)

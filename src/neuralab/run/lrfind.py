@@ -7,13 +7,22 @@ fastest. The model handed in is never modified: the test trains a deep copy.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from neuralab.config import ConfigError, resolve_config
+from neuralab.data.dataset import DataError
+from neuralab.inference.plots import have_matplotlib, new_figure
+from neuralab.run import build
+from neuralab.run.tracking import write_text_atomic
+from neuralab.tasks import Task
 
 SMOOTHING = 0.05  # weight of the newest loss in the exponential moving average (fastai's 0.98)
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this multiple of the best one
@@ -39,8 +48,8 @@ class LrFindResult:
 def lr_range_test(
     model: nn.Module,
     make_optimizer: Callable[[nn.Module], torch.optim.Optimizer],
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    task: Task,
+    batches: Iterable,
     start: float = 1e-7,
     end: float = 10.0,
     steps: int = 100,
@@ -49,9 +58,10 @@ def lr_range_test(
 
     Args:
         make_optimizer: builds the run's optimizer for a model (its lr is overwritten per step).
+        task: what the model learns (tasks/base.py): turns a batch into the loss.
     """
     if not 0 < start < end or steps < 2:
-        raise ValueError(
+        raise ConfigError(
             f"lr-find needs 0 < start < end and steps >= 2; got {start}, {end}, {steps}"
         )
     trial = copy.deepcopy(model).train()
@@ -59,12 +69,12 @@ def lr_range_test(
     growth = (end / start) ** (1 / (steps - 1))
     lrs, losses, smoothed = [], [], []
     average, best = 0.0, math.inf
-    for step, (inputs, labels) in enumerate(cycle(batches, steps)):
+    for step, batch in enumerate(cycle(batches, steps)):
         lr = start * growth**step
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(trial(inputs).float(), labels)
+        loss = task.step(trial, batch).loss
         loss.backward()
         optimizer.step()
         value = float(loss.detach())
@@ -77,7 +87,7 @@ def lr_range_test(
         if smooth > DIVERGED * best:
             break
     if len(lrs) < 3:
-        raise ValueError(
+        raise ConfigError(
             "lr-find: the loss diverged within the first steps; lower --start (e.g. 1e-9)"
         )
     return LrFindResult(lrs, losses, smoothed, steepest_descent(lrs, smoothed))
@@ -95,7 +105,7 @@ def cycle(batches: Iterable, count: int):
             if produced == count:
                 return
         if empty:
-            raise ValueError("lr-find: the training loader is empty")
+            raise DataError("lr-find: the training loader is empty")
 
 
 def steepest_descent(lrs: list[float], smoothed: list[float]) -> float:
@@ -111,7 +121,6 @@ def steepest_descent(lrs: list[float], smoothed: list[float]) -> float:
 
 
 def lr_find_figure(result: LrFindResult, path: Path) -> Path:
-    from neuralab.inference.plots import new_figure
 
     figure = new_figure(6.5, 4)
     axis = figure.subplots()
@@ -146,35 +155,15 @@ def lr_find(
     Example:
         >>> neuralab.lr_find("mnist-best").suggestion  # doctest: +SKIP
     """
-    import json
-    import time
-
-    from neuralab.api import model_for
-    from neuralab.inference.plots import have_matplotlib
-    from neuralab.run.tracking import write_text_atomic
-    from neuralab.train.engine import Engine, pick_device
-    from neuralab.train.optim import build_optimizer
-    from neuralab.train.trainer import make_loss
-
-    config, inputs, network = model_for(recipe, data, model, data_dir, overrides)
-    device = pick_device(config.train.device)
-    network = network.to(device)
-    inputs.initialise(network, device)
-    loaders = inputs.loaders(config, Engine(device, None, False, "lr-find"))
+    fields = {"data.name": data, "model.name": model, "data.data_dir": data_dir}
+    parts = build.range_test_parts(resolve_config(recipe, overrides, **fields))
     result = lr_range_test(
-        network,
-        lambda copy: build_optimizer(copy, config.optim),
-        make_loss(config.train.loss, config.train.label_smoothing),
-        loaders["train"],
-        start,
-        end,
-        steps,
+        parts.model, parts.make_optimizer, parts.task, parts.batches, start, end, steps
     )
     folder = Path(out) if out else Path("runs") / f"lr-find-{time.strftime('%Y%m%d-%H%M%S')}"
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / "lr-find.csv", result.to_csv())
-    summary = {"suggestion": result.suggestion, "steps": len(result.lrs), "optimizer":
-               config.optim.name, "batch_size": config.train.batch_size}  # fmt: skip
+    summary = {"suggestion": result.suggestion, "steps": len(result.lrs), **parts.description}
     write_text_atomic(folder / "lr-find.json", json.dumps(summary, indent=2))
     if have_matplotlib():
         lr_find_figure(result, folder / "lr-find.png")

@@ -1,43 +1,11 @@
-"""Resuming an interrupted run (`neuralab train --resume RUN|auto`, `neuralab.resume`): find
-the run, check it can be resumed, and train on from its last checkpoint with its own config.
-The restoring itself is `Trainer.load_state_dict` and `engine.resumed_engine`."""
+"""Finding and checking a run to resume (`neuralab train --resume RUN|auto`, `neuralab.resume`
+in api.py). The restoring itself is `Trainer.load_state_dict` and `engine.resumed_engine`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from neuralab.api import Run, train_config
-from neuralab.checkpoint.format import recover_interrupted_save
 from neuralab.config import RunConfig, resolve_config
-
-
-def resume(run_dir: str | Path = "auto", verbose: bool = True, progress: str = "auto") -> Run:
-    """Continue an interrupted run from its last checkpoint (the end of its last complete
-    epoch) with its own config: weights, optimizer, schedule, EMA, callbacks, epoch, step,
-    history, random state and engine (precision, layout, threads) are restored, so on CPU the
-    finished run equals one that was never interrupted, bit for bit (one process; under
-    torchrun, processes other than rank 0 restart their random streams from rank 0's).
-
-    `run_dir="auto"` picks the newest unfinished run under ./runs.
-
-    Example:
-        >>> neuralab.resume("runs/mnist-lenet-20261125-101500")  # doctest: +SKIP
-    """
-    folder = resumable_run(run_dir)
-    for name in ("checkpoint", "best"):
-        for note in recover_interrupted_save(folder / name):
-            if verbose:
-                print(f"resume {note}")
-    config = resolve_config(str(folder / "config.yaml"))
-    if not (folder / "checkpoint" / "training.json").exists():
-        # Killed before its first checkpoint: nothing to continue from, so the run starts
-        # over in the same folder with the same config (and seed): the result is the same.
-        if verbose:
-            print(f"resume {folder} has no checkpoint yet: starting the run over")
-        return train_config(
-            config.model_copy(update={"out": str(folder)}), verbose=verbose, progress=progress
-        )
-    return train_config(config, verbose=verbose, resume_from=folder, progress=progress)
 
 
 def resumable_run(run_dir: str | Path) -> Path:

@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from neuralab.checkpoint.format import MANIFEST, save_checkpoint
-from neuralab.config import RunConfig
-from neuralab.train.callbacks import Callback, EarlyStopping, MetricWatch
+from neuralab.checkpoint.format import MANIFEST, save_checkpoint, write_text_atomic
+from neuralab.checkpoint.meta import RunMeta
+from neuralab.train.callbacks import Callback, MetricWatch, Order
 from neuralab.train.distributed import is_main_process
 
 HISTORY_FIELDS = [
@@ -38,18 +38,8 @@ HISTORY_FIELDS = [
 ]
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def history_csv(history: list[dict]) -> str:
+    """The history as CSV with fixed columns (history.json holds every metric a task logs)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(
         buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n"
@@ -68,10 +58,12 @@ class RunWriter(Callback):
     name (a text run's tokenizer.json).
     """
 
+    order = Order.WRITE
+
     def __init__(
         self,
         run_dir: str | Path,
-        meta: dict,
+        meta: RunMeta,
         files: dict[str, str] | None = None,
         keep_epochs: int = 0,
     ) -> None:
@@ -101,10 +93,12 @@ class RunWriter(Callback):
         if trainer.restored_epoch is not None and is_main_process():
             self.save(trainer, weights_from_epoch=trainer.restored_epoch)
 
-    def save(self, trainer, **meta: Any) -> None:
-        meta = {**self.meta, "epoch": trainer.epoch, "step": trainer.step, **meta}
+    def save(self, trainer, **progress: Any) -> None:
+        meta = self.meta.with_progress(epoch=trainer.epoch, step=trainer.step, **progress)
         state = trainer.state_dict()
-        save_checkpoint(self.run_dir / "checkpoint", trainer.eval_model, meta, state, self.files)
+        save_checkpoint(
+            self.run_dir / "checkpoint", trainer.eval_model, meta.to_dict(), state, self.files
+        )
 
 
 SNAPSHOT_FILES = ("model.safetensors", "meta.json", "tokenizer.json")
@@ -141,11 +135,13 @@ class BestCheckpoint(Callback):
     when it improves by more than `min_delta`, as early stopping judges it; weights, meta and
     extra files, no resume state)."""
 
+    order = Order.MONITOR
+
     def __init__(
         self,
         run_dir: str | Path,
         metric: str,
-        meta: dict,
+        meta: RunMeta,
         files: dict[str, str] | None = None,
         min_delta: float = 0.0,
     ) -> None:
@@ -156,9 +152,9 @@ class BestCheckpoint(Callback):
         if trainer.failed:
             return
         if self.watch.update(logs) and is_main_process():
-            meta = {**self.meta, "epoch": logs["epoch"], "step": trainer.step}
-            meta["best"] = {"metric": self.watch.metric, "value": self.watch.best}
-            save_checkpoint(self.folder, trainer.eval_model, meta, files=self.files)
+            best = {"metric": self.watch.metric, "value": self.watch.best}
+            meta = self.meta.with_progress(epoch=logs["epoch"], step=trainer.step, best=best)
+            save_checkpoint(self.folder, trainer.eval_model, meta.to_dict(), files=self.files)
 
     def state_dict(self) -> dict:
         return self.watch.state_dict()
@@ -175,6 +171,8 @@ class TensorBoardLogger(Callback):
 
     `tensorboard --logdir runs` shows every run side by side.
     """
+
+    order = Order.LOG
 
     def __init__(
         self,
@@ -219,9 +217,9 @@ class TensorBoardLogger(Callback):
     def on_step_end(self, trainer) -> None:
         if trainer.step % self.every or not is_main_process():
             return
-        loss, accuracy, _ = trainer.running_metrics()
-        self.writer.add_scalar("step/train_loss_running", loss, trainer.step)
-        self.writer.add_scalar("step/train_accuracy_running", accuracy, trainer.step)
+        metrics, _ = trainer.running_metrics()
+        for name, value in metrics.items():
+            self.writer.add_scalar(f"step/train_{name}_running", value, trainer.step)
         self.writer.add_scalar("step/lr", trainer.optimizer.param_groups[0]["lr"], trainer.step)
 
     def on_epoch_end(self, trainer, logs: dict) -> None:
@@ -252,46 +250,3 @@ def draw_curves(run_dir: Path, history: list[dict]) -> str:
         return f"plots  skipped: {plots.PLOTS_EXTRA} draws curves.png and `neuralab report`"
     plots.history_figure(history, run_dir / "curves.png")
     return f"plots  {run_dir / 'curves.png'}; `neuralab report {run_dir}` adds the rest"
-
-
-def check_monitor(config: RunConfig, has_val: bool) -> None:
-    """Before anything is written: early stopping needs validation metrics."""
-    if config.monitor.early_stopping and not has_val:
-        raise ValueError(
-            f"monitor.early_stopping watches {config.monitor.metric}, but this run has no "
-            "validation split. Fix: set data.val_split (e.g. --set data.val_split=0.1)"
-        )
-
-
-def monitor_callbacks(
-    config: RunConfig, has_val: bool, run_dir: Path, meta: dict, files: dict | None
-) -> list[Callback]:
-    """Early stopping (before the RunWriter, see EarlyStopping) and the best checkpoint."""
-    monitor = config.monitor
-    callbacks: list[Callback] = []
-    if monitor.early_stopping:
-        callbacks.append(
-            EarlyStopping(monitor.metric, monitor.patience, monitor.min_delta, monitor.restore_best)
-        )
-    if monitor.keep_best and has_val:
-        callbacks.append(BestCheckpoint(run_dir, monitor.metric, meta, files, monitor.min_delta))
-    return callbacks
-
-
-def tensorboard_callbacks(
-    config: RunConfig, run_dir: Path, inputs: Any, device: torch.device
-) -> tuple[list[Callback], str]:
-    """The TensorBoard logger when `train.tensorboard` asks for it (auto: when installed),
-    and the log line that says so. `inputs`: the run's ImageInputs or TextInputs."""
-    setting = config.train.tensorboard
-    if setting == "off" or not is_main_process():
-        return [], ""
-    if not have_tensorboard():
-        if setting == "on":
-            raise ImportError(
-                "train.tensorboard=on needs the tensorboard package: pip install tensorboard"
-            )
-        return [], "tensorboard not installed (pip install tensorboard to log runs for it)"
-    graph_input = inputs.sample_batch(8, device)[0]  # 8 examples: enough to trace the graph
-    logger = TensorBoardLogger(run_dir, inputs.examples(), graph_input)
-    return [logger], f"tensorboard --logdir {run_dir / 'tensorboard'}"

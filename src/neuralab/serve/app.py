@@ -16,7 +16,6 @@ Example:
 
 # No `from __future__ import annotations`: FastAPI reads the routes' `request: fastapi.Request`
 # annotations at runtime, and fastapi is imported lazily (a local name, not a module global).
-import argparse
 import contextlib
 import importlib.util
 import ipaddress
@@ -168,17 +167,13 @@ class Service:
     def info(self) -> dict:
         """`GET /info`: the model, its classes and preprocessing, and the server's limits."""
         meta = self.predictor.meta
-        if self.text:
-            preprocessing = {"tokenizer": meta.get("tokenizer", {})}
-        else:
-            preprocessing = meta["preprocessing"]
         return {
-            "model": meta["model"]["name"],
-            "model_args": meta["model"].get("args", {}),
-            "dataset": meta.get("dataset"),
-            "kind": "text" if self.text else "image",
+            "model": meta.model.name,
+            "model_args": meta.model.args,
+            "dataset": meta.dataset,
+            "kind": self.predictor.modality.kind,
             "classes": self.predictor.classes,
-            "preprocessing": preprocessing,
+            "preprocessing": self.predictor.modality.describe(),
             "settings": asdict(self.settings),
         }
 
@@ -330,76 +325,3 @@ def serve(
         )
     print(f"serving {run_dir} on http://{host}:{port}/ (Ctrl+C to stop)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
-
-
-def add_command(commands) -> None:
-    """Add `neuralab serve` to the CLI's subcommands."""
-    parser = commands.add_parser(
-        "serve",
-        help="serve a trained run over HTTP, with a web page to try it",
-        description="Serve RUN over HTTP: POST /predict, POST /explain (text), GET /health, "
-        "/info, /metrics, and a web page at /. Binds to 127.0.0.1 unless --host says otherwise.",
-    )
-    defaults = ServeSettings()
-    parser.add_argument("run_dir", metavar="RUN", help="run directory (or its checkpoint folder)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="default 8000")
-    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
-    parser.add_argument(
-        "--max-batch", type=int, default=defaults.max_batch, help="most inputs per forward pass"
-    )
-    parser.add_argument(
-        "--max-wait-ms",
-        type=float,
-        default=defaults.max_wait_ms,
-        help="how long a batch waits for more requests (milliseconds)",
-    )
-    parser.add_argument(
-        "--no-batching", action="store_true", help="one forward pass per request (to compare)"
-    )
-    parser.add_argument(
-        "--max-queue",
-        type=int,
-        default=defaults.max_queue,
-        help="most inputs waiting; beyond it requests get 503 with Retry-After",
-    )
-    parser.add_argument(
-        "--timeout-s",
-        type=float,
-        default=defaults.timeout_s,
-        help="most seconds a prediction may take, queueing included; beyond it 504",
-    )
-    parser.add_argument(
-        "--max-body-mb",
-        type=float,
-        default=defaults.max_body_bytes / 2**20,
-        help="largest request body in MiB; larger ones get 413 before they are read",
-    )
-    parser.add_argument(
-        "--max-items", type=int, default=defaults.max_items, help="most inputs in one request"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        help="torch intra-op threads for the forward passes (default: one per core); on a "
-        "machine shared with other busy processes 1 can be much faster",
-    )
-    parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-    )
-    parser.set_defaults(handler=run_command)
-
-
-def run_command(args: argparse.Namespace) -> int:
-    """`neuralab serve ...`: returns the exit status."""
-    settings = ServeSettings(
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        batching=not args.no_batching,
-        max_queue=args.max_queue,
-        timeout_s=args.timeout_s,
-        max_body_bytes=int(args.max_body_mb * 2**20),
-        max_items=args.max_items,
-    )
-    serve(args.run_dir, args.host, args.port, settings, args.device, args.log_level, args.threads)
-    return 0

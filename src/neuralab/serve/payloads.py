@@ -34,7 +34,7 @@ class PayloadError(Exception):
 
 
 def is_text_model(predictor: Predictor) -> bool:
-    return predictor.tokenizer is not None
+    return predictor.modality.kind == "text"
 
 
 def parse_json(body: bytes) -> dict:
@@ -112,7 +112,7 @@ def decode_image(data: bytes, where: str, predictor: Predictor) -> torch.Tensor:
                     f"{where} is {image.width}x{image.height} pixels, over the server's limit of "
                     f"{MAX_PIXELS}; downscale it before sending"
                 )
-            return predictor.to_tensor(image)
+            return predictor.modality.prepare(image)
     except PayloadError:
         raise
     except UnidentifiedImageError:

@@ -1,0 +1,9 @@
+"""What is learned: the Task contract (tasks/base.py) and its registry, `TASKS`.
+
+Each task module registers itself when imported below.
+"""
+
+from neuralab.tasks import classification  # noqa: F401  (imported for its registration)
+from neuralab.tasks.base import TASKS, Batch, StepOutput, Task, split_tensors
+
+__all__ = ["TASKS", "Batch", "StepOutput", "Task", "split_tensors"]

@@ -1,18 +1,69 @@
-"""Training hooks. The trainer calls each callback with itself as an explicit argument."""
+"""Training hooks. The trainer calls each callback with itself as an explicit argument.
+
+Callbacks read the trainer and steer it only through its methods (`trainer.stop(reason)`,
+`trainer.restore(weights, epoch)`), never by writing its attributes. Their order is explicit:
+each class says where it runs (`order`, see `Order`), and the trainer sorts them by it.
+"""
 
 from __future__ import annotations
 
-import math
 import sys
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from enum import IntEnum
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from neuralab.train.trainer import Trainer
+import torch
+from torch import nn
+
+from neuralab.config import ConfigError
+
+
+class Order(IntEnum):
+    """When a callback runs among the others at each hook (lower first; ties keep the order
+    they were given in)."""
+
+    WEIGHTS = 10  # changes the weights (lookahead): everything after sees the final ones
+    MONITOR = 20  # watches a metric (early stopping, best checkpoint): state current before saving
+    WRITE = 30  # writes history and checkpoint
+    LOG = 40  # TensorBoard
+    DISPLAY = 50  # progress lines and bars: print once the epoch is saved
+    USER = 60  # the user's own callbacks
+
+
+class Trainer(Protocol):
+    """What callbacks see of train/trainer.py's Trainer (a Protocol, so this module does not
+    import the trainer, which imports it)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    epoch: int
+    step: int
+    total_steps: int
+    planned_epochs: int
+    steps_this_epoch: int
+    history: list[dict]
+
+    @property
+    def eval_model(self) -> nn.Module: ...
+
+    @property
+    def failed(self) -> bool: ...
+
+    @property
+    def restored_epoch(self) -> int | None: ...
+
+    def stop(self, reason: str, failed: bool = False) -> None: ...
+
+    def restore(self, weights: dict[str, torch.Tensor], epoch: int) -> None: ...
+
+    def running_metrics(self) -> tuple[dict[str, float], int]: ...
 
 
 class Callback:
     """Override what you need; every hook receives the trainer."""
+
+    order: int = Order.USER
 
     def on_fit_start(self, trainer: Trainer) -> None: ...
 
@@ -31,14 +82,36 @@ class Callback:
     def load_state_dict(self, state: dict) -> None: ...
 
 
+def in_order(callbacks: Sequence[Callback]) -> list[Callback]:
+    """`callbacks` sorted by their `order` (stable: equal orders keep their given order)."""
+    return sorted(callbacks, key=lambda callback: callback.order)
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """`loss 0.1234 acc 98.00%`: losses to 4 decimals, accuracies as percentages, the rest
+    to 4 significant digits."""
+    parts = []
+    for name, value in metrics.items():
+        if name.endswith("accuracy"):
+            parts.append(f"{name.replace('accuracy', 'acc')} {value:.2%}")
+        else:
+            parts.append(f"{name} {value:.4f}" if name.endswith("loss") else f"{name} {value:.4g}")
+    return " ".join(parts)
+
+
+def prefixed(logs: dict, prefix: str) -> dict:
+    """The metrics logged under `prefix` (e.g. `train_`), without it."""
+    return {k[len(prefix) :]: v for k, v in logs.items() if k.startswith(prefix) and v is not None}
+
+
 def epoch_line(trainer: Trainer, logs: dict) -> str:
     """The one-line summary of an epoch that both progress displays print."""
     parts = [
         f"epoch {logs['epoch']:>3}/{trainer.planned_epochs}",
-        f"train loss {logs['train_loss']:.4f} acc {logs['train_accuracy']:.2%}",
+        f"train {format_metrics(prefixed(logs, 'train_'))}",
     ]
-    if logs.get("val_loss") is not None:
-        parts.append(f"val loss {logs['val_loss']:.4f} acc {logs['val_accuracy']:.2%}")
+    if prefixed(logs, "val_"):
+        parts.append(f"val {format_metrics(prefixed(logs, 'val_'))}")
     parts.append(f"lr {logs['lr']:.3g}")
     parts.append(f"{logs['seconds']:.1f}s ({logs['examples_per_second']:.0f} examples/s)")
     return " · ".join(parts)
@@ -46,6 +119,8 @@ def epoch_line(trainer: Trainer, logs: dict) -> str:
 
 class PlainProgress(Callback):
     """One line per epoch (no carriage returns), safe for log files."""
+
+    order = Order.DISPLAY
 
     def __init__(self, stream=None) -> None:
         self.stream = stream or sys.stdout
@@ -61,6 +136,8 @@ class BarProgress(Callback):
     The running loss is read from the trainer at most `refresh_per_second` times a second, so
     the bar costs no host synchronisation per step on a GPU.
     """
+
+    order = Order.DISPLAY
 
     def __init__(self, console=None, refresh_per_second: float = 4.0) -> None:
         from rich.console import Console  # imported lazily: only terminals need it
@@ -102,9 +179,9 @@ class BarProgress(Callback):
             self.progress.advance(self.task)
             return
         self.last_refresh = now
-        loss, accuracy, count = trainer.running_metrics()
+        metrics, count = trainer.running_metrics()
         speed = count / max(now - self.epoch_start, 1e-9)
-        status = f"loss {loss:.4f} · acc {accuracy:.2%} · {speed:,.0f} examples/s"
+        status = f"{format_metrics(metrics).replace(' acc', ' · acc')} · {speed:,.0f} examples/s"
         self.progress.update(self.task, advance=1, status=status)
 
     def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
@@ -122,26 +199,13 @@ def progress_callbacks(mode: str, stream=None) -> list[Callback]:
     """`auto`: a bar when standard output is a terminal, else plain lines; `bar`, `plain`,
     `none` force a choice."""
     if mode not in ("auto", "bar", "plain", "none"):
-        raise ValueError(f"progress {mode!r} is unknown; valid: auto, bar, plain, none")
+        raise ConfigError(f"progress {mode!r} is unknown; valid: auto, bar, plain, none")
     stream = stream or sys.stdout
     if mode == "auto":
         mode = "bar" if stream.isatty() else "plain"
     if mode == "bar":
         return [BarProgress()]
     return [PlainProgress(stream)] if mode == "plain" else []
-
-
-class StopOnNonFinite(Callback):
-    """Stop as soon as an epoch's training loss is NaN or infinite, saying where."""
-
-    def on_epoch_end(self, trainer: Trainer, logs: dict) -> None:
-        if not math.isfinite(logs["train_loss"]):
-            trainer.stop_reason = (
-                f"training loss became {logs['train_loss']} in epoch "
-                f"{logs['epoch']} (step {trainer.step}); lower the learning "
-                "rate or set train.grad_clip"
-            )
-            trainer.should_stop = trainer.failed = True
 
 
 class MetricWatch:
@@ -156,7 +220,7 @@ class MetricWatch:
 
     def value(self, logs: dict) -> float:
         if logs.get(self.metric) is None:
-            raise ValueError(
+            raise ConfigError(
                 f"monitor.metric {self.metric!r} is not in this run's history (it has "
                 f"{', '.join(k for k, v in logs.items() if v is not None)}); validation metrics "
                 "need a validation split: set data.val_split, e.g. 0.1"
@@ -187,9 +251,12 @@ class EarlyStopping(Callback):
     """Stop when `metric` has not improved by more than `min_delta` for `patience` epochs; with
     `restore_best`, end with the best epoch's weights (kept in memory, and in the resume state).
 
-    Place it before the RunWriter: its state must be current when the checkpoint is written,
-    and the restored weights must be in place when the run writes its final checkpoint.
+    It runs before the RunWriter (Order.MONITOR): its state must be current when the
+    checkpoint is written, and the restored weights must be in place when the run writes its
+    final checkpoint.
     """
+
+    order = Order.MONITOR
 
     def __init__(
         self, metric: str, patience: int, min_delta: float = 0.0, restore_best: bool = True
@@ -208,8 +275,7 @@ class EarlyStopping(Callback):
             return
         self.waited += 1
         if self.waited >= self.patience:
-            trainer.should_stop = True
-            trainer.stop_reason = (
+            trainer.stop(
                 f"early stopping after epoch {logs['epoch']}: {self.watch.metric} did not "
                 f"improve for {self.patience} epochs (best {self.watch.best:.4g} at epoch "
                 f"{self.watch.best_epoch})"
@@ -218,8 +284,7 @@ class EarlyStopping(Callback):
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.restore_best and self.best_weights is not None:
             if self.watch.best_epoch != trainer.epoch:
-                trainer.eval_model.load_state_dict(self.best_weights)
-                trainer.restored_epoch = self.watch.best_epoch
+                trainer.restore(self.best_weights, self.watch.best_epoch)
 
     def state_dict(self) -> dict:
         return {**self.watch.state_dict(), "waited": self.waited, "weights": self.best_weights}

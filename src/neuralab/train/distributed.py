@@ -1,5 +1,5 @@
 """Data-parallel training across processes: torchrun environment, the process group, DDP
-wrapping, cross-rank reductions and `unwrap` (the bare model behind DDP / torch.compile).
+wrapping and cross-rank reductions.
 
 Launch with `torchrun --nproc-per-node N -m neuralab train …` (or `neuralab train --nproc N`).
 Each process trains on its own shard of every batch; gradients are averaged by
@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from neuralab.config import ConfigError
 
 Result = TypeVar("Result")
 FAILURE_WAIT_S = 30  # seconds a failed process waits for the others before leaving alone
@@ -55,18 +57,6 @@ def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """Strip DistributedDataParallel (`.module`) and torch.compile (`._orig_mod`) wrappers, so
-    that saved weights never carry `module.` / `_orig_mod.` prefixes."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
 def local_module(model: nn.Module) -> nn.Module:
     """The module behind DDP (compiled or not). Evaluating it runs no collective operation, so
     processes may evaluate shards with different numbers of batches."""
@@ -77,19 +67,19 @@ def split_batch(global_batch: int, processes: int, grad_accumulation: int = 1) -
     """The per-process batch of a global batch: `global_batch / processes`.
 
     Raises:
-        ValueError: the global batch does not split evenly over the processes, or the
+        ConfigError: the global batch does not split evenly over the processes, or the
             per-process batch does not split evenly into `grad_accumulation` micro-batches.
     """
     per_process, rest = divmod(global_batch, processes)
     if rest or per_process == 0:
         lower = max(processes, global_batch - rest)
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size={global_batch} is the global batch and must split evenly over "
             f"the {processes} processes; choose a multiple of {processes} "
             f"(e.g. {lower} or {lower + processes})"
         )
     if per_process % grad_accumulation:
-        raise ValueError(
+        raise ConfigError(
             f"train.grad_accumulation={grad_accumulation} must divide the per-process batch "
             f"{per_process} (train.batch_size={global_batch} over {processes} processes); "
             f"choose a grad_accumulation that divides {per_process}"
@@ -103,7 +93,7 @@ def device_for_rank(device: torch.device) -> torch.device:
         return device
     index = local_rank()
     if index >= torch.cuda.device_count():
-        raise ValueError(
+        raise ConfigError(
             f"process with LOCAL_RANK={index} needs GPU {index}, but this machine has "
             f"{torch.cuda.device_count()}; start at most that many processes per node "
             "(--nproc-per-node)"
@@ -185,11 +175,11 @@ def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False) ->
 
 
 def check_sync_bn(sync_bn: bool, device: torch.device, processes: int) -> None:
-    """Raise ValueError for `sync_bn` with several CPU processes: PyTorch's SyncBatchNorm
+    """Raise ConfigError for `sync_bn` with several CPU processes: PyTorch's SyncBatchNorm
     synchronises only GPU tensors (it fails at the first training step on CPU). With one
     process `sync_bn` changes nothing."""
     if sync_bn and processes > 1 and device.type == "cpu":
-        raise ValueError(
+        raise ConfigError(
             f"train.sync_bn=true needs GPUs: torch {torch.__version__}'s SyncBatchNorm "
             f"synchronises only CUDA tensors, and these {processes} processes would train on "
             "the CPU. Set train.sync_bn=false (each process then normalises with its own "

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from neuralab.config import ConfigError
+
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 TIMING_ROUNDS = 3  # rounds of one timed step per candidate; the minimum counts
 THREAD_ROUNDS = 4  # rounds of the thread-count comparison (summed)
@@ -39,7 +41,7 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
+        raise ConfigError(
             f"train.device={name!r} but this machine has no CUDA device; "
             "use train.device=auto or cpu"
         )
@@ -200,10 +202,10 @@ def engine_choice(engine: Engine) -> dict:
     }
 
 
-def resumed_engine(meta: dict, device: torch.device) -> Engine:
-    """The interrupted run's engine, not a new timing: another choice of precision, layout or
-    thread count would change the arithmetic and the resumed result."""
-    choice = meta["engine_choice"]
+def resumed_engine(choice: dict, device: torch.device) -> Engine:
+    """The interrupted run's engine (`choice`: its checkpoint's `engine_choice`), not a new
+    timing: another precision, layout or thread count would change the arithmetic and the
+    resumed result."""
     torch.set_num_threads(choice["threads"])
     dtype = torch.bfloat16 if choice["precision"] == "bf16" else None
     return Engine(device, dtype, choice["channels_last"], "as before the interruption")

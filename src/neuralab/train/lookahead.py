@@ -11,22 +11,21 @@ statistics are averaged with the weights.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from neuralab.train.callbacks import Callback
+from neuralab.config import ConfigError
+from neuralab.train.callbacks import Callback, Order, Trainer
 from neuralab.train.distributed import local_module
-
-if TYPE_CHECKING:
-    from neuralab.config import TrainConfig
-    from neuralab.train.trainer import Trainer
 
 
 class Lookahead(Callback):
+    """Runs first (Order.WEIGHTS): every callback after it sees the averaged weights."""
+
+    order = Order.WEIGHTS
+
     def __init__(self, every: int, decay: float) -> None:
         if every < 1 or not 0.0 < decay < 1.0:
-            raise ValueError(f"lookahead needs every ≥ 1 and 0 < decay < 1, got {every}, {decay}")
+            raise ConfigError(f"lookahead needs every ≥ 1 and 0 < decay < 1, got {every}, {decay}")
         self.every, self.decay = every, decay
         self.slow: dict[str, torch.Tensor] = {}
 
@@ -55,10 +54,3 @@ class Lookahead(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         self.slow = {k: v.clone() for k, v in state.get("slow", {}).items()}
-
-
-def lookahead_callbacks(settings: TrainConfig) -> list[Callback]:
-    """[Lookahead] when the run's `train.lookahead_every` asks for it, else []."""
-    if not settings.lookahead_every:
-        return []
-    return [Lookahead(settings.lookahead_every, settings.lookahead_decay)]

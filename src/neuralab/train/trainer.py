@@ -1,40 +1,42 @@
-"""fit / evaluate / predict. The trainer gets built objects and never touches files."""
+"""The training loop. The trainer gets built objects (model, optimizer, task, loaders,
+callbacks), never a config, and never touches files; the task turns batches into losses and
+metric sums, so the loop knows nothing of labels."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
-from neuralab.models.tta import tta_logits
-from neuralab.train.callbacks import Callback
+from neuralab.tasks.base import Batch, Task
+from neuralab.train.callbacks import Callback, in_order
 from neuralab.train.distributed import all_reduce_sums, broadcast_buffers, local_module
 
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+FiniteCheck = Literal["step", "epoch"]
 
 
-def make_loss(name: str, label_smoothing: float = 0.0) -> LossFn:
-    """`cross_entropy` (with optional label smoothing) or `mse`: squared error between the
-    logits and one-hot targets, the least-squares criterion of the perceptron era."""
-    if name == "cross_entropy":
-        return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-    if name == "mse":
+class Loader(Protocol):
+    """What the trainer needs of a loader: iterate batches and count them. `set_epoch` (a new
+    shuffle each epoch) and `world_size` (a shard of a distributed split) are optional, so a
+    plain `torch.utils.data.DataLoader` works too."""
 
-        def mse(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            target = nn.functional.one_hot(labels, logits.shape[1]).to(logits.dtype)
-            return nn.functional.mse_loss(logits, target)
+    def __iter__(self) -> Iterator[Batch]: ...
 
-        return mse
-    raise ValueError(f"unknown loss {name!r}; valid: cross_entropy, mse")
+    def __len__(self) -> int: ...
 
 
 def planned_steps(epochs: float, steps_per_epoch: int) -> int:
     """round(epochs * steps_per_epoch), but at least one step: a run that never steps would
     write no checkpoint."""
     return max(1, round(epochs * steps_per_epoch))
+
+
+class NonFiniteStep(ArithmeticError):
+    """A training step produced a NaN or infinite loss or gradient."""
 
 
 class Trainer:
@@ -44,8 +46,21 @@ class Trainer:
     (`world_size > 1`): each optimizer step then covers the global batch, and the epoch's
     metrics are summed over all processes.
 
+    Args:
+        task: what is learned (see tasks/base.py), e.g. `Classification("cross_entropy")`.
+        callbacks: run in the order of their `order` attribute (see callbacks.Order), then in
+            the order given.
+        autocast_dtype: mixed precision for the forward pass (None: float32).
+        grad_clip: clip the gradients' global norm to this value.
+        ema_decay: evaluate and save an exponential moving average of the weights.
+        grad_accumulation: micro-batches per optimizer step.
+        finite_check: `step` checks the loss and gradients before every update and stops
+            before a bad one reaches the weights (one host synchronisation per step: free on
+            a CPU); `epoch` checks the epoch's loss once at its end (GPUs). Either way the run
+            stops through `stop(..., failed=True)`.
+
     Example:
-        >>> trainer = Trainer(model, optimizer, nn.CrossEntropyLoss(), scheduler=scheduler)
+        >>> trainer = Trainer(model, optimizer, Classification(), scheduler=scheduler)
         >>> history = trainer.fit(train_loader, epochs=3, val_loader=val_loader)
     """
 
@@ -53,36 +68,60 @@ class Trainer:
         self,
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
-        loss_fn: LossFn,
+        task: Task,
         *,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         callbacks: Sequence[Callback] = (),
         autocast_dtype: torch.dtype | None = None,
         grad_clip: float | None = None,
         ema_decay: float | None = None,
-        channels_last: bool = False,
         grad_accumulation: int = 1,
-        check_finite: bool = True,
+        finite_check: FiniteCheck = "step",
     ) -> None:
-        """check_finite: before every optimizer step, check that the loss and the gradients
-        are finite, and stop at the first step where they are not (one host synchronisation
-        per step: free on a CPU; on a GPU `False` leaves it to StopOnNonFinite per epoch)."""
-        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
-        self.check_finite = check_finite
-        self.scheduler, self.callbacks = scheduler, list(callbacks)
+        self.model, self.optimizer, self.task = model, optimizer, task
+        self.scheduler, self.callbacks = scheduler, in_order(callbacks)
         self.autocast_dtype, self.grad_clip = autocast_dtype, grad_clip
         self.grad_accumulation = grad_accumulation  # micro-batches per optimizer step
+        self.finite_check = finite_check
         self.device = next(model.parameters()).device
         self.ema = make_ema(local_module(model), ema_decay) if ema_decay else None
-        if channels_last:
-            self.model.to(memory_format=torch.channels_last)
         self.epoch, self.step, self.history = 0, 0, []
         self.total_steps = 0  # optimizer steps `fit` plans in all
-        self.planned_epochs, self.should_stop, self.stop_reason = 0, False, ""
+        self.planned_epochs = 0
         self.steps_this_epoch = 0  # optimizer steps the current epoch will take
-        self.running = (0.0, 0.0, 0)  # the current epoch's loss sum, correct, count so far
-        self.failed = False  # stopped because training went wrong (not, e.g., early stopping)
-        self.restored_epoch: int | None = None  # set when a callback restored earlier weights
+        self.running: tuple[dict[str, torch.Tensor], int] = ({}, 0)  # this epoch's sums, count
+        self._stop_reason, self._stopping, self._failed = "", False, False
+        self._restored_epoch: int | None = None
+
+    # -- how callbacks steer the run ---------------------------------------------------------
+    def stop(self, reason: str, failed: bool = False) -> None:
+        """End the run after the current epoch (or step, when a step failed). `failed`: the
+        run went wrong (e.g. a NaN loss) rather than finished early (e.g. early stopping)."""
+        self._stopping, self._stop_reason = True, reason
+        self._failed = self._failed or failed
+
+    def restore(self, weights: dict[str, torch.Tensor], epoch: int) -> None:
+        """Put an earlier epoch's weights back into the evaluated model (early stopping)."""
+        self.eval_model.load_state_dict(weights)
+        self._restored_epoch = epoch
+
+    @property
+    def stop_reason(self) -> str:
+        return self._stop_reason
+
+    @property
+    def should_stop(self) -> bool:
+        return self._stopping
+
+    @property
+    def failed(self) -> bool:
+        """The run stopped because training went wrong (not, e.g., early stopping)."""
+        return self._failed
+
+    @property
+    def restored_epoch(self) -> int | None:
+        """The epoch whose weights `restore` put back, if any."""
+        return self._restored_epoch
 
     def autocast(self) -> torch.autocast:
         dtype = self.autocast_dtype or torch.bfloat16
@@ -90,122 +129,114 @@ class Trainer:
             self.device.type, dtype=dtype, enabled=self.autocast_dtype is not None
         )
 
-    def fit(self, train_loader, epochs: float, val_loader=None) -> list[dict]:
+    # -- the loop -----------------------------------------------------------------------------
+    def fit(self, train_loader: Loader, epochs: float, val_loader: Loader | None = None) -> list:
         """Train for `epochs` (fractional: the last epoch stops early), validating each epoch.
 
-        Returns the history: one dict per epoch with train/val loss and accuracy, lr, seconds.
+        Returns the history: one dict per epoch with the task's train/val metrics, lr, seconds.
         """
-        total_steps = planned_steps(epochs, len(train_loader))
-        self.total_steps = total_steps
-        self.planned_epochs = -(-total_steps // len(train_loader))
-        for callback in self.callbacks:
-            callback.on_fit_start(self)
-        while self.step < total_steps and not self.should_stop:
-            train_loader.set_epoch(self.epoch)
-            self.steps_this_epoch = min(len(train_loader), total_steps - self.step)
-            for callback in self.callbacks:
-                callback.on_epoch_start(self)
-            start = time.perf_counter()
-            logs = self.train_epoch(train_loader, total_steps)
+        self.total_steps = planned_steps(epochs, len(train_loader))
+        self.planned_epochs = -(-self.total_steps // len(train_loader))
+        self.notify("on_fit_start")
+        while self.step < self.total_steps and not self.should_stop:
+            logs = self.run_epoch(train_loader, val_loader)
             if logs is None:  # a non-finite step: the partial epoch is neither logged nor saved
                 break
-            broadcast_buffers(self.eval_model)  # all processes evaluate and save rank 0's model
-            if val_loader is not None:
-                logs.update(
-                    {
-                        f"val_{k}": v
-                        for k, v in self.evaluate(val_loader).items()
-                        if k in ("loss", "accuracy")
-                    }
-                )
-            logs["seconds"] = time.perf_counter() - start
-            logs["examples_per_second"] = logs.pop("count") / logs["seconds"]
-            self.epoch += 1
-            logs = {"epoch": self.epoch, **logs}
             self.history.append(logs)
-            for callback in self.callbacks:
-                callback.on_epoch_end(self, logs)
-        for callback in self.callbacks:
-            callback.on_fit_end(self)
+            self.notify("on_epoch_end", logs)
+        self.notify("on_fit_end")
         return self.history
 
-    def train_epoch(self, loader: Iterable, total_steps: int) -> dict | None:
+    def run_epoch(self, train_loader: Loader, val_loader: Loader | None) -> dict | None:
+        """One epoch: train, validate, and the epoch's log row (None after a failed step)."""
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(self.epoch)
+        self.steps_this_epoch = min(len(train_loader), self.total_steps - self.step)
+        self.notify("on_epoch_start")
+        start = time.perf_counter()
+        logs = self.train_epoch(train_loader)
+        if logs is None:
+            return None
+        broadcast_buffers(self.eval_model)  # all processes evaluate and save rank 0's model
+        if val_loader is not None:
+            metrics = self.score(val_loader)
+            logs.update({f"val_{name}": metrics[name] for name in self.task.metric_names})
+        logs["seconds"] = time.perf_counter() - start
+        logs["examples_per_second"] = logs.pop("count") / logs["seconds"]
+        self.epoch += 1
+        if self.finite_check == "epoch":
+            self.check_epoch_loss(logs)
+        return {"epoch": self.epoch, **logs}
+
+    def notify(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
+    def train_epoch(self, loader: Loader) -> dict | None:
         """One pass; running sums stay on the device so the loop never waits for the host.
 
-        Returns None when a step's loss or gradients were not finite (see `stop_non_finite`).
+        Returns None when a step's loss or gradients were not finite (the run is stopped).
         """
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        sums: dict[str, torch.Tensor] = {}
         count = 0
         lr = self.optimizer.param_groups[0]["lr"]
-        for images, labels in loader:
-            if self.step >= total_steps:
+        for batch in loader:
+            if self.step >= self.total_steps:
                 break
             lr = self.optimizer.param_groups[0]["lr"]  # logged: the epoch's last step's rate
             try:
-                batch_loss, batch_correct = self.train_step(images, labels)
+                batch_sums, batch_count = self.train_step(batch)
             except NonFiniteStep as error:
-                self.stop_non_finite(str(error), count // max(1, len(labels)))
+                self.stop_non_finite(str(error), count // max(1, self.task.batch_size(batch)))
                 return None
             if self.scheduler is not None:
                 self.scheduler.step()
             if self.ema is not None:
                 self.ema.update_parameters(local_module(self.model))
-            loss_sum += batch_loss
-            correct += batch_correct
-            count += len(labels)
-            self.running = (loss_sum, correct, count)
+            add_sums(sums, batch_sums)
+            count += batch_count
+            self.running = (sums, count)
             self.step += 1
-            for callback in self.callbacks:
-                callback.on_step_end(self)
-        loss_total, correct_total, count = sum_over_shards(
-            loader, [loss_sum.item(), correct.item(), count]
-        )
-        return {
-            "train_loss": loss_total / max(1, count),
-            "train_accuracy": correct_total / max(1, count),
-            "lr": lr,
-            "count": int(count),
-        }
+            self.notify("on_step_end")
+        totals = sum_over_shards(loader, [*(value.item() for value in sums.values()), count])
+        count = int(totals.pop())
+        metrics = self.task.summarize(dict(zip(sums, totals, strict=True)), count)
+        return {**{f"train_{k}": v for k, v in metrics.items()}, "lr": lr, "count": count}
 
-    def train_step(
-        self, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step on this process's batch (B, C, H, W), (B,).
+    def train_step(self, batch: Batch) -> tuple[dict[str, torch.Tensor], int]:
+        """One optimizer step on this process's batch.
 
         The batch is cut into `grad_accumulation` micro-batches and each micro-batch's mean loss
         is weighted by its share of the batch, so the accumulated gradient is the batch's mean
         gradient. Under DDP only the last micro-batch's backward all-reduces the gradients.
 
         Returns:
-            The batch's summed loss and number of correct predictions (device tensors).
+            The batch's metric sums (device tensors) and its number of examples.
         """
         self.optimizer.zero_grad(set_to_none=True)
-        parts = min(self.grad_accumulation, len(labels))  # a short last batch: none empty
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        micro_batches = zip(images.tensor_split(parts), labels.tensor_split(parts), strict=True)
-        for index, (micro_images, micro_labels) in enumerate(micro_batches):
-            with self.gradient_sync(index == parts - 1):
+        micro_batches = self.task.split(batch, self.grad_accumulation)
+        total = self.task.batch_size(batch)
+        sums: dict[str, torch.Tensor] = {}
+        for index, micro_batch in enumerate(micro_batches):
+            with self.gradient_sync(index == len(micro_batches) - 1):
                 with self.autocast():
-                    logits = self.model(micro_images)
-                    loss = self.loss_fn(logits.float(), micro_labels)
-                (loss * (len(micro_labels) / len(labels))).backward()
-            loss_sum += loss.detach() * len(micro_labels)
-            correct += (logits.argmax(1) == micro_labels).sum()
-        self.check_and_clip(loss_sum)
+                    output = self.task.step(self.model, micro_batch)
+                (output.loss * (output.count / total)).backward()
+            add_sums(sums, output.sums)
+        self.check_and_clip(sums["loss"])
         self.optimizer.step()
-        return loss_sum, correct
+        return sums, total
 
     def check_and_clip(self, loss_sum: torch.Tensor) -> None:
         """Raise NonFiniteStep before a bad update reaches the weights; clip the gradients'
         global norm to `grad_clip` (one norm computation serves both)."""
-        if not (self.check_finite or self.grad_clip):
+        checking = self.finite_check == "step"
+        if not (checking or self.grad_clip):
             return
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         norm = None
-        if self.check_finite:
+        if checking:
             if not bool(torch.isfinite(loss_sum)):  # one host sync per step (see __init__)
                 raise NonFiniteStep(f"the training loss became {float(loss_sum)}")
             norm = nn.utils.get_total_norm([stored_values(p.grad) for p in parameters])
@@ -219,11 +250,22 @@ class Trainer:
     def stop_non_finite(self, what: str, batch: int) -> None:
         """Stop the run at this step: the optimizer did not take it, so the weights are those
         of the step before; callbacks do not see the partial epoch (nothing is saved)."""
-        self.stop_reason = (
-            f"{what} at epoch {self.epoch + 1}, step {self.step + 1} (batch {batch + 1} of "
-            "the epoch); the step was not taken. Lower the learning rate or set train.grad_clip"
+        where = f"at epoch {self.epoch + 1}, step {self.step + 1} (batch {batch + 1} of the epoch)"
+        self.stop(
+            f"{what} {where}; the step was not taken. Lower the learning rate or set "
+            "train.grad_clip",
+            failed=True,
         )
-        self.should_stop = self.failed = True
+
+    def check_epoch_loss(self, logs: dict) -> None:
+        """`finite_check="epoch"`: stop when the epoch's training loss is NaN or infinite."""
+        loss = logs["train_loss"]
+        if not torch.isfinite(torch.tensor(loss)):
+            self.stop(
+                f"training loss became {loss} in epoch {self.epoch} (step {self.step}); "
+                "lower the learning rate or set train.grad_clip",
+                failed=True,
+            )
 
     def gradient_sync(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """DDP's `no_sync()` for all but the last micro-batch: their gradients only accumulate
@@ -232,13 +274,13 @@ class Trainer:
             return contextlib.nullcontext()
         return self.model.no_sync()
 
-    def running_metrics(self) -> tuple[float, float, int]:
-        """This process's mean loss and accuracy so far this epoch, and its example count
+    def running_metrics(self) -> tuple[dict[str, float], int]:
+        """This process's metrics so far this epoch (the task's means) and its example count
         (reads device tensors: a host synchronisation, so call it sparingly)."""
-        loss_sum, correct, count = self.running
+        sums, count = self.running
         if not count:
-            return 0.0, 0.0, 0
-        return float(loss_sum) / count, float(correct) / count, count
+            return {}, 0
+        return self.task.summarize({k: float(v) for k, v in sums.items()}, count), count
 
     @property
     def eval_model(self) -> nn.Module:
@@ -246,9 +288,11 @@ class Trainer:
         wrapper, whose forward may communicate (processes evaluate different batch counts)."""
         return self.ema.module if self.ema is not None else local_module(self.model)
 
-    def evaluate(self, loader: Iterable, tta: bool | str = False) -> dict:
-        return evaluate(self.eval_model, loader, self.loss_fn, self.autocast_dtype, tta)
+    def score(self, loader: Loader) -> dict:
+        """The task's metrics of `eval_model` over `loader`, under the training precision."""
+        return score_loader(self.eval_model, loader, self.task, self.autocast_dtype)
 
+    # -- resume --------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Everything beyond the saved weights that resuming needs. The checkpoint's weights
         are `eval_model`'s; with EMA those are the average, so the trained weights go here."""
@@ -280,8 +324,10 @@ class Trainer:
         torch.set_rng_state(state["rng"])
 
 
-class NonFiniteStep(ArithmeticError):
-    """A training step produced a NaN or infinite loss or gradient."""
+def add_sums(total: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]) -> None:
+    """total += sums, key by key (device tensors; no host synchronisation)."""
+    for name, value in sums.items():
+        total[name] = total[name] + value if name in total else value
 
 
 def stored_values(gradient: torch.Tensor) -> torch.Tensor:
@@ -314,45 +360,24 @@ def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMo
 
 
 @torch.inference_mode()
-def predict_logits(
-    model: nn.Module,
-    images: torch.Tensor,
-    autocast_dtype: torch.dtype | None = None,
-    tta: bool | str = False,
-) -> torch.Tensor:
-    """Float32 logits (B, classes); `tta` is a test-time augmentation mode (see tta.py)."""
-    model.eval()
-    with torch.autocast(
-        images.device.type,
-        dtype=autocast_dtype or torch.bfloat16,
-        enabled=autocast_dtype is not None,
-    ):
-        return tta_logits(model, images, tta)
-
-
-def evaluate(
-    model: nn.Module,
-    loader: Iterable,
-    loss_fn: LossFn,
-    autocast_dtype: torch.dtype | None = None,
-    tta: bool | str = False,
+def score_loader(
+    model: nn.Module, loader: Iterable, task: Task, autocast_dtype: torch.dtype | None = None
 ) -> dict:
-    """Mean loss, accuracy and count over every example of `loader` (each counted once).
+    """The task's metrics over every example of `loader` (each counted once), plus `count`.
 
-    When `loader` is one process's shard (`world_size` > 1), the sums of loss, correct and
-    count are added up over all processes, so every process returns the whole split's metrics.
+    When `loader` is one process's shard (`world_size` > 1), the sums are added up over all
+    processes, so every process returns the whole split's metrics.
     """
-    model = local_module(model)
+    model = local_module(model).eval()
     device = next(model.parameters()).device
-    # Sums stay on the device: one host synchronisation per evaluation, not per batch.
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    sums: dict[str, torch.Tensor] = {}  # stay on the device: one host sync per evaluation
     count = 0
-    for images, labels in loader:
-        logits = predict_logits(model, images, autocast_dtype, tta)
-        loss_sum += loss_fn(logits, labels).double() * len(labels)
-        correct += (logits.argmax(1) == labels).sum()
-        count += len(labels)
-    loss_sum, correct, count = sum_over_shards(loader, [loss_sum.item(), correct.item(), count])
-    count = int(count)
-    return {"loss": loss_sum / max(1, count), "accuracy": correct / max(1, count), "count": count}
+    with torch.autocast(
+        device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+    ):
+        for batch in loader:
+            add_sums(sums, task.score(model, batch))
+            count += task.batch_size(batch)
+    totals = sum_over_shards(loader, [*(value.item() for value in sums.values()), count])
+    count = int(totals.pop())
+    return {**task.summarize(dict(zip(sums, totals, strict=True)), count), "count": count}

@@ -1,0 +1,427 @@
+"""The run builder: `build_run(config) -> RunParts`, the only code that reads a `RunConfig`.
+
+Everything it builds (inputs, model, engine, loaders, optimizer, schedule, task, callbacks,
+run directory, checkpoint metadata) takes plain arguments, so "where does this setting act?"
+has one answer: the function below that reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neuralab.checkpoint.format import unwrap
+from neuralab.checkpoint.meta import DataRef, ModelRef, RunMeta, TaskRef, load_run_checkpoint
+from neuralab.config import RunConfig, dump_config, explicit_fields
+from neuralab.data import load_dataset
+from neuralab.data.augment import Augment
+from neuralab.data.dataset import PATH_KINDS, DataError
+from neuralab.data.tokenizer import TokenizerSettings
+from neuralab.inference.summary import summarize
+from neuralab.modalities import Inputs, inputs_for
+from neuralab.models import build_model
+from neuralab.run.rundir import new_run_dir
+from neuralab.run.tracking import BestCheckpoint, RunWriter, TensorBoardLogger, have_tensorboard
+from neuralab.tasks import TASKS, Task
+from neuralab.train import distributed
+from neuralab.train.allocator import current as allocator_state
+from neuralab.train.allocator import reused_memory
+from neuralab.train.callbacks import Callback, EarlyStopping
+from neuralab.train.engine import (
+    Engine,
+    choose_engine,
+    choose_threads,
+    cpu_model,
+    deterministic_mode,
+    engine_choice,
+    fixed_engine,
+    pick_device,
+    resumed_engine,
+)
+from neuralab.train.lookahead import Lookahead
+from neuralab.train.optim import make_optimizer, make_scheduler
+from neuralab.train.trainer import Trainer, planned_steps
+
+Log = Callable[[str], None]
+
+
+def ignore(line: str) -> None:
+    """A log that shows nothing."""
+
+
+@dataclass
+class RunParts:
+    """Everything a run is made of, built and ready for the Trainer."""
+
+    config: RunConfig
+    inputs: Inputs
+    model: nn.Module  # wrapped in DistributedDataParallel under torchrun
+    engine: Engine
+    loaders: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    task: Task
+    callbacks: list[Callback]
+    run_dir: Path
+    meta: RunMeta
+    resume_weights: dict[str, torch.Tensor] | None = None
+
+    @property
+    def epochs(self) -> float:
+        return self.config.train.epochs
+
+    def trainer(self) -> Trainer:
+        """The Trainer over these parts (resumed state loaded when resuming)."""
+        settings = self.config.train
+        trainer = Trainer(
+            self.model,
+            self.optimizer,
+            self.task,
+            scheduler=self.scheduler,
+            callbacks=self.callbacks,
+            autocast_dtype=self.engine.autocast_dtype,
+            grad_clip=settings.grad_clip,
+            ema_decay=settings.ema_decay,
+            grad_accumulation=settings.grad_accumulation,
+            finite_check=finite_check(settings.finite_check, self.engine.device),
+        )
+        if self.resume_weights is not None:
+            from neuralab.checkpoint.format import load_training_state
+
+            state = load_training_state(self.run_dir / "checkpoint", verified=True)
+            trainer.load_state_dict(state, self.resume_weights)
+        return trainer
+
+
+def build_run(
+    config: RunConfig,
+    device: torch.device,
+    log: Log | None = None,
+    resume_from: Path | None = None,
+    extra_callbacks: Sequence[Callback] = (),
+) -> RunParts:
+    """Build every part of a run on `device` for this process; `log` takes the log lines
+    (None: nothing is described, and nothing is computed only to be described).
+
+    With `resume_from`, the parts continue that run directory (its engine, its state).
+    """
+    described = log is not None
+    log = log or ignore
+    settings = config.train
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    config = absolute_paths(config)
+    inputs, model = build_inputs_and_model(config, device)
+    log(inputs.describe())
+    if described:  # a forward pass: only when it is shown
+        log(describe_model(config, model, inputs, device))
+    log(describe_batch(settings.batch_size, settings.grad_accumulation))
+    has_val = inputs.dataset.val is not None
+    check_monitor(config, has_val)
+    run_dir, engine, weights = start_or_resume(config, model, inputs, device, resume_from)
+    log(f"engine {engine.describe()}; {torch.get_num_threads()} threads on {cpu_model()}; "
+        f"{allocator_state()}")  # fmt: skip
+    loaders = build_loaders(config, inputs, engine)
+    model = distribute_model(model, engine, settings.sync_bn)
+    optimizer = build_optimizer(config, unwrap(model))
+    scheduler = build_schedule(config, optimizer, len(loaders["train"]))
+    meta = build_meta(config, inputs, engine)
+    callbacks = [
+        *build_callbacks(config, run_dir, meta, inputs, engine, has_val, log),
+        *extra_callbacks,
+    ]
+    task = build_task(config)
+    return RunParts(
+        config, inputs, model, engine, loaders, optimizer, scheduler, task, callbacks,
+        run_dir, meta, weights,
+    )  # fmt: skip
+
+
+# -- the process's environment ---------------------------------------------------------------
+def check_processes(config: RunConfig, processes: int) -> torch.device:
+    """The checks every process makes before any work (all fail at once, with the numbers):
+    the global batch splits over `processes`, sync_bn has GPUs. Returns the run's device."""
+    settings = config.train
+    device = pick_device(settings.device)
+    distributed.split_batch(settings.batch_size, processes, settings.grad_accumulation)
+    distributed.check_sync_bn(settings.sync_bn, device, processes)
+    return device
+
+
+@contextlib.contextmanager
+def environment(config: RunConfig) -> Iterator[torch.device]:
+    """This process's run environment: the process group under torchrun (yielding this
+    process's device), deterministic kernels and the CPU allocator as configured; the thread
+    count is restored afterwards (the run's choice does not outlive it)."""
+    settings, threads = config.train, torch.get_num_threads()
+    device = check_processes(config, distributed.world_size())
+    try:
+        with (
+            distributed.process_group(device) as device,
+            deterministic_mode(settings.deterministic),
+            reused_memory(settings.cpu_memory, device),
+        ):
+            yield device
+    finally:
+        torch.set_num_threads(threads)
+
+
+# -- data and model ----------------------------------------------------------------------------
+def load_data(config: RunConfig):
+    """The dataset a config names, with its options."""
+    data = config.data
+    return load_dataset(
+        data.name, data.data_dir, data.download, data.val_split, config.train.seed, **data.options
+    )
+
+
+def build_inputs_and_model(config: RunConfig, device: torch.device) -> tuple[Inputs, nn.Module]:
+    """The dataset's inputs (a text run's tokenizer trained) and the model, on `device`.
+    Rank 0 downloads first; the other processes then read the files."""
+    with distributed.main_process_first():
+        dataset = load_data(config)
+        tokenizer = TokenizerSettings.from_dict(config.tokenizer.model_dump())
+        inputs = inputs_for(dataset, tokenizer, config.tokenizer.cache)
+    if config.train.tta != "off" and not inputs.modality.tta_allowed:
+        raise DataError(
+            f"train.tta mirrors images; it cannot be used with {inputs.modality.kind} data "
+            "(set train.tta=off)"
+        )
+    model = build_model(config.model.name, inputs.spec, **config.model.args)
+    return inputs, model.to(device)
+
+
+def describe_model(config: RunConfig, model: nn.Module, inputs: Inputs, device) -> str:
+    """The `model` log line: name, arguments, parameters and FLOPs."""
+    args = f" {config.model.args}" if config.model.args else ""
+    return f"model  {config.model.name}{args}: {summarize(model, inputs.example(device)).totals()}"
+
+
+def describe_batch(global_batch: int, grad_accumulation: int) -> str:
+    """The log line that makes the effective batch explicit, e.g. `batch  global 128 = 2
+    processes × 64 per device`."""
+    processes = distributed.world_size()
+    per_device = distributed.split_batch(global_batch, processes, grad_accumulation)
+    line = f"batch  global {global_batch} = {processes} process{'es' * (processes > 1)} × "
+    line += f"{per_device} per device"
+    if grad_accumulation > 1:
+        micro = per_device // grad_accumulation
+        line += f" = {grad_accumulation} accumulated micro-batches of {micro}"
+    return line
+
+
+def absolute_paths(config: RunConfig) -> RunConfig:
+    """Store folder and data paths absolute, so `evaluate` works from any working directory."""
+    config = config.model_copy(deep=True)
+    kind, _, path = config.data.name.partition(":")
+    if kind in PATH_KINDS and path:
+        config.data.name = f"{kind}:{Path(path).expanduser().resolve()}"
+    if config.data.data_dir:
+        config.data.data_dir = str(Path(config.data.data_dir).expanduser().resolve())
+    return config
+
+
+def build_loaders(config: RunConfig, inputs: Inputs, engine: Engine) -> dict:
+    """Train, test (and val) loaders for this process's shard of every batch."""
+    settings, processes = config.train, distributed.world_size()
+    return inputs.loaders(
+        distributed.split_batch(settings.batch_size, processes),
+        settings.eval_batch_size,
+        settings.seed,
+        Augment(**config.augment.model_dump()),
+        engine.device,
+        engine.channels_last,
+        rank=distributed.rank(),
+        world_size=processes,
+    )
+
+
+# -- engine ------------------------------------------------------------------------------------
+def start_or_resume(
+    config: RunConfig, model: nn.Module, inputs: Inputs, device, resume_from: Path | None
+) -> tuple[Path, Engine, dict | None]:
+    """A new run: its directory (rank 0 names it for every process, only once data and model
+    are known to be good), data-dependent initialisation and a timed engine. A resumed run:
+    its directory, its engine as before and its saved weights."""
+    if resume_from is not None:
+        weights, meta = load_run_checkpoint(resume_from / "checkpoint")
+        return resume_from, resumed_engine(meta.engine_choice, device), weights
+    run_dir = distributed.on_main_process(
+        new_run_dir, config.out, config.data.name, config.model.name, dump_config(config)
+    )
+    inputs.initialise(model, device)
+    return run_dir, agreed_engine(model, inputs, config, device), None
+
+
+def agreed_engine(model: nn.Module, inputs: Inputs, config: RunConfig, device) -> Engine:
+    """Rank 0's engine choice for every process: timings differ between processes, and DDP
+    needs the same memory format (and precision, for identical numerics) everywhere."""
+    engine = distributed.on_main_process(pick_engine, model, inputs, config, device)
+    return dataclasses.replace(engine, device=device)
+
+
+def pick_engine(model: nn.Module, inputs: Inputs, config: RunConfig, device) -> Engine:
+    """Time the thread count (unless train.threads is set), then precision and layout."""
+    settings = config.train
+    if settings.deterministic:
+        return fixed_engine(device, settings.precision, settings.channels_last)
+    batch, labels = inputs.sample_batch(settings.batch_size, device)
+    note = ""
+    if settings.threads is None and distributed.world_size() == 1 and device.type == "cpu":
+        # Threads first: a stalled thread pool would distort every other timing.
+        _, note = choose_threads(model, batch, labels, Engine(device, None, False, ""))
+    engine = choose_engine(model, batch, labels, device, settings.precision, settings.channels_last)
+    return dataclasses.replace(engine, reason=f"{engine.reason}; {note}") if note else engine
+
+
+def distribute_model(model: nn.Module, engine: Engine, sync_bn: bool) -> nn.Module:
+    """Under torchrun, the model wrapped in DistributedDataParallel (see distributed.wrap_model);
+    the memory format is set first, because DDP lays out its gradient buckets when it wraps."""
+    if engine.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return distributed.wrap_model(model, engine.device, sync_bn)
+
+
+def finite_check(setting: str, device: torch.device) -> str:
+    """train.finite_check → the trainer's check: every step (`step`, and `auto` on a CPU,
+    where it is free) or once per epoch."""
+    return "step" if setting == "step" or (setting == "auto" and device.type == "cpu") else "epoch"
+
+
+# -- optimizer, schedule, task -------------------------------------------------------------------
+def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer: the settings the config sets go to its factory, which refuses
+    one it does not take."""
+    settings = explicit_fields(config.optim)
+    name, train_until = settings.pop("name", config.optim.name), settings.pop("train_until", {})
+    return make_optimizer(model, name, train_until, **settings)
+
+
+def build_schedule(config: RunConfig, optimizer, steps_per_epoch: int):
+    """The configured per-step learning-rate schedule over the run's planned steps."""
+    settings = explicit_fields(config.schedule)
+    name = settings.pop("name", config.schedule.name)
+    total = planned_steps(config.train.epochs, steps_per_epoch)
+    return make_scheduler(optimizer, name, steps_per_epoch, total, **settings)
+
+
+def build_task(config: RunConfig) -> Task:
+    """What is learned: classification, scored with the run's loss and test-time augmentation."""
+    settings = config.train
+    return TASKS.build(
+        "classification", loss=settings.loss, label_smoothing=settings.label_smoothing,
+        tta=settings.tta,
+    )  # fmt: skip
+
+
+# -- metadata and callbacks ----------------------------------------------------------------------
+def build_meta(config: RunConfig, inputs: Inputs, engine: Engine) -> RunMeta:
+    """Everything a checkpoint needs to rebuild and use the model without config or dataset."""
+    data, settings, modality = config.data, config.train, inputs.modality
+    return RunMeta(
+        kind=modality.kind,
+        model=ModelRef(config.model.name, dict(config.model.args)),
+        spec=inputs.spec.to_dict(),
+        classes=list(inputs.dataset.classes),
+        dataset=inputs.dataset.name,
+        task=TaskRef("classification", settings.loss, settings.tta, settings.eval_batch_size),
+        data=DataRef(
+            data.name,
+            data.data_dir,
+            data.download,
+            data.val_split,
+            settings.seed,
+            dict(data.options),
+        ),  # fmt: skip
+        inputs=modality.meta(),
+        config=config.model_dump(mode="json"),
+        engine=engine.describe(),
+        engine_choice=engine_choice(engine),
+    )
+
+
+def check_monitor(config: RunConfig, has_val: bool) -> None:
+    """Before anything is written: early stopping needs validation metrics."""
+    if config.monitor.early_stopping and not has_val:
+        raise DataError(
+            f"monitor.early_stopping watches {config.monitor.metric}, but this run has no "
+            "validation split. Fix: set data.val_split (e.g. --set data.val_split=0.1)"
+        )
+
+
+def build_callbacks(
+    config: RunConfig, run_dir: Path, meta: RunMeta, inputs: Inputs, engine: Engine,
+    has_val: bool, log: Log,
+) -> list[Callback]:  # fmt: skip
+    """The run's own callbacks; each class's `order` says when it runs (train/callbacks.py)."""
+    settings, monitor = config.train, config.monitor
+    files = inputs.modality.files() or None  # serialised once (a text run's tokenizer)
+    callbacks: list[Callback] = [RunWriter(run_dir, meta, files, monitor.keep_epochs)]
+    if settings.lookahead_every:
+        callbacks.append(Lookahead(settings.lookahead_every, settings.lookahead_decay))
+    if monitor.early_stopping:
+        callbacks.append(
+            EarlyStopping(monitor.metric, monitor.patience, monitor.min_delta, monitor.restore_best)
+        )
+    if monitor.keep_best and has_val:
+        callbacks.append(BestCheckpoint(run_dir, monitor.metric, meta, files, monitor.min_delta))
+    callbacks += tensorboard_callbacks(settings.tensorboard, run_dir, inputs, engine.device, log)
+    return callbacks
+
+
+def tensorboard_callbacks(
+    setting: str, run_dir: Path, inputs: Inputs, device: torch.device, log: Log
+) -> list[Callback]:
+    """The TensorBoard logger when `train.tensorboard` asks for it (auto: when installed)."""
+    if setting == "off" or not distributed.is_main_process():
+        return []
+    if not have_tensorboard():
+        if setting == "on":
+            raise ImportError(
+                "train.tensorboard=on needs the tensorboard package: pip install tensorboard"
+            )
+        log("track  tensorboard not installed (pip install tensorboard to log runs for it)")
+        return []
+    graph_input = inputs.sample_batch(8, device)[0]  # 8 examples: enough to trace the graph
+    log(f"track  tensorboard --logdir {run_dir / 'tensorboard'}")
+    return [TensorBoardLogger(run_dir, inputs.examples(), graph_input)]
+
+
+def model_for(config: RunConfig) -> tuple[Inputs, nn.Module]:
+    """The inputs and a freshly built (CPU) model of a config, for tools that inspect a model
+    without training it (summary, lr-find)."""
+    torch.manual_seed(config.train.seed)
+    return build_inputs_and_model(config, torch.device("cpu"))
+
+
+@dataclass
+class RangeTestParts:
+    """What the learning-rate range test trains: a model on its device, the run's optimizer
+    (for any copy of the model), its task and training batches."""
+
+    model: nn.Module
+    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
+    task: Task
+    batches: object
+    description: dict
+
+
+def range_test_parts(config: RunConfig) -> RangeTestParts:
+    """The parts `neuralab lr-find` needs, as `train` would build them."""
+    inputs, model = model_for(config)
+    device = pick_device(config.train.device)
+    model = model.to(device)
+    inputs.initialise(model, device)
+    loaders = build_loaders(config, inputs, Engine(device, None, False, "lr-find"))
+    described = {"optimizer": config.optim.name, "batch_size": config.train.batch_size}
+    return RangeTestParts(
+        model, partial(build_optimizer, config), build_task(config), loaders["train"], described
+    )
