@@ -26,7 +26,6 @@ from neuralab.data.augment import Augment
 from neuralab.data.dataset import Split
 from neuralab.data.loader import BatchLoader
 from neuralab.tasks.classification import Classification
-from neuralab.train import distributed
 from neuralab.train.distributed import check_sync_bn, split_batch
 from neuralab.train.trainer import Trainer
 
