@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+import neuralab
 from neuralab.data import folder as folder_module
 from neuralab.data.dataset import DataError, load_dataset
 from neuralab.data.folder import BadImageFile, folder, load_image_file
@@ -290,3 +292,35 @@ def test_registered_for_load_dataset(photos: Path, tmp_path: Path) -> None:
         f"folder:{photos}", data_dir=tmp_path / "data", image_size=4, val_split=0.25
     )
     assert data.image_size == (4, 4) and len(data.val) == 2 and len(data.train) == 6
+
+
+def write_halves(root: Path, per_class: int, seed: int) -> Path:
+    """Two classes of noisy 8x8 RGB images: "left" is brighter on its left half, "right" on
+    its right half (+60 over noise of mean 100, sd 30): learnable, not by mean brightness."""
+    generator = np.random.default_rng(seed)
+    for name, half in (("left", 0), ("right", 1)):
+        (root / name).mkdir(parents=True)
+        for index in range(per_class):
+            pixels = generator.normal(100, 30, (8, 8, 3))  # (H, W, C)
+            pixels[:, half * 4 : (half + 1) * 4] += 60
+            image = np.clip(pixels, 0, 255).astype(np.uint8)
+            Image.fromarray(image, "RGB").save(root / name / f"{index}.png")
+    return root
+
+
+def test_a_model_learns_from_a_folder(tmp_path: Path) -> None:
+    """Training on a folder learns its classes: held-out accuracy over the bar and the loss
+    falls. Measured (seeds 0-3): accuracy 1.0 on the 16 held-out images, training loss 0.38-0.45
+    → 0.055-0.063 over 4 epochs; an untrained model (lr 1e-9) scores 0.13-0.56."""
+    images = write_halves(tmp_path / "halves", per_class=40, seed=0)
+    run = neuralab.train(
+        data=f"folder:{images}", model="mlp", epochs=4, batch_size=8, data_dir=str(tmp_path),
+        out=str(tmp_path / "run"), verbose=False,
+        overrides=["data.options.image_size=8", "train.precision=fp32", "train.threads=1"],
+    )  # fmt: skip
+    assert run.metrics["count"] == 16  # 20% of 40 per class held out
+    assert run.metrics["accuracy"] >= 0.9  # at most one of 16 wrong
+    losses = [
+        row["train_loss"] for row in json.loads((tmp_path / "run" / "history.json").read_text())
+    ]
+    assert losses[-1] < losses[0] / 3
