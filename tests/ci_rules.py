@@ -71,7 +71,9 @@ def needed_setup(markers: set[str], reason: str) -> str | None:
 
 
 def with_hint(reason: str, hint: str) -> str:
-    return reason if hint in reason else f"{reason} ({hint})"
+    """The reason, with the hint added unless the reason already says it (its first words)."""
+    said = " ".join(hint.split("=")[0].split()[:2]).lower()  # "set neuralab_data", ...
+    return reason if said in reason.lower() else f"{reason} ({hint})"
 
 
 @pytest.hookimpl(wrapper=True)
