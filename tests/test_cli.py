@@ -1,5 +1,6 @@
 """Every CLI verb, in-process on tiny offline data (scikit-learn's 8x8 digits and a small image
-folder made here), plus the user errors that must exit 2 with a message instead of a traceback.
+folder made here); the user errors that must exit 2 with one line instead of a traceback, and
+the bugs that must show theirs; the one table of config flags.
 
 Runs pin `train.precision=fp32`: `auto` may time bf16 on this CPU, and the final test metrics
 are then computed under bf16 autocast while `neuralab evaluate` runs in fp32.
@@ -16,8 +17,12 @@ import torch
 import yaml
 from PIL import Image
 
-from neuralab.cli.main import main
-from neuralab.config import recipe_names
+import neuralab
+from neuralab.cli import evaluate as cli_evaluate
+from neuralab.cli.flags import CONFIG_FLAGS
+from neuralab.cli.main import build_parser, main
+from neuralab.cli.train import resolve_train_config
+from neuralab.config import ConfigError, RunConfig, recipe_names
 from neuralab.data import DATASETS, load_dataset
 from neuralab.models import MODELS
 
@@ -25,27 +30,34 @@ pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
 
 FP32 = ["--set", "train.precision=fp32"]
 DIGITS_MLP = ["train", "--data", "digits", "--model", "mlp", "--epochs", "1", *FP32]
+# Enough to learn the digits: 96.4-98.1% test accuracy over seeds 0-4 (measured), in about 1 s.
+LEARNED_EPOCHS = 5
+DIGITS_LEARNED = [
+    "train", "--data", "digits", "--model", "mlp", "--epochs", str(LEARNED_EPOCHS),
+    "--lr", "0.1", "--set", "optim.momentum=0.9", *FP32,
+]  # fmt: skip
+DIGITS_TEST_COUNT = 359  # scikit-learn's 1,797 digits, 20% held out
 
 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
-    """One trained digits run shared by the read-only tests below."""
+    """One digits run trained to >95% test accuracy, shared by the read-only tests below."""
     run_dir = tmp_path_factory.mktemp("runs") / "digits-mlp"
-    assert main([*DIGITS_MLP, "--out", str(run_dir)]) == 0
+    assert main([*DIGITS_LEARNED, "--out", str(run_dir)]) == 0
     return run_dir
 
 
 @pytest.fixture(scope="module")
 def digit_pngs(tmp_path_factory) -> tuple[list[Path], list[int]]:
-    """Four 8x8 greyscale PNGs of digits test images, and their labels."""
+    """Every digits test image as an 8x8 greyscale PNG, and its label."""
     folder = tmp_path_factory.mktemp("pngs")
     test = load_dataset("digits").test
     paths = []
-    for index in range(4):
+    for index in range(len(test.labels)):
         path = folder / f"digit{index}.png"
         Image.fromarray(test.images[index, 0].numpy(), "L").save(path)
         paths.append(path)
-    return paths, test.labels[:4].tolist()
+    return paths, test.labels.tolist()
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -69,12 +81,42 @@ def test_listings_plain_and_json(capsys, verb: str, names: list[str]) -> None:
     assert all(item["summary"] for item in listing)
 
 
+@pytest.mark.parametrize(
+    ("verb", "pattern", "expected"),
+    [
+        ("models", "resnet*", ["resnet18"]),
+        ("models", "NET", ["alexnet", "lenet", "resnet18"]),  # a part of the name, any case
+        ("datasets", "*mnist", ["fashion-mnist", "mnist"]),
+        ("recipes", "cifar10-*", [n for n in recipe_names() if n.startswith("cifar10-")]),
+        ("recipes", "imdb", [n for n in recipe_names() if "imdb" in n]),
+    ],
+)
+def test_listings_filter_by_a_glob_or_a_part_of_the_name(
+    capsys, verb: str, pattern: str, expected: list[str]
+) -> None:
+    assert expected  # the pattern is meant to match something
+    code, out, _ = run(capsys, verb, pattern)
+    assert code == 0
+    assert [line.split()[0] for line in out.splitlines()] == expected
+    code, out, _ = run(capsys, verb, pattern, "--json")
+    assert [item["name"] for item in json.loads(out)] == expected
+
+
+def test_a_listing_that_matches_nothing_says_so(capsys) -> None:
+    code, out, _ = run(capsys, "models", "no-such-model*")
+    assert code == 0
+    assert out == "no models match 'no-such-model*'; `neuralab models` lists them all\n"
+    code, out, _ = run(capsys, "recipes", "zzz", "--json")
+    assert code == 0 and json.loads(out) == []
+
+
 def test_train_writes_a_complete_run_directory(digits_run: Path) -> None:
     assert (digits_run / "checkpoint" / "model.safetensors").is_file()
     assert (digits_run / "checkpoint" / "training.json").is_file()
     config = yaml.safe_load((digits_run / "config.yaml").read_text(encoding="utf-8"))
     assert (config["data"]["name"], config["model"]["name"]) == ("digits", "mlp")
-    assert len(json.loads((digits_run / "history.json").read_text(encoding="utf-8"))) == 1
+    history = json.loads((digits_run / "history.json").read_text(encoding="utf-8"))
+    assert len(history) == LEARNED_EPOCHS
 
 
 def test_evaluate_reproduces_the_training_metrics(capsys, digits_run: Path) -> None:
@@ -83,8 +125,8 @@ def test_evaluate_reproduces_the_training_metrics(capsys, digits_run: Path) -> N
     assert code == 0
     evaluated = json.loads(out)
     assert evaluated["accuracy"] == metrics["accuracy"]
-    assert evaluated["count"] == metrics["count"] == 359
-    assert evaluated["accuracy"] > 0.3  # one epoch already beats chance (0.1) by far
+    assert evaluated["count"] == metrics["count"] == DIGITS_TEST_COUNT
+    assert evaluated["accuracy"] >= 0.95  # see LEARNED_EPOCHS
     code, out, _ = run(capsys, "evaluate", str(digits_run))
     assert code == 0 and out.startswith("digits test: 359 examples")
     assert "macro avg" in out and "weighted avg" in out and "top-5" in out
@@ -109,7 +151,7 @@ def test_evaluate_saves_a_consistent_per_class_report(capsys, digits_run: Path) 
 
 
 def test_predict_prints_top_k(capsys, digits_run: Path, digit_pngs) -> None:
-    paths, _ = digit_pngs
+    paths = digit_pngs[0][:4]
     code, out, _ = run(capsys, "predict", str(digits_run), *map(str, paths), "--top-k", "3")
     assert code == 0
     lines = out.splitlines()
@@ -120,7 +162,7 @@ def test_predict_prints_top_k(capsys, digits_run: Path, digit_pngs) -> None:
 
 
 def test_predict_json_probabilities(capsys, digits_run: Path, digit_pngs) -> None:
-    paths, _ = digit_pngs
+    paths = digit_pngs[0][:4]
     code, out, _ = run(capsys, "predict", str(digits_run), *map(str, paths), "--json")
     assert code == 0
     results = json.loads(out)
@@ -137,11 +179,28 @@ def test_predict_files_agree_with_predict_tensors(capsys, digits_run: Path, digi
     """PNG round trip is lossless at 8x8, so files and tensors must give the same answer."""
     from neuralab import load
 
-    paths, _ = digit_pngs
+    paths = digit_pngs[0][:4]
     test = load_dataset("digits").test
     expected = [top[0][0] for top in load(digits_run).predict(list(test.images[:4]))]
     code, out, _ = run(capsys, "predict", str(digits_run), *map(str, paths), "--json")
     assert [item["top"][0]["class"] for item in json.loads(out)] == expected
+
+
+def test_predicted_labels_are_the_known_digits(capsys, digits_run: Path, digit_pngs) -> None:
+    """`predict` on every test image as a file names the known digit as often, and for the same
+    images per class, as `evaluate` counts (the same confusion matrix): the files decode to the
+    test tensors bit for bit. And that is at least 95% of them."""
+    paths, labels = digit_pngs
+    code, out, err = run(capsys, "predict", str(digits_run), *map(str, paths), "--json")
+    assert code == 0, err
+    predicted = [int(item["top"][0]["class"]) for item in json.loads(out)]
+    correct = sum(guess == label for guess, label in zip(predicted, labels, strict=True))
+    assert correct >= 0.95 * DIGITS_TEST_COUNT
+    confusion = torch.zeros(10, 10, dtype=torch.long)  # rows: true digit, columns: predicted
+    for guess, label in zip(predicted, labels, strict=True):
+        confusion[label, guess] += 1
+    code, out, _ = run(capsys, "evaluate", str(digits_run), "--json")
+    assert confusion.tolist() == json.loads(out)["confusion_matrix"]
 
 
 def make_folder(root: Path) -> Path:
@@ -172,8 +231,13 @@ def test_train_evaluate_predict_on_an_image_folder(capsys, tmp_path: Path) -> No
         "model.args.width=4",
         "--set",
         "data.options.image_size=16",
+        # Learns red from blue: every image right for seeds 0-5 (2 epochs were a coin toss).
         "--epochs",
-        "2",
+        "6",
+        "--lr",
+        "0.05",
+        "--set",
+        "optim.momentum=0.9",
         "--batch-size",
         "4",
         "--out",
@@ -184,10 +248,13 @@ def test_train_evaluate_predict_on_an_image_folder(capsys, tmp_path: Path) -> No
     assert "3×16×16, 2 classes" in out
     code, out, _ = run(capsys, "evaluate", str(run_dir), "--json")
     assert code == 0 and json.loads(out)["count"] == 2  # 20% of 6 per class held out
-    code, out, _ = run(capsys, "predict", str(run_dir), str(images / "red" / "0.png"), "--json")
-    top = json.loads(out)[0]["top"]
-    assert code == 0 and len(top) == 2  # top-k is capped at the number of classes
-    assert {entry["class"] for entry in top} == {"red", "blue"}
+    files = sorted(images.glob("*/*.png"))
+    code, out, _ = run(capsys, "predict", str(run_dir), *map(str, files), "--json")
+    assert code == 0
+    for path, item in zip(files, json.loads(out), strict=True):
+        top = item["top"]
+        assert len(top) == 2  # top-k is capped at the number of classes
+        assert top[0]["class"] == path.parent.name
 
 
 @pytest.mark.parametrize(
@@ -197,7 +264,7 @@ def test_train_evaluate_predict_on_an_image_folder(capsys, tmp_path: Path) -> No
         (["--data", "digitz"], "unknown dataset 'digitz'; did you mean 'digits'", True),
         (["--set", "optim.name=sgdd"], "unknown optimizer 'sgdd'; did you mean 'sgd'", False),
         (["--set", "train.epoch=1"], "Did you mean 'epochs'", True),
-        (["--set", "model.args.depht=2"], "unexpected keyword argument 'depht'", True),
+        (["--set", "model.args.depht=2"], "takes no argument 'depht'; did you mean 'depth'", True),
         (["--lr", "1e10"], "training loss became nan at epoch 1, step", False),
     ],
     ids=["model", "dataset", "optimizer", "config-key", "model-argument", "diverged"],
@@ -210,6 +277,7 @@ def test_user_errors_exit_2_with_a_message(
     assert code == 2
     assert err.startswith("neuralab train: error: ")
     assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err  # one line
     if before_run_dir:  # bad names and arguments leave no half-made run directory behind
         assert not (tmp_path / "run").exists()
 
@@ -267,3 +335,157 @@ def test_missing_command_is_an_argparse_error(capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([])
     assert exit_info.value.code == 2
+
+
+def test_settings_that_conflict_are_one_config_error(capsys, tmp_path: Path) -> None:
+    """Pydantic's validation errors arrive as ConfigError: no traceback."""
+    argv = [*DIGITS_MLP, "--out", str(tmp_path / "run")]
+    code, _, err = run(
+        capsys, *argv, "--set", "train.lookahead_every=2", "--set", "train.ema_decay=0.9"
+    )
+    assert code == 2 and "Traceback" not in err
+    assert "train.lookahead_every and train.ema_decay both average the weights" in err
+
+
+@pytest.mark.parametrize(
+    "bug",
+    [
+        ZeroDivisionError("division by zero"),
+        ValueError("an internal check failed"),  # no longer taken for a user error
+        TypeError("unsupported operand type(s)"),
+        ModuleNotFoundError("No module named 'neuralab.gone'", name="neuralab.gone"),
+    ],
+    ids=lambda bug: type(bug).__name__,
+)
+def test_a_bug_shows_its_traceback_and_asks_for_a_report(
+    capsys, monkeypatch, digits_run: Path, bug: Exception
+) -> None:
+    def broken(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr(cli_evaluate, "evaluate", broken)
+    code, out, err = run(capsys, "evaluate", str(digits_run))
+    assert code == 1 and out == ""
+    lines = err.rstrip("\n").splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert f"{type(bug).__name__}: {bug}" in lines
+    assert lines[-1] == (
+        f"neuralab evaluate: internal error: this is a bug in neuralab {neuralab.__version__}; "
+        "please report it with the command and the traceback above"
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ImportError("neuralab compare draws with matplotlib: pip install 'neuralab[plots]'"),
+        ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime"),
+        FileNotFoundError(2, "No such file or directory", "runs/x/evaluation.json"),
+        ConfigError("train.epochs must be > 0"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+def test_a_user_error_is_one_line_without_traceback(
+    capsys, monkeypatch, digits_run: Path, error: Exception
+) -> None:
+    """A missing optional package, the OS refusing a file, a bad setting: exit 2, one line."""
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cli_evaluate, "evaluate", refuse)
+    code, _, err = run(capsys, "evaluate", str(digits_run))
+    assert code == 2
+    assert err == f"neuralab evaluate: error: {error}\n"
+
+
+def test_an_interrupt_exits_130(capsys, monkeypatch, digits_run: Path) -> None:
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_evaluate, "evaluate", interrupted)
+    code, _, err = run(capsys, "evaluate", str(digits_run))
+    assert code == 130 and err == "neuralab evaluate: interrupted\n"
+
+
+# One value per config flag, each different from the field's default.
+FLAG_VALUES = {
+    "data": "digits",
+    "model": "mlp",
+    "epochs": 2.5,
+    "batch_size": 7,
+    "lr": 0.3,
+    "seed": 5,
+    "deterministic": True,
+    "data_dir": "/data/elsewhere",
+    "out": "/runs/elsewhere",
+}
+
+
+def config_value(config: RunConfig, dotted: str):
+    value = config
+    for name in dotted.split("."):
+        value = getattr(value, name)
+    return value
+
+
+@pytest.mark.parametrize("dest", list(CONFIG_FLAGS))
+def test_each_config_flag_sets_its_config_field(dest: str) -> None:
+    flag, value = CONFIG_FLAGS[dest], FLAG_VALUES[dest]
+    argv = ["train", flag.flag] + ([] if value is True else [str(value)])
+    config = resolve_train_config(build_parser().parse_args(argv))
+    assert config_value(config, flag.config_field) == value
+    assert config_value(RunConfig(), flag.config_field) != value
+
+
+@pytest.mark.parametrize(
+    "given", [*(f.flag for f in CONFIG_FLAGS.values()), "--recipe", "--set", "--dry-run"]
+)
+def test_resume_refuses_every_flag_that_would_change_the_config(capsys, given: str) -> None:
+    values = {f.flag: FLAG_VALUES[f.dest] for f in CONFIG_FLAGS.values()}
+    values |= {"--recipe": "mnist-best", "--set": "train.epochs=3", "--dry-run": True}
+    extra = [given] if values[given] is True else [given, str(values[given])]
+    code, _, err = run(capsys, "train", "--resume", "auto", *extra)
+    assert code == 2
+    assert err.startswith(f"neuralab train: error: --resume continues a run exactly as it was "
+                          f"configured; {given} would change it")  # fmt: skip
+
+
+def test_summary_and_lr_find_hand_their_flags_to_the_api(capsys, monkeypatch) -> None:
+    import neuralab.run.lrfind
+    from neuralab import api
+
+    calls = {}
+
+    class Found:
+        suggestion, lrs = 0.01, [0.001, 0.1]
+
+        def format(self) -> str:
+            return "table"
+
+    def record(name):
+        def call(*args, **kwargs):
+            calls[name] = (args, kwargs)
+            return Found()
+
+        return call
+
+    monkeypatch.setattr(api, "summary", record("summary"))
+    monkeypatch.setattr(neuralab.run.lrfind, "lr_find", record("lr_find"))
+    flags = ["--data", "digits", "--data-dir", "/data", "--recipe", "digits-best"]
+    assert main(["summary", "mlp", *flags, "--set", "model.args.width=8"]) == 0
+    assert calls["summary"] == (
+        ("digits-best",),
+        {
+            "overrides": ["model.args.width=8"],
+            "model": "mlp",
+            "data": "digits",
+            "data_dir": "/data",
+        },
+    )
+    assert main(["lr-find", *flags, "--model", "mlp", "--steps", "5", "--out", "here"]) == 0
+    args, kwargs = calls["lr_find"]
+    assert args == ("digits-best",) and kwargs["out"] == "here" and kwargs["steps"] == 5
+    assert {k: kwargs[k] for k in ("data", "model", "data_dir")} == {
+        "data": "digits", "model": "mlp", "data_dir": "/data"
+    }  # fmt: skip

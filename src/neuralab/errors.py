@@ -8,11 +8,16 @@ with its traceback and a request to report it (exit status 1).
 Every specific error also keeps the built-in base its callers already catch, so that making it
 a `UserError` changes no `except` clause anywhere:
 
-    ConfigError(UserError, ValueError)        config.py: a recipe, flag or override is wrong
-    DataError(UserError, ValueError)          data/dataset.py: data missing, unreadable or malformed
-    CheckpointError(UserError, ValueError)    checkpoint/format.py: not a (complete) checkpoint
-    ExportError(UserError, ValueError)        inference/exporters.py: an export that cannot be made
-    UnknownNameError(UserError, KeyError)     registry.py: a name no registry holds
+    ConfigError(UserError, ValueError)          config.py: a recipe, flag or override is wrong
+    DataError(UserError, ValueError)            data/dataset.py: data missing, unreadable, malformed
+    CheckpointError(UserError, ValueError)      checkpoint/format.py: not a (complete) checkpoint
+    ExportError(UserError, ValueError)          inference/exporters.py: cannot export, or no match
+    UnknownNameError(UserError, KeyError)       registry.py: a name no registry holds
+    UnknownArgumentError(UserError, TypeError)  registry.py: an argument a factory does not take
+    TrainingStopped(UserError, RuntimeError)    api.py: training stopped (e.g. the loss became NaN)
+
+Plain `ValueError`/`TypeError` are left for internal checks (a caller passing the wrong thing):
+the command line shows those with their traceback, as bugs.
 
 Example:
     >>> from neuralab.config import ConfigError

@@ -1,0 +1,144 @@
+"""Verbs that look at a trained run or a model: `neuralab evaluate`, `predict`, `report`,
+`summary`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from neuralab import api
+from neuralab.cli.flags import add_config_flags, add_overrides, add_recipe, api_arguments
+from neuralab.data import DataError
+from neuralab.inference.evaluation import evaluate, format_confusion, report_path, write_report
+from neuralab.tasks.metrics import format_report
+
+LABEL_WIDTH = 60  # characters of an input's name shown before its predictions
+
+
+def add_evaluate(commands) -> None:
+    """Add `neuralab evaluate` to the CLI's subcommands."""
+    parser = commands.add_parser("evaluate", help="evaluate a saved run on its test split")
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--data", help="evaluate on another dataset with the same classes")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """`neuralab evaluate RUN`: the test report, printed (or as JSON) and saved beside the run."""
+    report = evaluate(args.run_dir, data=args.data, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    classes = list(report["per_class"])
+    print(f"{report['dataset']} test: {report['count']} examples")
+    print(format_report(report, classes))
+    print(format_confusion(report, classes))
+    print(f"saved {report_path(args.run_dir, args.data)}")
+    return 0
+
+
+def add_predict(commands) -> None:
+    """Add `neuralab predict` to the CLI's subcommands."""
+    parser = commands.add_parser("predict", help="predict the class of image files or texts")
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files")
+    parser.add_argument(
+        "--text", action="append", default=[], help="a text to classify (text runs); repeatable"
+    )
+    parser.add_argument("--file", help="a UTF-8 file with one text per line (text runs)")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(handler=run_predict)
+
+
+def predict_inputs(args: argparse.Namespace, text_model: bool) -> list:
+    """Image paths for image runs; --text values and --file lines for text runs."""
+    texts = list(args.text)
+    if args.file:
+        from neuralab.data.text import decode_utf8
+
+        path = Path(args.file)
+        if not path.is_file():
+            raise DataError(f"--file {path} does not exist")
+        texts += [
+            line for line in decode_utf8(path.read_bytes(), path).splitlines() if line.strip()
+        ]
+    if text_model and args.inputs:
+        raise DataError("this run classifies texts: pass them with --text TEXT or --file FILE")
+    if not text_model and texts:
+        raise DataError("this run classifies images: pass image files, not --text / --file")
+    inputs = texts if text_model else args.inputs
+    if not inputs:
+        raise DataError("nothing to predict: pass image files, or --text / --file for text runs")
+    return inputs
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """`neuralab predict RUN INPUT...`: the top-k classes of each input."""
+    predictor = api.load(args.run_dir)
+    inputs = predict_inputs(args, text_model=predictor.modality.kind == "text")
+    results = predictor.predict(inputs, top_k=args.top_k)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"input": str(item), "top": [{"class": c, "probability": p} for c, p in top]}
+                    for item, top in zip(inputs, results, strict=True)
+                ]
+            )
+        )
+        return 0
+    for item, top in zip(inputs, results, strict=True):
+        label = str(item)
+        if len(label) > LABEL_WIDTH:
+            label = label[: LABEL_WIDTH - 3] + "..."
+        print(f"{label}: " + ", ".join(f"{c} {p:.1%}" for c, p in top))
+    return 0
+
+
+def add_report(commands) -> None:
+    """Add `neuralab report` to the CLI's subcommands."""
+    parser = commands.add_parser(
+        "report",
+        help="evaluate a run and write its figures and a self-contained report.html",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR")
+    parser.add_argument("--data-dir")
+    parser.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """`neuralab report RUN`: writes report.html and its figures into the run directory."""
+    page = write_report(args.run_dir, data_dir=args.data_dir)
+    print(f"wrote {page} (and its figures beside it)")
+    return 0
+
+
+def add_summary(commands) -> None:
+    """Add `neuralab summary` to the CLI's subcommands."""
+    parser = commands.add_parser(
+        "summary",
+        help="layers, output shapes, parameters and FLOPs of a model on a dataset's input",
+    )
+    add_config_flags(
+        parser,
+        {
+            "model": "model name (or take it from --recipe)",
+            "data": "dataset whose input shape (or vocabulary) to use",
+        },
+        positional="model",
+    )
+    add_recipe(parser, "recipe name or YAML path")
+    add_config_flags(parser, {"data_dir": None})
+    add_overrides(parser)
+    parser.set_defaults(handler=run_summary)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    """`neuralab summary [MODEL]`: the model's layer table."""
+    found = api.summary(args.recipe, overrides=args.overrides, **api_arguments(args))
+    print(found.format())
+    return 0
