@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from neuralab.config import ConfigError
+
 
 def to_float(
     images: torch.Tensor,
@@ -105,7 +107,7 @@ class Augment:
         if isinstance(self.flip, bool):
             self.flip = "random" if self.flip else "off"
         if self.flip not in ("off", "random", "alternate"):
-            raise ValueError(f"flip must be off, random or alternate, not {self.flip!r}")
+            raise ConfigError(f"augment.flip must be off, random or alternate, not {self.flip!r}")
 
     def __call__(
         self,

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from neuralab.config import ConfigError
 from neuralab.data.dataset import DataError
 from neuralab.data.textloader import EncodedTexts
 
@@ -53,14 +54,14 @@ class TokenizerSettings:
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
-            raise ValueError(f"tokenizer.kind {self.kind!r} is unknown; valid: {', '.join(KINDS)}")
+            raise ConfigError(f"tokenizer.kind {self.kind!r} is unknown; valid: {', '.join(KINDS)}")
         if self.truncation not in TRUNCATIONS:
-            raise ValueError(
+            raise ConfigError(
                 f"tokenizer.truncation {self.truncation!r} is unknown; valid: "
                 f"{', '.join(TRUNCATIONS)}"
             )
         if self.max_length < 1 or self.vocab_size < 3:
-            raise ValueError("tokenizer.max_length must be >= 1 and vocab_size >= 3")
+            raise ConfigError("tokenizer.max_length must be >= 1 and vocab_size >= 3")
 
     def to_dict(self) -> dict:
         return asdict(self)

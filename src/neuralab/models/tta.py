@@ -17,6 +17,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from neuralab.registry import InvalidArgumentError
+
 TtaMode = Literal["off", "flip", "flip+shift"]
 MODES: tuple[str, ...] = ("off", "flip", "flip+shift")
 
@@ -28,7 +30,9 @@ def tta_mode(value: bool | str | None) -> str:
     if value is True:
         return "flip"
     if value not in MODES:
-        raise ValueError(f"unknown test-time augmentation {value!r}: expected one of {MODES}")
+        raise InvalidArgumentError(
+            f"unknown test-time augmentation {value!r}: expected one of {MODES}"
+        )
     return value
 
 
