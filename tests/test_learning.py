@@ -21,9 +21,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neuralab.config import OptimConfig
+from neuralab.config import OptimConfig, RunConfig
 from neuralab.models import MODELS, InputSpec, TextSpec, build_model, model_input
-from neuralab.train.optim import build_optimizer
+from neuralab.run import build
+
+
+def build_optimizer(model, optim: OptimConfig):
+    """The optimizer a run with these `optim` settings builds (run/build.py reads the config)."""
+    return build.build_optimizer(RunConfig(optim=optim), model)
+
 
 STEPS = 60  # optimizer steps per model
 BATCH = 32  # examples per step; every step sees new ones

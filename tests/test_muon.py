@@ -10,9 +10,15 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from neuralab.config import OptimConfig
+from neuralab.config import OptimConfig, RunConfig
+from neuralab.run import build
 from neuralab.train.muon import Muon, orthogonalize
-from neuralab.train.optim import build_optimizer
+
+
+def build_optimizer(model, optim: OptimConfig):
+    """The optimizer a run with these `optim` settings builds (run/build.py reads the config)."""
+    return build.build_optimizer(RunConfig(optim=optim), model)
+
 
 # cifar10-best's optimizer section (src/neuralab/recipes/cifar10-best.yaml), except other_lr:
 # the recipe's 106 is for 2,000-image CIFAR batches. At 0.1 the biases and head move gently on

@@ -20,11 +20,10 @@ from neuralab.config import (
 )
 from neuralab.models import model_input
 from neuralab.registry import REQUIRED, UnknownArgumentError, UnknownNameError
+from neuralab.run import build
 from neuralab.train.optim import (
     OPTIMIZERS,
     SCHEDULES,
-    build_optimizer,
-    build_scheduler,
     make_optimizer,
     make_scheduler,
     parameter_groups,
@@ -154,15 +153,17 @@ def test_a_setting_the_schedule_does_not_take_is_an_error() -> None:
         make_scheduler(optimizer, "constant", 10, 100, gamma=0.5)
 
 
-def test_config_wrappers_reject_a_set_field_the_optimizer_does_not_take() -> None:
-    """build_optimizer/build_scheduler (kept until run/build.py replaces their callers) pass
-    only the fields set explicitly: `optim.momentum=0.9` with adam is an error, not ignored."""
+def test_the_run_builder_passes_only_the_fields_a_config_sets() -> None:
+    """run/build.py hands the optimizer and schedule the fields set explicitly:
+    `optim.momentum=0.9` with adam is an error, not ignored."""
+    model = nn.Linear(2, 2)
     with pytest.raises(UnknownArgumentError, match="optimizer 'adam' takes no argument 'momentum'"):
-        build_optimizer(nn.Linear(2, 2), OptimConfig(name="adam", momentum=0.9))
-    optimizer = build_optimizer(nn.Linear(2, 2), OptimConfig(name="adam", lr=0.003))
+        build.build_optimizer(RunConfig(optim=OptimConfig(name="adam", momentum=0.9)), model)
+    optimizer = build.build_optimizer(RunConfig(optim=OptimConfig(name="adam", lr=0.003)), model)
     assert optimizer.defaults["lr"] == 0.003 and optimizer.defaults["betas"] == (0.9, 0.999)
+    onecycle = RunConfig(schedule=ScheduleConfig(name="onecycle", warmup_epochs=1))
     with pytest.raises(UnknownArgumentError, match="schedule 'onecycle' takes no argument"):
-        build_scheduler(optimizer, ScheduleConfig(name="onecycle", warmup_epochs=1), 10, 100)
+        build.build_schedule(onecycle, optimizer, 10)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +196,7 @@ def test_a_run_directory_config_builds_again() -> None:
     read_back = RunConfig.model_validate(yaml.safe_load(dump_config(written)))
     assert "momentum" in read_back.optim.model_fields_set  # every field is set in the file
     assert explicit_fields(read_back.optim) == explicit_fields(written.optim)
-    optimizer = build_optimizer(nn.Linear(2, 2), read_back.optim)
+    optimizer = build.build_optimizer(read_back, nn.Linear(2, 2))
     assert type(optimizer) is torch.optim.Adam and optimizer.defaults["lr"] == 0.003
 
 

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuralab.config import OptimConfig, ScheduleConfig, explicit_fields
 from neuralab.registry import InvalidArgumentError, Registry
 from neuralab.train.muon import Muon
 
@@ -162,15 +161,6 @@ def make_optimizer(
     for prefix, epochs in (train_until or {}).items():
         split_off_group(optimizer, model, prefix, epochs)
     return optimizer
-
-
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    """Deprecated wrapper (until run/build.py replaces its callers): `make_optimizer` with the
-    settings `config` sets explicitly."""
-    settings = explicit_fields(config)
-    for key in ("name", "train_until"):
-        settings.pop(key, None)
-    return make_optimizer(model, config.name, config.train_until, **settings)
 
 
 def split_off_group(
@@ -321,16 +311,6 @@ def make_scheduler(
         else:
             multipliers.append(linear_to_zero(max(1, round(epochs * steps_per_epoch))))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multipliers)
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: ScheduleConfig, steps_per_epoch: int, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Deprecated wrapper (until run/build.py replaces its callers): `make_scheduler` with the
-    settings `config` sets explicitly."""
-    settings = explicit_fields(config)
-    settings.pop("name", None)
-    return make_scheduler(optimizer, config.name, steps_per_epoch, total_steps, **settings)
 
 
 def linear_to_zero(steps: int) -> Multiplier:
