@@ -29,6 +29,7 @@ NEEDS = {
 REASON_WORDS = {"NEURALAB_DATA": "realdata", "chromium": "browser", "chromedriver": "browser"}
 TEST_EXTRA = "install the test extra: pip install -e '.[test]'"
 SKIPPED_MODULES = pytest.StashKey[list[str]]()
+PROFILE_LOADED: list[bool] = []  # whether this process loaded the hypothesis profile
 
 
 def in_ci() -> bool:
@@ -46,12 +47,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def load_hypothesis_profile() -> None:
-    """print_blob everywhere; derandomize under CI (see the module docstring)."""
+    """print_blob everywhere; derandomize under CI (see the module docstring). Once per
+    process: the pytester runs of test_ci_rules.py must not change the outer run's profile."""
     try:
         from hypothesis import settings
     except ImportError:  # test_properties.py skips without hypothesis
         return
-    settings.register_profile("neuralab", print_blob=True)
+    if PROFILE_LOADED:
+        return
+    PROFILE_LOADED.append(True)
+    settings.register_profile("neuralab", print_blob=True, derandomize=False)
     settings.register_profile("neuralab-ci", print_blob=True, derandomize=True)
     settings.load_profile("neuralab-ci" if in_ci() else "neuralab")
 
