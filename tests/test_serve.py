@@ -354,11 +354,6 @@ class FailOnce:
         return self.forward(inputs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="serve/app.py has no handler for unexpected errors yet (Starlette answers text/plain); "
-    "remove this mark with that handler (tests-b report, finding 8)",
-)
 def test_a_failing_forward_pass_answers_500_and_the_next_request_is_served(
     text_run: Path,
 ) -> None:

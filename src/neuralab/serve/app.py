@@ -263,6 +263,12 @@ def add_error_handlers(app, responses) -> None:
     async def timeout(request, error: PredictionTimeout):
         return reply(504, f"prediction timed out: {error}; retry later with fewer inputs")
 
+    async def failed(request, error: Exception):
+        # Anything else is a bug (a model whose forward pass raises, ...): a JSON 500 naming
+        # it; Starlette still re-raises it afterwards, so the server logs its traceback.
+        return reply(500, f"internal error: {type(error).__name__}: {error}")
+
+    app.add_exception_handler(Exception, failed)
     app.add_exception_handler(PayloadError, payload)
     app.add_exception_handler(BodyTooLarge, too_large)
     app.add_exception_handler(Overloaded, overloaded)
