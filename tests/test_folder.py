@@ -12,6 +12,7 @@ from PIL import Image
 
 import neuralab
 from neuralab.data import folder as folder_module
+from neuralab.data import foldercache
 from neuralab.data.dataset import DataError, load_dataset
 from neuralab.data.folder import BadImageFile, folder, load_image_file
 
@@ -185,7 +186,7 @@ def test_failed_cache_write_leaves_no_temp_files(
         Path(filename).write_bytes(b"partial")
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(folder_module, "save_file", half_write)
+    monkeypatch.setattr(foldercache, "save_file", half_write)
     assert len(load(photos, tmp_path).train) == 8
     assert "No space left" in capsys.readouterr().err
     assert cache_files(tmp_path) == []

@@ -18,11 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from neuralab.errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A recipe or override is malformed; the message names the field and the fix."""
+from neuralab.errors import ConfigError  # raised here, and importable from here as before
 
 
 class Section(BaseModel):

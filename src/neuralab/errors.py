@@ -35,3 +35,9 @@ class UserError(Exception):
     `class ConfigError(UserError, ValueError)`); raise the subclass, not `UserError` itself,
     so that Python callers can tell a bad setting from bad data.
     """
+
+
+class ConfigError(UserError, ValueError):
+    """A recipe, flag, override or setting is wrong; the message names the field and the fix.
+    Defined here beside UserError, so that modules which only raise it need not import the
+    config schema; `neuralab.config` re-exports it."""

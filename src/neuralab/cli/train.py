@@ -17,7 +17,8 @@ from neuralab.cli.flags import (
     config_fields,
     given_flags,
 )
-from neuralab.config import ConfigError, RunConfig, dump_config, resolve_config
+from neuralab.config import RunConfig, dump_config, resolve_config
+from neuralab.errors import ConfigError
 from neuralab.run import build
 from neuralab.run import resume as resuming
 

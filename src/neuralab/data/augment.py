@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from neuralab.config import ConfigError
+from neuralab.errors import ConfigError
 
 
 def to_float(

@@ -14,20 +14,13 @@ safetensors under `<data_dir>/folder-cache/`; a changed folder gets a new cache 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import PIL
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from neuralab.data.dataset import DATASETS, DataError, ImageDataset, Split, channel_stats
+from neuralab.data.foldercache import cache_path, read_cache, warn, write_cache
 from neuralab.data.images import (  # noqa: F401  (re-exported: the public image readers)
     GRAYSCALE_MODES,
     IMAGE_SUFFIXES,
@@ -39,9 +32,6 @@ from neuralab.data.images import (  # noqa: F401  (re-exported: the public image
 )
 
 HELD_OUT_FOLDERS = ("val", "test")
-CACHE_FOLDER = "folder-cache"
-# Part of every cache key: bump it when decoding or the cache layout changes.
-CACHE_FORMAT = "neuralab-folder-1"
 LAYOUT_HINT = (
     "Expected folder:<path> with one sub-folder of images per class (path/cat/1.jpg, "
     "path/dog/2.png), or path/train/<class>/... with path/val/<class>/... or path/test/<class>/..."
@@ -92,32 +82,19 @@ def folder(
     source = Path(path).expanduser().resolve()
     splits, classes = find_image_files(source, test_split, seed)
     cache_file = cache_path(Path(root), source, size, channels, test_split, seed, splits)
-    loaded = _read_cache(cache_file, classes, size) if cache and cache_file.exists() else None
+    loaded = read_cache(cache_file, classes, size) if cache and cache_file.exists() else None
     if loaded is None:
         loaded = _read_images(splits, channels, size, skip_bad_files)
         if cache:
-            _write_cache(cache_file, *loaded, classes)
+            write_cache(cache_file, *loaded, classes)
     images, skipped = loaded
     _report_skipped(skipped, skip_bad_files)
     _check_every_class_trains(images["train"], classes)
-    info = {
-        "root": str(source),
-        "image_size": size,
-        "files": sum(map(len, images.values())),
-        "skipped": skipped,
-        "cache": str(cache_file) if cache else None,
-    }
+    info = {"root": str(source), "image_size": size, "files": sum(map(len, images.values())),
+            "skipped": skipped, "cache": str(cache_file) if cache else None}  # fmt: skip
     mean, std = channel_stats(images["train"].images)
-    return ImageDataset(
-        f"folder:{path}",
-        images["train"],
-        images["test"],
-        classes,
-        mean,
-        std,
-        val=images.get("val"),
-        info=info,
-    )
+    return ImageDataset(f"folder:{path}", images["train"], images["test"], classes, mean, std,
+                        val=images.get("val"), info=info)  # fmt: skip
 
 
 def _check_options(path: str, channels: int | None, test_split: float) -> None:
@@ -197,7 +174,7 @@ def _class_files(tree: Path) -> ClassFiles:
             f"{tree}: expected one sub-folder of images per class, found {found}. {LAYOUT_HINT}"
         )
     if loose:
-        _warn(f"ignoring {len(loose)} image files directly in {tree} (not in a class folder)")
+        warn(f"ignoring {len(loose)} image files directly in {tree} (not in a class folder)")
     files = {f.name: _image_files(f) for f in folders}
     for name, found in files.items():
         if not found:
@@ -227,38 +204,6 @@ def _seeded_split(
     return kept, {name: files for name, files in held.items() if files}
 
 
-def cache_path(
-    root: Path,
-    source: Path,
-    size: tuple[int, int],
-    channels: int | None,
-    test_split: float,
-    seed: int,
-    splits: dict[str, Labelled],
-) -> Path:
-    """`root/folder-cache/<settings>-<key>.safetensors`.
-
-    key: sha256 over the settings (format, Pillow version, folder, size, channels, test_split,
-    seed) and each image file's relative path, size and mtime_ns, so any added, removed or
-    modified file gives a new key. <settings> (16 hex digits of the settings alone) lets a new
-    cache file replace stale ones made with the same settings.
-    """
-    settings = json.dumps(
-        [CACHE_FORMAT, PIL.__version__, str(source), list(size), channels, test_split, seed]
-    ).encode()
-    key = hashlib.sha256(settings)
-    for file in sorted(file for items in splits.values() for file, _ in items):
-        stat = file.stat()
-        key.update(
-            json.dumps(
-                [file.relative_to(source).as_posix(), stat.st_size, stat.st_mtime_ns]
-            ).encode()
-            + b"\n"
-        )
-    prefix = hashlib.sha256(settings).hexdigest()[:16]
-    return root / CACHE_FOLDER / f"{prefix}-{key.hexdigest()}.safetensors"
-
-
 def _read_images(
     splits: dict[str, Labelled], channels: int | None, size: tuple[int, int], skip: bool
 ) -> tuple[dict[str, Split], list[tuple[str, str]]]:
@@ -267,7 +212,7 @@ def _read_images(
     files = [file for items in splits.values() for file, _ in items]
     if channels is None:
         channels = _infer_channels(files, skip, skipped)
-    _warn(f"decoding {len(files)} images to {size[0]}x{size[1]}", "note")
+    warn(f"decoding {len(files)} images to {size[0]}x{size[1]}", "note")
     bad = {path for path, _ in skipped}
     images = {
         name: _read_split(
@@ -326,7 +271,7 @@ def _report_skipped(skipped: list[tuple[str, str]], skip: bool) -> None:
     if skipped and not skip:
         _skip_or_raise(BadImageFile(Path(skipped[0][0]), skipped[0][1]), False, [])
     for path, reason in skipped:
-        _warn(f"skipped {path}: {reason}")
+        warn(f"skipped {path}: {reason}")
 
 
 def _check_every_class_trains(train: Split, classes: list[str]) -> None:
@@ -337,71 +282,3 @@ def _check_every_class_trains(train: Split, classes: list[str]) -> None:
                 f"class {name!r} has no readable training images left after "
                 "skipping bad files; add readable images to its folder"
             )
-
-
-def _read_cache(
-    file: Path, classes: list[str], size: tuple[int, int]
-) -> tuple[dict[str, Split], list[tuple[str, str]]] | None:
-    """The cached splits and skipped files, or None (with a note) if the file is unusable."""
-    try:
-        with safe_open(str(file), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        if meta.get("format") != CACHE_FORMAT or json.loads(meta["classes"]) != classes:
-            raise ValueError("written for another format or other classes")
-        images = {
-            name: Split(tensors[f"{name}.images"], tensors[f"{name}.labels"])
-            for name in json.loads(meta["splits"])
-        }
-        if any(split.images.shape[2:] != size for split in images.values()):
-            raise ValueError(f"images are not {size[0]}x{size[1]}")
-        return images, [(path, reason) for path, reason in json.loads(meta["skipped"])]
-    except Exception as error:  # a cache is disposable: any problem means decode again
-        _warn(
-            f"ignoring unreadable cache file {file} ({type(error).__name__}: {error}); "
-            "decoding the images again and rewriting it",
-            "note",
-        )
-        return None
-
-
-def _write_cache(
-    file: Path, images: dict[str, Split], skipped: list[tuple[str, str]], classes: list[str]
-) -> None:
-    """Write atomically (temp file in the same folder, then os.replace); failures only warn."""
-    tensors = {
-        f"{name}.{part}": getattr(split, part).contiguous()
-        for name, split in images.items()
-        for part in ("images", "labels")
-    }
-    metadata = {
-        "format": CACHE_FORMAT,
-        "classes": json.dumps(classes),
-        "splits": json.dumps(list(images)),
-        "skipped": json.dumps(skipped),
-    }
-    temp = None
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        descriptor, temp = tempfile.mkstemp(dir=file.parent, prefix=".tmp-", suffix=file.suffix)
-        os.close(descriptor)
-        os.chmod(temp, 0o644)  # mkstemp makes it owner-only; a cache may be shared
-        save_file(tensors, temp, metadata=metadata)
-        os.replace(temp, file)
-    except Exception as error:  # the dataset is loaded; only the speed-up is lost
-        _warn(
-            f"not caching the decoded images in {file.parent} ({type(error).__name__}: "
-            f"{error}); the folder will be decoded again next time"
-        )
-        return
-    finally:
-        if temp is not None:
-            Path(temp).unlink(missing_ok=True)
-    prefix = file.name.split("-", 1)[0]
-    for stale in file.parent.glob(f"{prefix}-*{file.suffix}"):
-        if stale != file:
-            stale.unlink(missing_ok=True)
-
-
-def _warn(message: str, level: str = "warning") -> None:
-    print(f"{level}: {message}", file=sys.stderr)

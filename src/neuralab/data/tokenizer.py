@@ -30,9 +30,9 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from neuralab.config import ConfigError
 from neuralab.data.dataset import DataError
 from neuralab.data.textloader import EncodedTexts
+from neuralab.errors import ConfigError
 
 PAD, UNK = "[PAD]", "[UNK]"
 PAD_ID, UNK_ID = 0, 1

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from neuralab.config import ConfigError
 from neuralab.data.dataset import DataError
+from neuralab.errors import ConfigError
 from neuralab.inference.exporters import (
     FORMATS,
     SUFFIXES,

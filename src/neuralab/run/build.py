@@ -36,13 +36,12 @@ from neuralab.train.allocator import reused_memory
 from neuralab.train.callbacks import Callback, EarlyStopping
 from neuralab.train.engine import (
     Engine,
-    choose_engine,
-    choose_threads,
     cpu_model,
     deterministic_mode,
     engine_choice,
     fixed_engine,
     pick_device,
+    pick_engine,
     resumed_engine,
 )
 from neuralab.train.lookahead import Lookahead
@@ -123,14 +122,16 @@ def build_run(
     log(inputs.describe())
     if described:  # a forward pass: only when it is shown
         log(describe_model(config, model, inputs, device))
-    log(describe_batch(settings.batch_size, settings.grad_accumulation))
+    log(distributed.describe_batch(settings.batch_size, settings.grad_accumulation))
     has_val = inputs.dataset.val is not None
     check_monitor(config, has_val)
     run_dir, engine, weights = start_or_resume(config, model, inputs, device, resume_from)
     log(f"engine {engine.describe()}; {torch.get_num_threads()} threads on {cpu_model()}; "
         f"{allocator_state()}")  # fmt: skip
     loaders = build_loaders(config, inputs, engine)
-    model = distribute_model(model, engine, settings.sync_bn)
+    model = distributed.distribute_model(
+        model, engine.device, engine.channels_last, settings.sync_bn
+    )
     optimizer = build_optimizer(config, unwrap(model))
     scheduler = build_schedule(config, optimizer, len(loaders["train"]))
     meta = build_meta(config, inputs, engine)
@@ -205,19 +206,6 @@ def describe_model(config: RunConfig, model: nn.Module, inputs: Inputs, device) 
     return f"model  {config.model.name}{args}: {summarize(model, inputs.example(device)).totals()}"
 
 
-def describe_batch(global_batch: int, grad_accumulation: int) -> str:
-    """The log line that makes the effective batch explicit, e.g. `batch  global 128 = 2
-    processes × 64 per device`."""
-    processes = distributed.world_size()
-    per_device = distributed.split_batch(global_batch, processes, grad_accumulation)
-    line = f"batch  global {global_batch} = {processes} process{'es' * (processes > 1)} × "
-    line += f"{per_device} per device"
-    if grad_accumulation > 1:
-        micro = per_device // grad_accumulation
-        line += f" = {grad_accumulation} accumulated micro-batches of {micro}"
-    return line
-
-
 def absolute_paths(config: RunConfig) -> RunConfig:
     """Store folder and data paths absolute, so `evaluate` works from any working directory."""
     config = config.model_copy(deep=True)
@@ -264,30 +252,14 @@ def start_or_resume(
 def agreed_engine(model: nn.Module, inputs: Inputs, config: RunConfig, device) -> Engine:
     """Rank 0's engine choice for every process: timings differ between processes, and DDP
     needs the same memory format (and precision, for identical numerics) everywhere."""
-    engine = distributed.on_main_process(pick_engine, model, inputs, config, device)
-    return dataclasses.replace(engine, device=device)
-
-
-def pick_engine(model: nn.Module, inputs: Inputs, config: RunConfig, device) -> Engine:
-    """Time the thread count (unless train.threads is set), then precision and layout."""
     settings = config.train
-    if settings.deterministic:
+    if settings.deterministic:  # nothing timed: nothing depends on the machine's load
         return fixed_engine(device, settings.precision, settings.channels_last)
-    batch, labels = inputs.sample_batch(settings.batch_size, device)
-    note = ""
-    if settings.threads is None and distributed.world_size() == 1 and device.type == "cpu":
-        # Threads first: a stalled thread pool would distort every other timing.
-        _, note = choose_threads(model, batch, labels, Engine(device, None, False, ""))
-    engine = choose_engine(model, batch, labels, device, settings.precision, settings.channels_last)
-    return dataclasses.replace(engine, reason=f"{engine.reason}; {note}") if note else engine
-
-
-def distribute_model(model: nn.Module, engine: Engine, sync_bn: bool) -> nn.Module:
-    """Under torchrun, the model wrapped in DistributedDataParallel (see distributed.wrap_model);
-    the memory format is set first, because DDP lays out its gradient buckets when it wraps."""
-    if engine.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return distributed.wrap_model(model, engine.device, sync_bn)
+    engine = distributed.on_main_process(
+        pick_engine, model, inputs.sample_batch(settings.batch_size, device), device,
+        settings.precision, settings.channels_last, settings.threads,
+    )  # fmt: skip
+    return dataclasses.replace(engine, device=device)
 
 
 def finite_check(setting: str, device: torch.device) -> str:

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neuralab.config import ConfigError, resolve_config
+from neuralab.config import resolve_config
 from neuralab.data.dataset import DataError
+from neuralab.errors import ConfigError
 from neuralab.inference.plots import have_matplotlib, new_figure
 from neuralab.run import build
 from neuralab.run.tracking import write_text_atomic

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from neuralab.errors import ConfigError
 from neuralab.inference.predict import Predictor
 from neuralab.serve.batching import Batcher, Overloaded, PredictionTimeout
 from neuralab.serve.middleware import BodyLimit, BodyTooLarge, Metrics, RecordMetrics
@@ -76,9 +77,9 @@ class ServeSettings:
                 continue
             lowest = 0 if name == "max_wait_ms" else 1e-9  # waiting 0 ms is fine, 0 items is not
             if not isinstance(value, (int, float)) or value < lowest:
-                raise ValueError(f"serve setting {name} must be a positive number, got {value!r}")
+                raise ConfigError(f"serve setting {name} must be a positive number, got {value!r}")
         if self.max_items > self.max_queue:
-            raise ValueError(
+            raise ConfigError(
                 f"max_items ({self.max_items}) is larger than max_queue ({self.max_queue}): such a "
                 "request could never be admitted; lower --max-items or raise --max-queue"
             )

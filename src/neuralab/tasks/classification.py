@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from neuralab.config import ConfigError
+from neuralab.errors import ConfigError
 from neuralab.models.tta import tta_logits, tta_mode
 from neuralab.tasks.base import TASKS, StepOutput, split_tensors
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from neuralab.config import ConfigError
+from neuralab.errors import ConfigError
 
 
 class Order(IntEnum):

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from neuralab.config import ConfigError
+from neuralab.errors import ConfigError
 
 Result = TypeVar("Result")
 FAILURE_WAIT_S = 30  # seconds a failed process waits for the others before leaving alone
@@ -246,3 +246,26 @@ def main_process_first() -> Iterator[None]:
     finally:
         if is_distributed() and not waits:
             dist.barrier()
+
+
+def describe_batch(global_batch: int, grad_accumulation: int) -> str:
+    """The log line that makes the effective batch explicit, e.g. `batch  global 128 = 2
+    processes × 64 per device`."""
+    processes = world_size()
+    per_device = split_batch(global_batch, processes, grad_accumulation)
+    line = f"batch  global {global_batch} = {processes} process{'es' * (processes > 1)} × "
+    line += f"{per_device} per device"
+    if grad_accumulation > 1:
+        micro = per_device // grad_accumulation
+        line += f" = {grad_accumulation} accumulated micro-batches of {micro}"
+    return line
+
+
+def distribute_model(
+    model: nn.Module, device: torch.device, channels_last: bool, sync_bn: bool
+) -> nn.Module:
+    """Under torchrun, the model wrapped in DistributedDataParallel (see wrap_model);
+    the memory format is set first, because DDP lays out its gradient buckets when it wraps."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return wrap_model(model, device, sync_bn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from neuralab.config import ConfigError
+from neuralab.errors import ConfigError
+from neuralab.train.distributed import world_size
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 TIMING_ROUNDS = 3  # rounds of one timed step per candidate; the minimum counts
@@ -191,6 +193,25 @@ def choose_threads(
     torch.set_num_threads(best)
     summary = ", ".join(f"{t}: {s * 1000:.0f} ms" for t, s in timings.items())
     return best, f"{best} threads (timed: {summary})"
+
+
+def pick_engine(
+    model: nn.Module,
+    sample: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+    precision: str,
+    channels_last: str,
+    threads: int | None,
+) -> Engine:
+    """Time the thread count (unless `threads` is set, or several processes share the
+    machine), then precision and layout, on a training-sized `sample` batch."""
+    batch, labels = sample
+    note = ""
+    if threads is None and world_size() == 1 and device.type == "cpu":
+        # Threads first: a stalled thread pool would distort every other timing.
+        _, note = choose_threads(model, batch, labels, Engine(device, None, False, ""))
+    engine = choose_engine(model, batch, labels, device, precision, channels_last)
+    return dataclasses.replace(engine, reason=f"{engine.reason}; {note}") if note else engine
 
 
 def engine_choice(engine: Engine) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from neuralab.config import ConfigError
+from neuralab.errors import ConfigError
 from neuralab.train.callbacks import Callback, Order, Trainer
 from neuralab.train.distributed import local_module
 
