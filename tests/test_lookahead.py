@@ -161,12 +161,6 @@ def test_steps_before_the_last_match_airbench94_when_the_run_ends_between_syncs(
         assert_states_equal(witness.kept[step - 1], expected[step - 1], step)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 27 finding 3, the lead's decision: our last step mixes 1 − decay of the final "
-    "fast state into the slow copy (slow ← lerp(slow, fast, 1 − decay)); airbench94 ends on the "
-    "slow copy of the last sync (update with d = 1). They agree only when every divides N.",
-)
 def test_a_run_that_ends_between_syncs_ends_on_the_slow_copy_like_airbench94(
     quadrants: Path, tmp_path: Path
 ) -> None:

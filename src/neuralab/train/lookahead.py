@@ -5,8 +5,9 @@ Every `every` optimizer steps, with progress p = step / total steps:
     d = decay · p³          (0 at the start: the slow weights simply follow; larger late on)
     slow ← d · slow + (1 − d) · fast
     fast ← slow
-and the last step always syncs, so the run ends on the slow weights. Batch-norm running
-statistics are averaged with the weights.
+and after the last step the model takes the slow weights, as airbench94 ends (its final
+`update(decay=1.0)`): when the run ends between two syncs, the fast steps since the last one
+are dropped rather than mixed in. Batch-norm running statistics are averaged with the weights.
 """
 
 from __future__ import annotations
@@ -40,14 +41,15 @@ class Lookahead(Callback):
 
     @torch.no_grad()
     def on_step_end(self, trainer: Trainer) -> None:
-        last = trainer.step >= trainer.total_steps
-        if trainer.step % self.every and not last:
+        syncing = trainer.step % self.every == 0
+        if not syncing and trainer.step < trainer.total_steps:
             return
         d = self.decay * (trainer.step / trainer.total_steps) ** 3
         for name, fast in self.averaged(trainer).items():
             slow = self.slow[name]
-            slow.lerp_(fast, 1.0 - d)
-            fast.copy_(slow)
+            if syncing:
+                slow.lerp_(fast, 1.0 - d)
+            fast.copy_(slow)  # the last step of a run between syncs: the slow weights alone
 
     def state_dict(self) -> dict:
         return {"slow": dict(self.slow)}
