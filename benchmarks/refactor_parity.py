@@ -53,6 +53,49 @@ def compare(before: Path, recipes: list[str], seed: int, extra: list[str]) -> li
     return rows
 
 
+# The Trainer's own cost per step, on a model so small that the loop is most of the step: the
+# old API took a loss function, the new one takes a Task.
+LOOP = """
+import sys, time, torch
+from torch import nn
+torch.set_num_threads(1)
+from neuralab.data.dataset import Split
+from neuralab.data.loader import BatchLoader
+try:
+    from neuralab.train.trainer import Trainer
+    from neuralab.tasks.classification import Classification
+    task = Classification()
+except ImportError:  # before the Task contract
+    from neuralab.trainer import Trainer
+    task = nn.CrossEntropyLoss()
+generator = torch.Generator().manual_seed(0)
+images = torch.randint(0, 256, (4096, 1, 8, 8), dtype=torch.uint8, generator=generator)
+split = Split(images, torch.randint(0, 10, (4096,), generator=generator))
+loader = BatchLoader(split, 16, (0.5,), (0.5,), shuffle=True)  # 256 steps per epoch
+torch.manual_seed(0)
+model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01), task)
+start = time.perf_counter()
+trainer.fit(loader, 4)
+print((time.perf_counter() - start) / (4 * 256) * 1e6)
+"""
+
+
+def loop_overhead(before: Path, rounds: int) -> dict[str, list[float]]:
+    """Microseconds per step of the bare loop, each version in `rounds` fresh processes,
+    alternated."""
+    times: dict[str, list[float]] = {"before": [], "after": []}
+    for _ in range(rounds):
+        for name, source in (("before", before), ("after", AFTER)):
+            environment = {**os.environ, "PYTHONPATH": str(source)}
+            command = [sys.executable, "-c", LOOP]
+            completed = subprocess.run(command, env=environment, capture_output=True, text=True)
+            if completed.returncode:
+                raise RuntimeError(f"the loop benchmark failed with {source}:\n{completed.stderr}")
+            times[name].append(round(float(completed.stdout), 1))
+    return times
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| recipe | accuracy before | accuracy after | training s before | after | after/before |",
@@ -73,16 +116,21 @@ def main() -> None:
     parser.add_argument("--before", type=Path, required=True, help="the old version's src/")
     parser.add_argument("--recipes", nargs="+", default=["mnist-best", "imdb-best", "cifar10-fast"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loop-rounds", type=int, default=6, help="bare-loop timings per side")
     parser.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     extra = [item for pair in args.extra for item in ("--set", pair)]
     info = machine_info()
     rows = compare(args.before, args.recipes, args.seed, extra)
-    record = {"machine": info, "seed": args.seed, "overrides": args.extra, "rows": rows}
+    loop = loop_overhead(args.before, args.loop_rounds)
+    record = {"machine": info, "seed": args.seed, "overrides": args.extra, "rows": rows,
+              "loop_us_per_step": loop}  # fmt: skip
     out = HERE / "results" / "refactor_parity.json"
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(machine_line(info))
     print(table(rows))
+    medians = {name: sorted(values)[len(values) // 2] for name, values in loop.items()}
+    print(f"bare loop, µs per step (median of {args.loop_rounds}): {medians}")
     for row in rows:
         before, after = row["before"]["engine"], row["after"]["engine"]
         print(f"{row['recipe']} engines: before {before} | after {after}")

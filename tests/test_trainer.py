@@ -103,9 +103,7 @@ def test_fractional_epochs_stop_mid_epoch() -> None:
     model = linear_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    trainer = Trainer(
-        model, optimizer, Classification(), scheduler=scheduler, callbacks=[recorder]
-    )
+    trainer = Trainer(model, optimizer, Classification(), scheduler=scheduler, callbacks=[recorder])
     train, _ = loaders()
     history = trainer.fit(train, epochs=1.5)  # 8 steps per epoch -> 12 steps
     assert trainer.step == 12 and scheduler.last_epoch == 12
