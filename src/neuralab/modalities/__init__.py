@@ -27,6 +27,7 @@ class Modality(Protocol):
     kind: str
     spec_type: type
     tta_allowed: bool
+    dynamic_axes: dict[int, str]  # an exported graph's input axes that may vary
 
     def meta(self) -> dict: ...
 
@@ -47,6 +48,8 @@ class Modality(Protocol):
     def split_examples(self, split: Any, index: torch.Tensor, dataset: str) -> Any: ...
 
     def random_examples(self, count: int, spec: dict, generator: torch.Generator) -> Any: ...
+
+    def worst_examples(self, split: Any, worst: list[dict], folder: Path, plots: Any) -> tuple: ...
 
     def export_contract(self, bare: bool, tta: str) -> dict: ...
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neuralab.checkpoint.format import unwrap
+from neuralab.checkpoint.format import load_training_state, unwrap
 from neuralab.checkpoint.meta import DataRef, ModelRef, RunMeta, TaskRef, load_run_checkpoint
 from neuralab.config import RunConfig, dump_config, explicit_fields
 from neuralab.data import load_dataset
@@ -92,8 +92,6 @@ class RunParts:
             finite_check=finite_check(settings.finite_check, self.engine.device),
         )
         if self.resume_weights is not None:
-            from neuralab.checkpoint.format import load_training_state
-
             state = load_training_state(self.run_dir / "checkpoint", verified=True)
             trainer.load_state_dict(state, self.resume_weights)
         return trainer
