@@ -238,3 +238,24 @@ def test_non_finite_step_in_epoch_two_names_the_last_good_checkpoint(
         "stopped at that step naming epoch, step, batch, parameter and the last good "
         "checkpoint (epoch 1, intact and finite)",
     )
+
+
+def test_a_misspelt_setting_fails_before_data_is_read_or_anything_written(tmp_path: Path) -> None:
+    """The run builder checks model, optimizer and schedule arguments first: the missing
+    folder is never read (its DataError would come first otherwise) and no run directory
+    appears."""
+    from neuralab.registry import UnknownArgumentError
+
+    out = tmp_path / "run"
+    cases = [
+        ("optim.name=adam", "optim.momentum=0.9"),
+        ("model.args.widht=3",),
+        ("schedule.name=onecycle", "schedule.warmup_epochs=1"),
+    ]
+    for overrides in cases:
+        with pytest.raises(UnknownArgumentError):
+            neuralab.train(
+                data=f"folder:{tmp_path / 'missing'}", model="mlp", out=str(out),
+                overrides=list(overrides), verbose=False,
+            )  # fmt: skip
+        assert not out.exists()

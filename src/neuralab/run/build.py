@@ -26,9 +26,9 @@ from neuralab.data.dataset import PATH_KINDS, DataError
 from neuralab.data.tokenizer import TokenizerSettings
 from neuralab.inference.summary import summarize
 from neuralab.modalities import Inputs, inputs_for
-from neuralab.models import build_model
+from neuralab.models import MODELS, build_model
 from neuralab.run.rundir import new_run_dir
-from neuralab.run.tracking import BestCheckpoint, RunWriter, TensorBoardLogger, have_tensorboard
+from neuralab.run.tracking import BestCheckpoint, RunWriter, tensorboard_callbacks
 from neuralab.tasks import TASKS, Task
 from neuralab.train import distributed
 from neuralab.train.allocator import current as allocator_state
@@ -45,8 +45,8 @@ from neuralab.train.engine import (
     resumed_engine,
 )
 from neuralab.train.lookahead import Lookahead
-from neuralab.train.optim import make_optimizer, make_scheduler
-from neuralab.train.trainer import Trainer, planned_steps
+from neuralab.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler
+from neuralab.train.trainer import Trainer, finite_check, planned_steps
 
 Log = Callable[[str], None]
 
@@ -116,6 +116,7 @@ def build_run(
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     config = absolute_paths(config)
+    check_settings(config)
     inputs, model = build_inputs_and_model(config, device)
     log(inputs.describe())
     if described:  # a forward pass: only when it is shown
@@ -260,25 +261,40 @@ def agreed_engine(model: nn.Module, inputs: Inputs, config: RunConfig, device) -
     return dataclasses.replace(engine, device=device)
 
 
-def finite_check(setting: str, device: torch.device) -> str:
-    """train.finite_check → the trainer's check: every step (`step`, and `auto` on a CPU,
-    where it is free) or once per epoch."""
-    return "step" if setting == "step" or (setting == "auto" and device.type == "cpu") else "epoch"
-
-
 # -- optimizer, schedule, task -------------------------------------------------------------------
-def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The configured optimizer: the settings the config sets go to its factory, which refuses
-    one it does not take."""
+def optimizer_settings(config: RunConfig) -> tuple[str, dict, dict]:
+    """The optimizer's name, its train_until groups and the settings the config sets (only
+    those: the factory refuses one it does not take)."""
     settings = explicit_fields(config.optim)
     name, train_until = settings.pop("name", config.optim.name), settings.pop("train_until", {})
+    return name, train_until, settings
+
+
+def schedule_settings(config: RunConfig) -> tuple[str, dict]:
+    """The schedule's name and the settings the config sets."""
+    settings = explicit_fields(config.schedule)
+    return settings.pop("name", config.schedule.name), settings
+
+
+def check_settings(config: RunConfig) -> None:
+    """The model, optimizer and schedule names and arguments, checked against their factories
+    before any slow work (data, engine timing, the run directory): a typo leaves nothing."""
+    MODELS.check(config.model.name, **config.model.args)
+    name, _, settings = optimizer_settings(config)
+    OPTIMIZERS.check(name, **settings)
+    name, settings = schedule_settings(config)
+    SCHEDULES.check(name, **settings)
+
+
+def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over `model`'s trainable parameters."""
+    name, train_until, settings = optimizer_settings(config)
     return make_optimizer(model, name, train_until, **settings)
 
 
 def build_schedule(config: RunConfig, optimizer, steps_per_epoch: int):
     """The configured per-step learning-rate schedule over the run's planned steps."""
-    settings = explicit_fields(config.schedule)
-    name = settings.pop("name", config.schedule.name)
+    name, settings = schedule_settings(config)
     total = planned_steps(config.train.epochs, steps_per_epoch)
     return make_scheduler(optimizer, name, steps_per_epoch, total, **settings)
 
@@ -345,24 +361,6 @@ def build_callbacks(
         callbacks.append(BestCheckpoint(run_dir, monitor.metric, meta, files, monitor.min_delta))
     callbacks += tensorboard_callbacks(settings.tensorboard, run_dir, inputs, engine.device, log)
     return callbacks
-
-
-def tensorboard_callbacks(
-    setting: str, run_dir: Path, inputs: Inputs, device: torch.device, log: Log
-) -> list[Callback]:
-    """The TensorBoard logger when `train.tensorboard` asks for it (auto: when installed)."""
-    if setting == "off" or not distributed.is_main_process():
-        return []
-    if not have_tensorboard():
-        if setting == "on":
-            raise ImportError(
-                "train.tensorboard=on needs the tensorboard package: pip install tensorboard"
-            )
-        log("track  tensorboard not installed (pip install tensorboard to log runs for it)")
-        return []
-    graph_input = inputs.sample_batch(8, device)[0]  # 8 examples: enough to trace the graph
-    log(f"track  tensorboard --logdir {run_dir / 'tensorboard'}")
-    return [TensorBoardLogger(run_dir, inputs.examples(), graph_input)]
 
 
 def model_for(config: RunConfig) -> tuple[Inputs, nn.Module]:

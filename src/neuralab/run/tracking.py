@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +241,26 @@ def have_tensorboard() -> bool:
     except ImportError:
         return False
     return True
+
+
+def tensorboard_callbacks(
+    setting: str, run_dir: Path, inputs: Any, device: torch.device, log: Callable[[str], None]
+) -> list[Callback]:
+    """The TensorBoard logger when `setting` (train.tensorboard) asks for it (auto: when
+    installed); `inputs` (ImageInputs or TextInputs) give the graph's input and the examples
+    shown; `log` takes the line that says where the events go."""
+    if setting == "off" or not is_main_process():
+        return []
+    if not have_tensorboard():
+        if setting == "on":
+            raise ImportError(
+                "train.tensorboard=on needs the tensorboard package: pip install tensorboard"
+            )
+        log("track  tensorboard not installed (pip install tensorboard to log runs for it)")
+        return []
+    graph_input = inputs.sample_batch(8, device)[0]  # 8 examples: enough to trace the graph
+    log(f"track  tensorboard --logdir {run_dir / 'tensorboard'}")
+    return [TensorBoardLogger(run_dir, inputs.examples(), graph_input)]
 
 
 def draw_curves(run_dir: Path, history: list[dict]) -> str:

@@ -35,6 +35,12 @@ def planned_steps(epochs: float, steps_per_epoch: int) -> int:
     return max(1, round(epochs * steps_per_epoch))
 
 
+def finite_check(setting: str, device: torch.device) -> str:
+    """train.finite_check → the trainer's check: every step (`step`, and `auto` on a CPU,
+    where it is free) or once per epoch."""
+    return "step" if setting == "step" or (setting == "auto" and device.type == "cpu") else "epoch"
+
+
 class NonFiniteStep(ArithmeticError):
     """A training step produced a NaN or infinite loss or gradient."""
 
