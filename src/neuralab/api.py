@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from neuralab.checkpoint.format import recover_interrupted_save
-from neuralab.config import RunConfig, resolve_config
+from neuralab.config import RunConfig, config_from
 from neuralab.errors import UserError
 from neuralab.inference.predict import Predictor
 from neuralab.inference.summary import ModelSummary, summarize
@@ -72,20 +72,10 @@ def train(
         >>> run = neuralab.train("mnist-lenet-classic", epochs=1)
         >>> run.metrics["accuracy"]
     """
-    config = resolve_config(
-        recipe,
-        overrides,
-        **{
-            "data.name": data,
-            "model.name": model,
-            "train.epochs": epochs,
-            "train.batch_size": batch_size,
-            "optim.lr": lr,
-            "train.seed": seed,
-            "data.data_dir": data_dir,
-            "out": out,
-        },
-    )
+    config = config_from(
+        recipe, overrides, data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
+        seed=seed, data_dir=data_dir, out=out,
+    )  # fmt: skip
     return train_config(config, verbose=verbose, callbacks=callbacks, progress=progress)
 
 
@@ -183,8 +173,9 @@ def summary(
     Example:
         >>> print(neuralab.summary(model="lenet", data="mnist").format())  # doctest: +SKIP
     """
-    fields = {"data.name": data, "model.name": model, "data.data_dir": data_dir}
-    inputs, built = model_for(resolve_config(recipe, overrides, **fields))
+    inputs, built = model_for(
+        config_from(recipe, overrides, data=data, model=model, data_dir=data_dir)
+    )
     return summarize(built, inputs.example(torch.device("cpu")))
 
 
@@ -205,15 +196,14 @@ def resume(run_dir: str | Path = "auto", verbose: bool = True, progress: str = "
         for note in recover_interrupted_save(folder / name):
             if verbose:
                 print(f"resume {note}")
-    config = resolve_config(str(folder / "config.yaml"))
     if not (folder / "checkpoint" / "training.json").exists():
         # Killed before its first checkpoint: nothing to continue from, so the run starts
         # over in the same folder with the same config (and seed): the result is the same.
         if verbose:
             print(f"resume {folder} has no checkpoint yet: starting the run over")
-        return train_config(
-            config.model_copy(update={"out": str(folder)}), verbose=verbose, progress=progress
-        )
+        config = build.read_run_config(folder, start_over=True)
+        return train_config(config, verbose=verbose, progress=progress)
+    config = build.read_run_config(folder)
     return train_config(config, verbose=verbose, resume_from=folder, progress=progress)
 
 

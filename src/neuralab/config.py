@@ -33,9 +33,7 @@ def explicit_fields(section: BaseModel) -> dict[str, Any]:
     set to its default counts as unset: a run directory's config.yaml holds every field, and
     resuming from it must not trip over, say, adam's unused `momentum: 0.0`.
 
-    Example:
-        >>> explicit_fields(OptimConfig(name="adam", lr=0.003, momentum=0.0))
-        {'name': 'adam', 'lr': 0.003}
+    Example: `explicit_fields(OptimConfig(name="adam", momentum=0.0))` is {'name': 'adam'}.
     """
     fields = type(section).model_fields
     return {
@@ -357,6 +355,25 @@ def iter_paths(raw: dict, prefix: tuple[str, ...] = ()) -> list[list[str]]:
         else:
             paths.append(list(path))
     return paths
+
+
+# Keyword → field for `neuralab.train(data=..., lr=...)` and the CLI's flags of the same names.
+SHORTCUTS = {
+    "data": "data.name",
+    "model": "model.name",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "seed": "train.seed",
+    "deterministic": "train.deterministic",
+    "data_dir": "data.data_dir",
+    "out": "out",
+}
+
+
+def config_from(recipe: str | None, overrides: list[str] | None, **shortcuts: Any) -> RunConfig:
+    """`resolve_config` with fields named by their SHORTCUTS keyword (None keeps the recipe's)."""
+    return resolve_config(recipe, overrides, **{SHORTCUTS[k]: v for k, v in shortcuts.items()})
 
 
 def resolve_config(

@@ -11,6 +11,7 @@ serving a run need nothing but the checkpoint. Older checkpoints are migrated on
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ class RunMeta:
 
     def with_progress(self, **fields: Any) -> RunMeta:
         """A copy with epoch, step, best or weights_from_epoch set."""
-        return RunMeta(**{**self.__dict__, **fields})
+        return dataclasses.replace(self, **fields)
 
 
 def read_meta(raw: dict, where: Path) -> RunMeta:

@@ -12,20 +12,26 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuralab.config import SHORTCUTS
+
 
 @dataclass(frozen=True)
 class ConfigFlag:
     """A command-line flag that sets one config field.
 
     Attributes:
-        dest: the argparse destination (`batch_size` for `--batch-size`).
-        config_field: the dotted config field it sets (`train.batch_size`).
+        dest: the argparse destination (`batch_size` for `--batch-size`), also the Python
+            API's keyword; `config.SHORTCUTS` names the field it sets (`train.batch_size`).
         options: `add_argument` options other than the help text (type, action).
     """
 
     dest: str
-    config_field: str
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config_field(self) -> str:
+        """The dotted config field, from the API's table (`config.SHORTCUTS`)."""
+        return SHORTCUTS[self.dest]
 
     @property
     def flag(self) -> str:
@@ -36,20 +42,16 @@ class ConfigFlag:
 CONFIG_FLAGS: dict[str, ConfigFlag] = {
     flag.dest: flag
     for flag in (
-        ConfigFlag("data", "data.name"),
-        ConfigFlag("model", "model.name"),
-        ConfigFlag("epochs", "train.epochs", {"type": float}),
-        ConfigFlag("batch_size", "train.batch_size", {"type": int}),
-        ConfigFlag("lr", "optim.lr", {"type": float}),
-        ConfigFlag("seed", "train.seed", {"type": int}),
+        ConfigFlag("data"),
+        ConfigFlag("model"),
+        ConfigFlag("epochs", {"type": float}),
+        ConfigFlag("batch_size", {"type": int}),
+        ConfigFlag("lr", {"type": float}),
+        ConfigFlag("seed", {"type": int}),
         # store_const, not store_true: unset must stay None so the recipe's value stands.
-        ConfigFlag(
-            "deterministic",
-            "train.deterministic",
-            {"action": "store_const", "const": True},
-        ),
-        ConfigFlag("data_dir", "data.data_dir"),
-        ConfigFlag("out", "out"),
+        ConfigFlag("deterministic", {"action": "store_const", "const": True}),
+        ConfigFlag("data_dir"),
+        ConfigFlag("out"),
     )
 }
 

@@ -102,7 +102,8 @@ def resume_train(args: argparse.Namespace) -> int:
             "would change it. Drop them, or start a new run without --resume"
         )
     if args.nproc is not None and args.nproc > 1:
-        return launch_torchrun(args.nproc, args.argv, resuming.read_run_config(args.resume))
+        config = build.read_run_config(resuming.resumable_run(args.resume))
+        return launch_torchrun(args.nproc, args.argv, config)
     api.resume(args.resume, progress=args.progress)
     return 0
 

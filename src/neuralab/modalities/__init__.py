@@ -60,9 +60,7 @@ class Modality(Protocol):
 
 def modality_from_meta(kind: str, fields: dict, folder: Path) -> Modality:
     """The codec a checkpoint describes: `kind` and its fields (preprocessing or tokenizer)."""
-    if kind == "image":
-        return ImageModality.from_meta(fields["preprocessing"], folder)
-    return TextModality.from_meta(fields["tokenizer"], folder)
+    return MODALITIES[kind].from_meta(fields, folder)
 
 
 def inputs_for(dataset: Any, tokenizer: TokenizerSettings, token_cache: bool) -> Inputs:

@@ -48,8 +48,9 @@ class ImageModality:
     dynamic_axes = {0: "batch"}  # of an exported graph's input: any batch size
 
     @classmethod
-    def from_meta(cls, preprocessing: dict, folder: Path) -> ImageModality:
-        """The modality a checkpoint's `preprocessing` describes (`folder`: unused for images)."""
+    def from_meta(cls, fields: dict, folder: Path) -> ImageModality:
+        """The modality that `meta()`'s fields describe (`folder`: unused for images)."""
+        preprocessing = fields["preprocessing"]
         return cls(
             tuple(preprocessing["mean"]),
             tuple(preprocessing["std"]),

@@ -45,9 +45,10 @@ class TextModality:
     dynamic_axes = {0: "batch", 1: "length"}  # of an exported graph's input
 
     @classmethod
-    def from_meta(cls, settings: dict, folder: Path) -> TextModality:
-        """The modality of a checkpoint: its tokenizer settings and `folder`/tokenizer.json."""
-        tokenizer_settings = TokenizerSettings.from_dict(settings)
+    def from_meta(cls, fields: dict, folder: Path) -> TextModality:
+        """The modality that `meta()`'s fields (the tokenizer settings) and `folder`'s
+        tokenizer.json describe."""
+        tokenizer_settings = TokenizerSettings.from_dict(fields["tokenizer"])
         return cls(TextTokenizer.load(folder / TOKENIZER_FILE, tokenizer_settings))
 
     def meta(self) -> dict:

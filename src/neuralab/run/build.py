@@ -19,7 +19,7 @@ from torch import nn
 
 from neuralab.checkpoint.format import load_training_state, unwrap
 from neuralab.checkpoint.meta import DataRef, ModelRef, RunMeta, TaskRef, load_run_checkpoint
-from neuralab.config import RunConfig, dump_config, explicit_fields
+from neuralab.config import RunConfig, dump_config, explicit_fields, resolve_config
 from neuralab.data import load_dataset
 from neuralab.data.augment import Augment
 from neuralab.data.dataset import PATH_KINDS, DataError
@@ -49,10 +49,6 @@ from neuralab.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_sch
 from neuralab.train.trainer import Trainer, finite_check, planned_steps
 
 Log = Callable[[str], None]
-
-
-def ignore(line: str) -> None:
-    """A log that shows nothing."""
 
 
 @dataclass
@@ -110,7 +106,7 @@ def build_run(
     With `resume_from`, the parts continue that run directory (its engine, its state).
     """
     described = log is not None
-    log = log or ignore
+    log = log or (lambda line: None)  # shows nothing
     settings = config.train
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -255,7 +251,7 @@ def agreed_engine(model: nn.Module, inputs: Inputs, config: RunConfig, device) -
     if settings.deterministic:  # nothing timed: nothing depends on the machine's load
         return fixed_engine(device, settings.precision, settings.channels_last)
     engine = distributed.on_main_process(
-        pick_engine, model, inputs.sample_batch(settings.batch_size, device), device,
+        pick_engine, model, inputs, settings.batch_size, device,
         settings.precision, settings.channels_last, settings.threads,
     )  # fmt: skip
     return dataclasses.replace(engine, device=device)
@@ -361,6 +357,13 @@ def build_callbacks(
         callbacks.append(BestCheckpoint(run_dir, monitor.metric, meta, files, monitor.min_delta))
     callbacks += tensorboard_callbacks(settings.tensorboard, run_dir, inputs, engine.device, log)
     return callbacks
+
+
+def read_run_config(run_dir: Path, start_over: bool = False) -> RunConfig:
+    """The config a run directory was trained with (its config.yaml); `start_over`: to train
+    it again from the start, writing into the same directory."""
+    config = resolve_config(str(Path(run_dir) / "config.yaml"))
+    return config.model_copy(update={"out": str(run_dir)}) if start_over else config
 
 
 def model_for(config: RunConfig) -> tuple[Inputs, nn.Module]:

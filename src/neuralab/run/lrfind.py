@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neuralab.config import resolve_config
+from neuralab.config import config_from
 from neuralab.data.dataset import DataError
 from neuralab.errors import ConfigError
 from neuralab.inference.plots import have_matplotlib, new_figure
@@ -156,8 +156,8 @@ def lr_find(
     Example:
         >>> neuralab.lr_find("mnist-best").suggestion  # doctest: +SKIP
     """
-    fields = {"data.name": data, "model.name": model, "data.data_dir": data_dir}
-    parts = build.range_test_parts(resolve_config(recipe, overrides, **fields))
+    config = config_from(recipe, overrides, data=data, model=model, data_dir=data_dir)
+    parts = build.range_test_parts(config)
     result = lr_range_test(
         parts.model, parts.make_optimizer, parts.task, parts.batches, start, end, steps
     )

@@ -5,19 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from neuralab.config import RunConfig, resolve_config
-
 
 def resumable_run(run_dir: str | Path) -> Path:
     """The run directory to resume (`auto`: the newest unfinished one under ./runs), checked."""
     folder = find_unfinished_run(Path("runs")) if str(run_dir) == "auto" else Path(run_dir)
     check_resumable(folder)
     return folder
-
-
-def read_run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run directory was trained with (its config.yaml)."""
-    return resolve_config(str(resumable_run(run_dir) / "config.yaml"))
 
 
 def find_unfinished_run(parent: Path) -> Path:

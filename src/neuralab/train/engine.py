@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -197,15 +198,17 @@ def choose_threads(
 
 def pick_engine(
     model: nn.Module,
-    sample: tuple[torch.Tensor, torch.Tensor],
+    inputs: Any,
+    batch_size: int,
     device: torch.device,
     precision: str,
     channels_last: str,
     threads: int | None,
 ) -> Engine:
     """Time the thread count (unless `threads` is set, or several processes share the
-    machine), then precision and layout, on a training-sized `sample` batch."""
-    batch, labels = sample
+    machine), then precision and layout, on a training-sized batch that `inputs` (the run's
+    ImageInputs or TextInputs) draw with `sample_batch`."""
+    batch, labels = inputs.sample_batch(batch_size, device)
     note = ""
     if threads is None and world_size() == 1 and device.type == "cpu":
         # Threads first: a stalled thread pool would distort every other timing.

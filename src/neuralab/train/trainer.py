@@ -5,6 +5,7 @@ metric sums, so the loop knows nothing of labels."""
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal, Protocol
@@ -266,7 +267,7 @@ class Trainer:
     def check_epoch_loss(self, logs: dict) -> None:
         """`finite_check="epoch"`: stop when the epoch's training loss is NaN or infinite."""
         loss = logs["train_loss"]
-        if not torch.isfinite(torch.tensor(loss)):
+        if not math.isfinite(loss):
             self.stop(
                 f"training loss became {loss} in epoch {self.epoch} (step {self.step}); "
                 "lower the learning rate or set train.grad_clip",
@@ -331,9 +332,13 @@ class Trainer:
 
 
 def add_sums(total: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]) -> None:
-    """total += sums, key by key (device tensors; no host synchronisation)."""
+    """total += sums, key by key, in place (device tensors; no host synchronisation). `total`
+    takes over the first sums it is given: tasks return fresh tensors for every batch."""
     for name, value in sums.items():
-        total[name] = total[name] + value if name in total else value
+        if name in total:
+            total[name].add_(value)
+        else:
+            total[name] = value
 
 
 def stored_values(gradient: torch.Tensor) -> torch.Tensor:
