@@ -11,6 +11,7 @@ from neuralab.config import RunConfig, resolve_config
 from neuralab.data import DATASETS, load_dataset
 from neuralab.inference.evaluation import evaluate
 from neuralab.inference.export import ExportResult, export
+from neuralab.inference.fewshot import classify_by_example
 from neuralab.inference.predict import Predictor
 from neuralab.models import MODELS, InputSpec, build_model
 from neuralab.run.lrfind import lr_find
@@ -24,6 +25,7 @@ __all__ = [
     "Run",
     "RunConfig",
     "build_model",
+    "classify_by_example",
     "evaluate",
     "export",
     "load",

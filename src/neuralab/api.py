@@ -53,6 +53,9 @@ def train(
     seed: int | None = None,
     data_dir: str | None = None,
     out: str | None = None,
+    task: str | None = None,
+    ways: int | None = None,
+    shots: int | None = None,
     overrides: list[str] | None = None,
     verbose: bool = True,
     callbacks: Sequence[Callback] = (),
@@ -62,7 +65,8 @@ def train(
 
     Args:
         recipe: a shipped recipe name (`neuralab recipes`) or a YAML path.
-        data, model, epochs, batch_size, lr, seed, data_dir, out: shortcuts for config fields.
+        data, model, epochs, batch_size, lr, seed, data_dir, out, task, ways, shots: shortcuts
+            for config fields (config.SHORTCUTS names each one's field).
         overrides: `section.field=value` strings applied last.
         callbacks: your own `neuralab.train.callbacks.Callback`s, called after the built-in ones.
         progress: auto (a live bar in a terminal, else a line per epoch), bar, plain or none;
@@ -74,7 +78,7 @@ def train(
     """
     config = config_from(
         recipe, overrides, data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
-        seed=seed, data_dir=data_dir, out=out,
+        seed=seed, data_dir=data_dir, out=out, task=task, ways=ways, shots=shots,
     )  # fmt: skip
     return train_config(config, verbose=verbose, callbacks=callbacks, progress=progress)
 

@@ -60,6 +60,9 @@ class TaskRef:
     loss: str = "cross_entropy"
     tta: str = "off"
     eval_batch_size: int = 1000
+    # The task factory's arguments for tasks other than classification (e.g. MAML's ways and
+    # inner steps); classification's are `loss` and `tta` above.
+    args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

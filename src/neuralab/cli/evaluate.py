@@ -11,6 +11,12 @@ from neuralab import api
 from neuralab.cli.flags import add_config_flags, add_overrides, add_recipe, api_arguments
 from neuralab.data import DataError
 from neuralab.inference.evaluation import evaluate, format_confusion, report_path, write_report
+from neuralab.inference.fewshot import (
+    classify_by_example,
+    evaluate_few_shot,
+    is_few_shot,
+    support_by_folder,
+)
 from neuralab.tasks.metrics import format_report
 
 LABEL_WIDTH = 60  # characters of an input's name shown before its predictions
@@ -23,11 +29,24 @@ def add_evaluate(commands) -> None:
     parser.add_argument("--data", help="evaluate on another dataset with the same classes")
     parser.add_argument("--data-dir")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    few_shot = parser.add_argument_group(
+        "few-shot runs", "test episodes on classes never seen in training (default: 5-way "
+        "1-shot, 5-way 5-shot and 20-way 1-shot, and Lake et al.'s 20 runs for Omniglot)",
+    )  # fmt: skip
+    few_shot.add_argument("--ways", type=int, help="classes per episode")
+    few_shot.add_argument("--shots", type=int, help="support examples per class")
+    few_shot.add_argument("--queries", type=int, help="query examples per class")
+    few_shot.add_argument("--episodes", type=int, default=1000, help="episodes (default 1000)")
     parser.set_defaults(handler=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """`neuralab evaluate RUN`: the test report, printed (or as JSON) and saved beside the run."""
+    if is_few_shot(api.load(args.run_dir)):
+        return run_evaluate_few_shot(args)
+    given = [f"--{name}" for name in ("ways", "shots", "queries") if getattr(args, name)]
+    if given:
+        raise DataError(f"{', '.join(given)} only apply to few-shot runs (protonet, maml, fomaml)")
     report = evaluate(args.run_dir, data=args.data, data_dir=args.data_dir)
     if args.json:
         print(json.dumps(report))
@@ -37,6 +56,28 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(format_report(report, classes))
     print(format_confusion(report, classes))
     print(f"saved {report_path(args.run_dir, args.data)}")
+    return 0
+
+
+def run_evaluate_few_shot(args: argparse.Namespace) -> int:
+    """`neuralab evaluate RUN` for a few-shot run: accuracy ± 95% interval per setting."""
+    if args.data:
+        raise DataError("few-shot runs are evaluated on their own dataset's test classes")
+    report = evaluate_few_shot(
+        args.run_dir, args.ways, args.shots, args.queries, args.episodes, args.data_dir
+    )
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    for setting, found in report["episodes"].items():
+        print(
+            f"{report['dataset']} test classes, {setting}: {found['accuracy']:.2%} ± "
+            f"{found['ci95']:.2%} (95% interval, {found['episodes']} episodes)"
+        )
+    lake = report.get("lake_one_shot_runs")
+    if lake:
+        print(f"Lake et al.'s 20 one-shot runs (20-way 1-shot): {lake['error']:.2%} error")
+    print(f"saved {Path(args.run_dir) / 'evaluation.json'}")
     return 0
 
 
@@ -51,6 +92,12 @@ def add_predict(commands) -> None:
     parser.add_argument("--file", help="a UTF-8 file with one text per line (text runs)")
     parser.add_argument("--top-k", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--support", nargs="+", metavar="IMAGE",
+        help="few-shot runs: example images of the classes to choose from, one folder per "
+        "class (a/1.png b/1.png ...); classifies the --query images",
+    )  # fmt: skip
+    parser.add_argument("--query", nargs="+", metavar="IMAGE", help="images to classify")
     parser.set_defaults(handler=run_predict)
 
 
@@ -79,8 +126,11 @@ def predict_inputs(args: argparse.Namespace, text_model: bool) -> list:
 def run_predict(args: argparse.Namespace) -> int:
     """`neuralab predict RUN INPUT...`: the top-k classes of each input."""
     predictor = api.load(args.run_dir)
-    inputs = predict_inputs(args, text_model=predictor.modality.kind == "text")
-    results = predictor.predict(inputs, top_k=args.top_k)
+    if args.support or args.query or is_few_shot(predictor):
+        inputs, results = predict_by_example(args, predictor)
+    else:
+        inputs = predict_inputs(args, text_model=predictor.modality.kind == "text")
+        results = predictor.predict(inputs, top_k=args.top_k)
     if args.json:
         print(
             json.dumps(
@@ -97,6 +147,19 @@ def run_predict(args: argparse.Namespace) -> int:
             label = label[: LABEL_WIDTH - 3] + "..."
         print(f"{label}: " + ", ".join(f"{c} {p:.1%}" for c, p in top))
     return 0
+
+
+def predict_by_example(args: argparse.Namespace, predictor) -> tuple[list, list]:
+    """`predict RUN --support a/*.png b/*.png --query q.png`: few-shot classification."""
+    if not args.support or not args.query:
+        raise DataError(
+            "a few-shot run classifies against classes given by example: pass --support "
+            "a/1.png b/1.png ... (one folder per class) and --query IMAGE ..."
+        )
+    if args.inputs or args.text or args.file:
+        raise DataError("with --support, give the images to classify with --query")
+    support = support_by_folder(args.support)
+    return args.query, classify_by_example(predictor, support, args.query, args.top_k)
 
 
 def add_report(commands) -> None:

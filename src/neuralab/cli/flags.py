@@ -52,6 +52,9 @@ CONFIG_FLAGS: dict[str, ConfigFlag] = {
         ConfigFlag("deterministic", {"action": "store_const", "const": True}),
         ConfigFlag("data_dir"),
         ConfigFlag("out"),
+        ConfigFlag("task"),
+        ConfigFlag("ways", {"type": int}),
+        ConfigFlag("shots", {"type": int}),
     )
 }
 

@@ -11,12 +11,14 @@ from pathlib import Path
 from neuralab.config import read_recipe, recipe_names
 from neuralab.data import DATASETS
 from neuralab.models import MODELS
+from neuralab.tasks import TASKS
 from neuralab.registry import GLOB_CHARACTERS
 
 LISTINGS = {  # verb → (what it lists, an example pattern)
     "models": ("registered models", "resnet*"),
     "datasets": ("registered datasets", "*mnist"),
     "recipes": ("shipped recipes", "cifar10-*"),
+    "tasks": ("registered tasks (what is learned: task.name)", "*maml"),
 }
 
 
@@ -53,7 +55,7 @@ def listing_rows(verb: str, pattern: str | None) -> list[tuple[str, str]]:
             (name, read_recipe(name)[0].get("description", ""))
             for name in recipes_matching(pattern)
         ]
-    registry = MODELS if verb == "models" else DATASETS
+    registry = {"models": MODELS, "datasets": DATASETS, "tasks": TASKS}[verb]
     return [(entry.name, entry.summary) for entry in registry.entries(pattern)]
 
 

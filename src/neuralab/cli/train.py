@@ -34,6 +34,10 @@ FLAG_HELP = {
     "data_dir": "folder with one sub-folder per dataset "
     "(default: $NEURALAB_DATA, else ~/.cache/neuralab)",
     "out": "run directory (default: runs/<data>-<model>-<time>)",
+    "task": "what is learned: classification (default), or few-shot episodes: protonet, "
+    "maml, fomaml (see `neuralab tasks`)",
+    "ways": "few-shot tasks: classes per episode (task.ways)",
+    "shots": "few-shot tasks: support examples per class (task.shots)",
 }
 
 

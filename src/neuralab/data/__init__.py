@@ -3,7 +3,7 @@
 Importing this package registers every built-in dataset (`vision`, `folder`, `text`).
 """
 
-from neuralab.data import folder, text, vision  # noqa: F401  (imported for their registrations)
+from neuralab.data import folder, omniglot, text, vision  # noqa: F401  (imported for their registrations)
 from neuralab.data.dataset import (
     DATASETS,
     DataError,

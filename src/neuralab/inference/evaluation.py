@@ -13,6 +13,8 @@ from torch.nn import functional as F
 
 from neuralab.checkpoint.format import write_text_atomic
 from neuralab.data import ImageDataset, TextDataset
+from neuralab.data.dataset import DataError
+from neuralab.inference.fewshot import evaluate_few_shot, is_few_shot
 from neuralab.inference.predict import Predictor, predict_logits
 from neuralab.tasks.metrics import ClassificationCounts, classification_report
 
@@ -21,9 +23,17 @@ WORST_KEPT = 16  # worst-predicted test examples listed in the report (a 4×4 gr
 
 
 def evaluate(
-    run_dir: str | Path, data: str | None = None, data_dir: str | None = None, save: bool = True
+    run_dir: str | Path,
+    data: str | None = None,
+    data_dir: str | None = None,
+    save: bool = True,
+    **few_shot: int | None,
 ) -> dict:
     """Evaluate a saved run on the test split of its dataset (or of `data`).
+
+    A few-shot run (protonet, maml, fomaml) is scored on test episodes instead, and
+    `few_shot` may set `ways`, `shots`, `queries` and `episodes` (see
+    `inference.fewshot.evaluate_few_shot`).
 
     Returns the report: accuracy, loss, count, top_k_accuracy, macro and weighted
     precision/recall/F1, per_class, confusion_matrix ([true][predicted]), worst (the
@@ -34,6 +44,12 @@ def evaluate(
     Example:
         >>> neuralab.evaluate("runs/mnist-lenet-…")["per_class"]["7"]["recall"]  # doctest: +SKIP
     """
+    if is_few_shot(Predictor.load(run_dir)):
+        if data:
+            raise DataError("few-shot runs are evaluated on their own dataset's test classes")
+        return evaluate_few_shot(run_dir, data_dir=data_dir, save=save, **few_shot)
+    if few_shot:
+        raise DataError(f"{', '.join(few_shot)} only apply to few-shot runs (protonet, maml)")
     report, _, _ = evaluate_with_data(run_dir, data, data_dir)
     if save:
         write_text_atomic(report_path(run_dir, data), json.dumps(report, indent=2))

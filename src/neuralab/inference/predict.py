@@ -10,11 +10,18 @@ from pathlib import Path
 import torch
 
 from neuralab.checkpoint.format import CheckpointError
-from neuralab.checkpoint.meta import RunMeta, load_run_checkpoint
+from neuralab.checkpoint.meta import RunMeta, TaskRef, load_run_checkpoint
 from neuralab.data.dataset import DataError
 from neuralab.modalities import Modality, modality_from_meta
 from neuralab.models import build_model
 from neuralab.tasks import TASKS, Task
+
+
+def task_from_ref(ref: TaskRef) -> Task:
+    """The task a checkpoint records, rebuilt for scoring and prediction."""
+    if ref.name == "classification":
+        return TASKS.build(ref.name, loss=ref.loss, tta=ref.tta)
+    return TASKS.build(ref.name, **ref.args)
 
 
 def checkpoint_folder(path: str | Path) -> Path:
@@ -68,7 +75,7 @@ class Predictor:
     ) -> None:
         self.model, self.meta, self.modality, self.device = model.eval(), meta, modality, device
         self.classes: list[str] = meta.classes
-        self.task: Task = TASKS.build(meta.task.name, loss=meta.task.loss, tta=meta.task.tta)
+        self.task: Task = task_from_ref(meta.task)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Predictor:

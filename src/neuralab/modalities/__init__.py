@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from neuralab.data.tokenizer import TokenizerSettings
+from neuralab.modalities.episodes import EpisodeInputs
 from neuralab.modalities.image import ImageInputs, ImageModality
 from neuralab.modalities.text import TextInputs, TextModality, prepare_text
 
 MODALITIES: dict[str, type] = {"image": ImageModality, "text": TextModality}
-Inputs = ImageInputs | TextInputs
+Inputs = ImageInputs | TextInputs | EpisodeInputs  # EpisodeInputs: few-shot runs on images
 
 
 class Modality(Protocol):
@@ -73,6 +74,7 @@ def inputs_for(dataset: Any, tokenizer: TokenizerSettings, token_cache: bool) ->
 
 __all__ = [
     "MODALITIES",
+    "EpisodeInputs",
     "ImageInputs",
     "ImageModality",
     "Inputs",

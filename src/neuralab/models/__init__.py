@@ -4,6 +4,7 @@ family. Importing this package registers every built-in model."""
 from neuralab.models import (  # noqa: F401  (imported for their registrations)
     airbench,
     alexnet,
+    conv4,
     lenet,
     linear,
     ngram,

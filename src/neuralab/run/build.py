@@ -26,10 +26,20 @@ from neuralab.data.dataset import PATH_KINDS, DataError
 from neuralab.data.tokenizer import TokenizerSettings
 from neuralab.inference.summary import summarize
 from neuralab.modalities import Inputs, inputs_for
-from neuralab.models import MODELS, build_model
+from neuralab.modalities.episodes import EpisodeInputs
+from neuralab.models import build_model
 from neuralab.run.rundir import new_run_dir
 from neuralab.run.tracking import BestCheckpoint, RunWriter, tensorboard_callbacks
-from neuralab.tasks import TASKS, Task
+from neuralab.run.settings import (  # the settings half of the builder (run/settings.py)
+    build_optimizer,
+    build_schedule,
+    build_task,
+    check_settings,
+    episode_settings,
+    is_episodic,
+    task_arguments,
+)
+from neuralab.tasks import Task
 from neuralab.train import distributed
 from neuralab.train.allocator import current as allocator_state
 from neuralab.train.allocator import reused_memory
@@ -45,8 +55,7 @@ from neuralab.train.engine import (
     resumed_engine,
 )
 from neuralab.train.lookahead import Lookahead
-from neuralab.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler
-from neuralab.train.trainer import Trainer, finite_check, planned_steps
+from neuralab.train.trainer import Trainer, finite_check
 
 Log = Callable[[str], None]
 
@@ -186,6 +195,14 @@ def build_inputs_and_model(config: RunConfig, device: torch.device) -> tuple[Inp
         dataset = load_data(config)
         tokenizer = TokenizerSettings.from_dict(config.tokenizer.model_dump())
         inputs = inputs_for(dataset, tokenizer, config.tokenizer.cache)
+    if is_episodic(config):
+        if dataset.kind != "image":
+            raise DataError(
+                f"task {config.task.name} learns from episodes of images; {dataset.name} is "
+                f"{dataset.kind} data"
+            )
+        inputs = EpisodeInputs.create(dataset, episode_settings(config), config.train.seed)
+        inputs.check()
     if config.train.tta != "off" and not inputs.modality.tta_allowed:
         raise DataError(
             f"train.tta mirrors images; it cannot be used with {inputs.modality.kind} data "
@@ -257,53 +274,6 @@ def agreed_engine(model: nn.Module, inputs: Inputs, config: RunConfig, device) -
     return dataclasses.replace(engine, device=device)
 
 
-# -- optimizer, schedule, task -------------------------------------------------------------------
-def optimizer_settings(config: RunConfig) -> tuple[str, dict, dict]:
-    """The optimizer's name, its train_until groups and the settings the config sets (only
-    those: the factory refuses one it does not take)."""
-    settings = explicit_fields(config.optim)
-    name, train_until = settings.pop("name", config.optim.name), settings.pop("train_until", {})
-    return name, train_until, settings
-
-
-def schedule_settings(config: RunConfig) -> tuple[str, dict]:
-    """The schedule's name and the settings the config sets."""
-    settings = explicit_fields(config.schedule)
-    return settings.pop("name", config.schedule.name), settings
-
-
-def check_settings(config: RunConfig) -> None:
-    """The model, optimizer and schedule names and arguments, checked against their factories
-    before any slow work (data, engine timing, the run directory): a typo leaves nothing."""
-    MODELS.check(config.model.name, **config.model.args)
-    name, _, settings = optimizer_settings(config)
-    OPTIMIZERS.check(name, **settings)
-    name, settings = schedule_settings(config)
-    SCHEDULES.check(name, **settings)
-
-
-def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The configured optimizer over `model`'s trainable parameters."""
-    name, train_until, settings = optimizer_settings(config)
-    return make_optimizer(model, name, train_until, **settings)
-
-
-def build_schedule(config: RunConfig, optimizer, steps_per_epoch: int):
-    """The configured per-step learning-rate schedule over the run's planned steps."""
-    name, settings = schedule_settings(config)
-    total = planned_steps(config.train.epochs, steps_per_epoch)
-    return make_scheduler(optimizer, name, steps_per_epoch, total, **settings)
-
-
-def build_task(config: RunConfig) -> Task:
-    """What is learned: classification, scored with the run's loss and test-time augmentation."""
-    settings = config.train
-    return TASKS.build(
-        "classification", loss=settings.loss, label_smoothing=settings.label_smoothing,
-        tta=settings.tta,
-    )  # fmt: skip
-
-
 # -- metadata and callbacks ----------------------------------------------------------------------
 def build_meta(config: RunConfig, inputs: Inputs, engine: Engine) -> RunMeta:
     """Everything a checkpoint needs to rebuild and use the model without config or dataset."""
@@ -314,7 +284,7 @@ def build_meta(config: RunConfig, inputs: Inputs, engine: Engine) -> RunMeta:
         spec=inputs.spec.to_dict(),
         classes=list(inputs.dataset.classes),
         dataset=inputs.dataset.name,
-        task=TaskRef("classification", settings.loss, settings.tta, settings.eval_batch_size),
+        task=task_ref(config),
         data=DataRef(
             data.name,
             data.data_dir,
@@ -328,6 +298,15 @@ def build_meta(config: RunConfig, inputs: Inputs, engine: Engine) -> RunMeta:
         engine=engine.describe(),
         engine_choice=engine_choice(engine),
     )
+
+
+def task_ref(config: RunConfig) -> TaskRef:
+    """The task as a checkpoint records it: name, scoring and the factory's arguments
+    (classification's loss and TTA are fields of their own, as in earlier versions)."""
+    settings = config.train
+    name, arguments = task_arguments(config)
+    arguments = {} if name == "classification" else arguments
+    return TaskRef(name, settings.loss, settings.tta, settings.eval_batch_size, arguments)
 
 
 def check_monitor(config: RunConfig, has_val: bool) -> None:

@@ -51,6 +51,12 @@ class Task(Protocol):
     name: str
     # Metric names `summarize` returns, in display order; the first one is the loss.
     metric_names: tuple[str, ...]
+    # Batches are few-shot episodes (the run draws them with data/episodes.py); optional,
+    # False when absent.
+    episodic: bool
+    # `score` takes gradients of its own (MAML adapts to each episode): scoring then runs
+    # under no_grad instead of inference mode; optional, False when absent.
+    scores_with_gradients: bool
 
     def split(self, batch: Batch, parts: int) -> Sequence[Batch]:
         """`batch` cut into `parts` micro-batches (gradient accumulation), none empty."""

@@ -47,6 +47,8 @@ class Classification:
 
     name = "classification"
     metric_names = ("loss", "accuracy")
+    episodic = False
+    scores_with_gradients = False
 
     def __init__(
         self, loss: str | LossFn = "cross_entropy", label_smoothing: float = 0.0, tta: str = "off"

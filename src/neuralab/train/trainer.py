@@ -370,15 +370,25 @@ def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMo
     return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=average, use_buffers=True)
 
 
-@torch.inference_mode()
 def score_loader(
     model: nn.Module, loader: Iterable, task: Task, autocast_dtype: torch.dtype | None = None
 ) -> dict:
     """The task's metrics over every example of `loader` (each counted once), plus `count`.
 
     When `loader` is one process's shard (`world_size` > 1), the sums are added up over all
-    processes, so every process returns the whole split's metrics.
+    processes, so every process returns the whole split's metrics. Runs in inference mode,
+    or without gradients only for a task that adapts while it is scored (MAML's inner steps
+    take gradients of their own; see tasks/fewshot.py).
     """
+    adapts = getattr(task, "scores_with_gradients", False)
+    with torch.no_grad() if adapts else torch.inference_mode():
+        return score_without_gradients(model, loader, task, autocast_dtype)
+
+
+def score_without_gradients(
+    model: nn.Module, loader: Iterable, task: Task, autocast_dtype: torch.dtype | None
+) -> dict:
+    """`score_loader`'s loop, under the gradient mode it chose."""
     model = local_module(model).eval()
     device = next(model.parameters()).device
     sums: dict[str, torch.Tensor] = {}  # stay on the device: one host sync per evaluation

@@ -1,0 +1,109 @@
+"""The run builder's settings half: what the optimizer, schedule and task sections of a
+`RunConfig` say, checked before any slow work and turned into objects (run/build.py calls these;
+together they are the only readers of a RunConfig)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuralab.config import RunConfig, explicit_fields
+from neuralab.data.dataset import DataError
+from neuralab.modalities.episodes import EpisodeSettings
+from neuralab.models import MODELS
+from neuralab.tasks import TASKS, Task
+from neuralab.train import distributed
+from neuralab.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler
+from neuralab.train.trainer import planned_steps
+
+
+def optimizer_settings(config: RunConfig) -> tuple[str, dict, dict]:
+    """The optimizer's name, its train_until groups and the settings the config sets (only
+    those: the factory refuses one it does not take)."""
+    settings = explicit_fields(config.optim)
+    name, train_until = settings.pop("name", config.optim.name), settings.pop("train_until", {})
+    return name, train_until, settings
+
+
+def schedule_settings(config: RunConfig) -> tuple[str, dict]:
+    """The schedule's name and the settings the config sets."""
+    settings = explicit_fields(config.schedule)
+    return settings.pop("name", config.schedule.name), settings
+
+
+def check_settings(config: RunConfig) -> None:
+    """The model, optimizer, schedule and task names and arguments, checked against their
+    factories before any slow work (data, engine timing, the run directory): a typo leaves
+    nothing."""
+    MODELS.check(config.model.name, **config.model.args)
+    name, _, settings = optimizer_settings(config)
+    OPTIMIZERS.check(name, **settings)
+    name, settings = schedule_settings(config)
+    SCHEDULES.check(name, **settings)
+    name, arguments = task_arguments(config)
+    TASKS.check(name, **arguments)
+    if is_episodic(config):
+        check_episodic(config)
+
+
+def is_episodic(config: RunConfig) -> bool:
+    """Whether the run learns from few-shot episodes (task.name protonet, maml or fomaml)."""
+    return bool(getattr(TASKS.get(config.task.name).factory, "episodic", False))
+
+
+def check_episodic(config: RunConfig) -> None:
+    """What few-shot runs do not combine with, refused before any work."""
+    if config.train.tta != "off":
+        raise DataError("train.tta averages mirrored views; few-shot tasks do not use it")
+    if distributed.world_size() > 1:
+        raise DataError(
+            f"task {config.task.name} trains in one process: episodes are not sharded over "
+            "torchrun's processes; run it without torchrun"
+        )
+
+
+def task_arguments(config: RunConfig) -> tuple[str, dict]:
+    """The task's registered name and its factory's arguments."""
+    task, settings = config.task, config.train
+    if task.name == "classification":
+        arguments = {
+            "loss": settings.loss, "label_smoothing": settings.label_smoothing, "tta": settings.tta,
+        }  # fmt: skip
+    elif task.name in ("maml", "fomaml"):
+        arguments = {
+            "ways": task.ways, "inner_steps": task.inner_steps, "inner_lr": task.inner_lr,
+            "eval_inner_steps": task.eval_inner_steps, "vectorize": task.vectorize,
+        }  # fmt: skip
+    else:
+        arguments = {}
+    return task.name, arguments
+
+
+def episode_settings(config: RunConfig) -> EpisodeSettings:
+    """How a few-shot run draws its episodes, and the model's output size."""
+    task = config.task
+    outputs = task.ways if task.name in ("maml", "fomaml") else task.embedding
+    return EpisodeSettings(
+        task.ways, task.shots, task.queries, task.episodes, task.meta_batch,
+        task.eval_ways or task.ways, task.eval_shots or task.shots, task.eval_episodes, outputs,
+    )  # fmt: skip
+
+
+def build_optimizer(config: RunConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimizer over `model`'s trainable parameters."""
+    name, train_until, settings = optimizer_settings(config)
+    return make_optimizer(model, name, train_until, **settings)
+
+
+def build_schedule(config: RunConfig, optimizer, steps_per_epoch: int):
+    """The configured per-step learning-rate schedule over the run's planned steps."""
+    name, settings = schedule_settings(config)
+    total = planned_steps(config.train.epochs, steps_per_epoch)
+    return make_scheduler(optimizer, name, steps_per_epoch, total, **settings)
+
+
+def build_task(config: RunConfig) -> Task:
+    """What is learned: classification (scored with the run's loss and test-time
+    augmentation) or a few-shot task."""
+    name, arguments = task_arguments(config)
+    return TASKS.build(name, **arguments)
