@@ -25,6 +25,7 @@ from neuralab.cli.train import resolve_train_config
 from neuralab.config import ConfigError, RunConfig, recipe_names
 from neuralab.data import DATASETS, load_dataset
 from neuralab.models import MODELS
+from neuralab.tasks import TASKS
 
 pytest.importorskip("sklearn", reason="the digits dataset needs scikit-learn")
 
@@ -68,7 +69,12 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize(
     ("verb", "names"),
-    [("models", MODELS.names()), ("datasets", DATASETS.names()), ("recipes", recipe_names())],
+    [
+        ("models", MODELS.names()),
+        ("datasets", DATASETS.names()),
+        ("recipes", recipe_names()),
+        ("tasks", TASKS.names()),
+    ],
 )
 def test_listings_plain_and_json(capsys, verb: str, names: list[str]) -> None:
     code, out, _ = run(capsys, verb)
@@ -419,7 +425,12 @@ FLAG_VALUES = {
     "deterministic": True,
     "data_dir": "/data/elsewhere",
     "out": "/runs/elsewhere",
+    "task": "protonet",
+    "ways": 7,
+    "shots": 3,
 }
+# Flags whose fields only apply with another setting (few-shot sizes need a few-shot task).
+FLAG_NEEDS = {"ways": ["--task", "protonet"], "shots": ["--task", "protonet"]}
 
 
 def config_value(config: RunConfig, dotted: str):
@@ -432,7 +443,7 @@ def config_value(config: RunConfig, dotted: str):
 @pytest.mark.parametrize("dest", list(CONFIG_FLAGS))
 def test_each_config_flag_sets_its_config_field(dest: str) -> None:
     flag, value = CONFIG_FLAGS[dest], FLAG_VALUES[dest]
-    argv = ["train", flag.flag] + ([] if value is True else [str(value)])
+    argv = ["train", *FLAG_NEEDS.get(dest, []), flag.flag] + ([] if value is True else [str(value)])
     config = resolve_train_config(build_parser().parse_args(argv))
     assert config_value(config, flag.config_field) == value
     assert config_value(RunConfig(), flag.config_field) != value

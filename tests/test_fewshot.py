@@ -19,6 +19,7 @@ from neuralab.config import ConfigError, resolve_config
 from neuralab.data import DataError, ImageDataset, Split
 from neuralab.data.episodes import ClassIndex, EpisodeLoader, Episodes, class_disjoint
 from neuralab.tasks import TASKS
+from neuralab.tasks.batched import batched_forward, can_batch
 from neuralab.tasks.fewshot import (
     MAML,
     FirstOrderMAML,
@@ -155,9 +156,10 @@ def conv_episodes() -> tuple[nn.Module, Episodes]:
     return model, batch
 
 
-def test_maml_on_a_convnet_with_batch_norm_matches_finite_differences() -> None:
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_maml_on_a_convnet_with_batch_norm_matches_finite_differences(vectorize: bool) -> None:
     model, batch = conv_episodes()
-    task = MAML(3, inner_steps=2, inner_lr=0.1)
+    task = MAML(3, inner_steps=2, inner_lr=0.1, vectorize=vectorize)
     analytic = gradient(task, model, batch)[:8]  # the first conv's first weights
     first = next(model.parameters()).view(-1)
     numeric = []
@@ -177,13 +179,32 @@ def test_maml_on_a_convnet_with_batch_norm_matches_finite_differences() -> None:
     assert not model[1].training  # and the module's mode is put back
 
 
-def test_vectorised_maml_is_refused_where_torch_gets_it_wrong_and_agrees_elsewhere() -> None:
+@pytest.mark.parametrize("first_order", [False, True])
+def test_episodes_adapted_together_equal_episodes_adapted_one_by_one(first_order: bool) -> None:
     model, batch = conv_episodes()
-    with pytest.raises(ConfigError, match="batch norm under torch.func.vmap"):
-        MAML(3, vectorize=True).step(model, batch)
-    first_order = [gradient(FirstOrderMAML(3, 2, 0.1, vectorize=v), model, batch)
-                   for v in (True, False)]  # fmt: skip
-    assert torch.allclose(*first_order, atol=1e-10)
+    assert can_batch(model)
+    tasks = [MAML(3, 3, 0.1, first_order=first_order, vectorize=v) for v in (True, False)]
+    together, alone = (gradient(task, model, batch) for task in tasks)
+    assert torch.allclose(together, alone, atol=1e-10)
+    with torch.no_grad():
+        scores = [task.score(model, batch) for task in tasks]
+    assert all(torch.allclose(scores[0][k], scores[1][k], atol=1e-10) for k in scores[0])
+
+
+def test_batched_forward_equals_each_copy_run_on_its_own() -> None:
+    model, _ = conv_episodes()
+    model.train()
+    copies = 3
+    weights = {n: p.detach() + 0.1 * torch.randn(copies, *p.shape, dtype=p.dtype)
+               for n, p in model.named_parameters()}  # fmt: skip
+    inputs = torch.randn(copies, 4, 1, 8, 8, dtype=torch.float64)
+    outputs = batched_forward(model, weights, inputs)
+    with transductive_batch_norm(model):
+        for t in range(copies):
+            own = {n: w[t] for n, w in weights.items()}
+            expected = torch.func.functional_call(model, own, (inputs[t],))
+            assert torch.allclose(outputs[t], expected, atol=1e-12)
+    assert not can_batch(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GELU()))
 
 
 def test_transductive_batch_norm_uses_the_batch_statistics_and_restores_the_modules() -> None:

@@ -45,6 +45,10 @@ class AugmentConfig(Section):
     # repetition than independent coin flips). YAML true/false mean random/off.
     flip: Literal["off", "random", "alternate"] = "off"
     cutout: int = Field(0, ge=0)
+    # Random rotation within ±rotate degrees and scaling within 1 ± scale, per image (applied
+    # before the crop; e.g. handwritten characters, as Koch et al.'s affine distortions).
+    rotate: float = Field(0.0, ge=0.0, le=180.0)
+    scale: float = Field(0.0, ge=0.0, lt=1.0)
 
     @field_validator("flip", mode="before")
     @classmethod
@@ -216,11 +220,11 @@ class TaskConfig(Section):
     inner_steps: int = Field(1, ge=1)
     inner_lr: float = Field(0.4, gt=0.0)
     eval_inner_steps: int | None = Field(None, ge=1)
-    # maml / fomaml: adapt a meta-batch's episodes together with torch.func.vmap instead of
-    # one by one (a Python loop with torch.autograd.grad). Off by default: on a CPU the loop is
-    # as fast (BENCHMARKS.md, "Meta-learning"), and torch 2.13's second-order gradients through
-    # batch norm under vmap are wrong (refused; see tasks/fewshot.py).
-    vectorize: bool = False
+    # maml / fomaml: adapt a meta-batch's episodes together, as one network with T copies of
+    # the weights (grouped convolutions; models that are plain conv/BN/ReLU/pool/linear
+    # stacks), instead of one at a time in a Python loop: the same numbers, faster on a CPU
+    # (BENCHMARKS.md, "Meta-learning"). Other models always adapt one episode at a time.
+    vectorize: bool = True
 
     @model_validator(mode="after")
     def settings_fit_the_task(self) -> TaskConfig:

@@ -3,9 +3,11 @@ on whatever device the batch lives on)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 from neuralab.errors import ConfigError
 
@@ -89,6 +91,26 @@ def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch
     return images * (~inside).unsqueeze(1).to(images.dtype)
 
 
+def random_affine(
+    images: torch.Tensor, degrees: float, scale: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Rotate each image by a random angle in ±`degrees` and scale it by a random factor in
+    1 ± `scale` about its centre (bilinear; the border pixels fill what comes into view, e.g.
+    the white paper of a drawing). uint8 (B, C, H, W) in and out."""
+    if not (degrees or scale):
+        return images
+    batch = images.shape[0]
+    angle = (torch.rand(batch, generator=generator) * 2 - 1) * math.radians(degrees)
+    factor = 1 + (torch.rand(batch, generator=generator) * 2 - 1) * scale
+    cos, sin = torch.cos(angle) / factor, torch.sin(angle) / factor  # output → input map
+    zero = torch.zeros(batch)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    theta = theta.to(images.device)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    warped = F.grid_sample(images.float(), grid, padding_mode="border", align_corners=False)
+    return warped.round_().clamp_(0, 255).to(torch.uint8)
+
+
 @dataclass
 class Augment:
     """The augmentation policy of a run; applied to uint8 batches before normalisation.
@@ -97,11 +119,15 @@ class Augment:
     flip: horizontal flips, "off" (digits: mirror images change meaning), "random" (a coin
         flip per image per epoch) or "alternate" (see `alternating_flip`); True = "random".
     cutout: side of the zeroed square in pixels (0 = off).
+    rotate, scale: random rotation within ±rotate degrees and scaling within 1 ± scale
+        (`random_affine`; 0 = off).
     """
 
     crop_padding: int = 0
     flip: str | bool = "off"
     cutout: int = 0
+    rotate: float = 0.0
+    scale: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.flip, bool):
@@ -119,6 +145,8 @@ class Augment:
     ) -> torch.Tensor:
         """Augment a uint8 batch; `index` (the examples' indices in their split), `epoch` and
         `seed` are needed by alternating flips only."""
+        if self.rotate or self.scale:
+            images = random_affine(images, self.rotate, self.scale, generator)
         if self.crop_padding:
             images = random_crop(images, self.crop_padding, generator)
         if self.flip == "random":
@@ -133,4 +161,6 @@ class Augment:
 
     @property
     def active(self) -> bool:
-        return bool(self.crop_padding or self.flip != "off" or self.cutout)
+        return bool(
+            self.crop_padding or self.flip != "off" or self.cutout or self.rotate or self.scale
+        )

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from neuralab.data.augment import to_float
+from neuralab.data.augment import Augment, to_float
 from neuralab.data.dataset import DataError, ImageDataset, Split
 
 # Fractions of a dataset's classes held out when it is not split by class already.
@@ -106,7 +106,8 @@ class EpisodeLoader:
 
     An epoch holds `episodes` episodes in steps of `meta_batch`; episode draws are seeded by
     (seed, epoch), so an epoch is reproducible on its own (resume replays it exactly). With
-    `fixed`, every epoch gives the same episodes (validation and test).
+    `fixed`, every epoch gives the same episodes (validation and test). `augment` (training)
+    transforms each drawn image on its own, support and query alike.
 
     Example:
         >>> loader = EpisodeLoader(split, 5, 1, 15, episodes=100, mean=(0.92,), std=(0.22,))
@@ -129,6 +130,7 @@ class EpisodeLoader:
         fixed: bool = False,
         device: torch.device | str = "cpu",
         where: str = "split",
+        augment: Augment | None = None,
     ) -> None:
         self.index = ClassIndex(split.labels)
         self.index.check(ways, shots + queries, where)
@@ -137,6 +139,7 @@ class EpisodeLoader:
         self.episodes, self.meta_batch = episodes, min(meta_batch, episodes)
         self.mean, self.std, self.seed, self.fixed = mean, std, seed, fixed
         self.device, self.epoch = torch.device(device), 0
+        self.augment = augment if augment is not None and augment.active else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -155,7 +158,10 @@ class EpisodeLoader:
                 [self.index.draw(self.ways, self.shots + self.queries, generator)
                  for _ in range(count)]
             ).to(self.device)  # (T, N, K + Q)  # fmt: skip
-            images = to_float(self.images[picks.flatten()], self.mean, self.std)
+            images = self.images[picks.flatten()]  # uint8 (T*N*(K+Q), C, H, W)
+            if self.augment is not None:
+                images = self.augment(images, generator)
+            images = to_float(images, self.mean, self.std)
             images = images.view(count, self.ways, self.shots + self.queries, *images.shape[1:])
             support = images[:, :, : self.shots].flatten(1, 2)  # (T, N*K, C, H, W)
             query = images[:, :, self.shots :].flatten(1, 2)  # (T, N*Q, C, H, W)

@@ -88,6 +88,8 @@ def write_report(run_dir: str | Path, data_dir: str | None = None) -> Path:
     folder = Path(run_dir)
     if folder.name == "checkpoint":
         folder = folder.parent
+    if is_few_shot(Predictor.load(folder)):
+        return write_few_shot_report(folder, data_dir, plots)
     report, dataset, predictor = evaluate_with_data(folder, data_dir=data_dir)
     write_text_atomic(folder / "evaluation.json", json.dumps(report, indent=2))
     figures = []
@@ -99,6 +101,18 @@ def write_report(run_dir: str | Path, data_dir: str | None = None) -> Path:
     figures += shown
     page = plots.report_page(folder, report, figures, texts)
     write_text_atomic(folder / "report.html", page)
+    return folder / "report.html"
+
+
+def write_few_shot_report(folder: Path, data_dir: str | None, plots) -> Path:
+    """`neuralab report` for a few-shot run: evaluation.json (test episodes, Lake's runs),
+    curves.png and report.html."""
+    report = evaluate_few_shot(folder, data_dir=data_dir)
+    figures = []
+    if (folder / "history.json").exists():
+        history = json.loads((folder / "history.json").read_text(encoding="utf-8"))
+        figures.append(plots.history_figure(history, folder / "curves.png"))
+    write_text_atomic(folder / "report.html", plots.few_shot_page(folder, report, figures))
     return folder / "report.html"
 
 

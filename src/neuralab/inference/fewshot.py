@@ -16,6 +16,7 @@ from neuralab.data.episodes import EpisodeLoader, Episodes, class_disjoint
 from neuralab.data.omniglot import one_shot_runs
 from neuralab.inference.predict import Predictor
 from neuralab.modalities.episodes import TEST_SEED
+from neuralab.train.allocator import reused_memory
 from neuralab.train.trainer import score_loader
 
 # What `neuralab evaluate` reports when no --ways/--shots are given: the literature's table.
@@ -61,6 +62,19 @@ def evaluate_few_shot(
         (n, k) for n, k in STANDARD_SETTINGS if fixed in (None, n)
     ]  # fmt: skip
     report = {"dataset": dataset.name, "task": predictor.meta.task.name, "episodes": {}}
+    with reused_memory("reuse", predictor.device):  # episodes allocate alike: keep the pages
+        score_settings(predictor, dataset, settings, queries, episodes, report)
+    if dataset.name == "omniglot" and fixed in (None, 20):
+        report["lake_one_shot_runs"] = lake_runs(predictor, Path(dataset.info["root"]))
+    if save:
+        write_text_atomic(Path(run_dir) / "evaluation.json", json.dumps(report, indent=2))
+    return report
+
+
+def score_settings(
+    predictor: Predictor, dataset, settings: list, queries: int, episodes: int, report: dict
+) -> None:
+    """Each (ways, shots) setting's accuracy and interval into report["episodes"]."""
     for n, k in settings:
         loader = EpisodeLoader(
             dataset.test, n, k, queries, episodes, dataset.mean, dataset.std,
@@ -72,11 +86,6 @@ def evaluate_few_shot(
             "accuracy": metrics["accuracy"], "ci95": metrics["accuracy_ci95"],
             "episodes": metrics["count"], "queries_per_class": queries,
         }  # fmt: skip
-    if dataset.name == "omniglot" and fixed in (None, 20):
-        report["lake_one_shot_runs"] = lake_runs(predictor, Path(dataset.info["root"]))
-    if save:
-        write_text_atomic(Path(run_dir) / "evaluation.json", json.dumps(report, indent=2))
-    return report
 
 
 def lake_runs(predictor: Predictor, root: Path) -> dict:

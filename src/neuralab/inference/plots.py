@@ -154,3 +154,35 @@ engine: {escape(str(metrics.get("engine", "?")))}.</p>
 <h2>Configuration</h2><pre>{escape(config)}</pre>
 </body></html>
 """
+
+
+def few_shot_page(run_dir: Path, report: dict, figures: list[Path]) -> str:
+    """The report page of a few-shot run: accuracy ± 95% interval per episode setting, Lake
+    et al.'s runs when evaluated, the curves and the configuration."""
+    escape = html.escape
+    config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
+    rows = "".join(
+        f"<tr><td>{escape(setting)}</td><td>{r['accuracy']:.2%} ± {r['ci95']:.2%}</td>"
+        f"<td>{r['episodes']}</td></tr>"
+        for setting, r in report["episodes"].items()
+    )
+    lake = report.get("lake_one_shot_runs")
+    lake_line = (
+        f"<p>Lake et al.'s 20 one-shot runs (20-way 1-shot, alphabets unseen in training): "
+        f"<b>{lake['error']:.2%} error</b> ({lake['errors']} of 400).</p>"
+        if lake
+        else ""
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>neuralab run {escape(run_dir.name)}</title>
+<style>body{{font:15px/1.45 system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}}
+img{{max-width:100%}}pre{{background:#f6f6f6;padding:1rem;overflow:auto}}</style></head><body>
+<h1>Run {escape(run_dir.name)} ({escape(report["task"])})</h1>
+<p>Test episodes on the {escape(report["dataset"])} classes held out from training:</p>
+<table><tr><th>episodes</th><th>accuracy (95% interval)</th><th>count</th></tr>{rows}</table>
+{lake_line}
+{"".join(f"<h2>{escape(p.stem)}</h2>{embedded(p)}" for p in figures)}
+<h2>Configuration</h2><pre>{escape(config)}</pre>
+</body></html>
+"""

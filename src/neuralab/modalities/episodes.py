@@ -111,16 +111,16 @@ class EpisodeInputs:
         self, batch_size: int, eval_batch_size: int, seed: int, augment, device: torch.device,
         channels_last: bool, rank: int = 0, world_size: int = 1,
     ) -> dict[str, EpisodeLoader]:  # fmt: skip
-        """Train episodes (new ones every epoch) and fixed val/test episodes. `batch_size`,
-        `eval_batch_size`, `augment` and the layout are the image loaders' settings: episodes
-        take their sizes from the task settings instead."""
+        """Train episodes (new ones every epoch, `augment`ed) and fixed val/test episodes.
+        `batch_size`, `eval_batch_size` and the layout are the image loaders' settings:
+        episodes take their sizes from the task settings instead."""
         d, s = self.dataset, self.settings
         common = {"mean": d.mean, "std": d.std, "device": device}
         evaluation = {"shots": s.eval_shots, "queries": s.queries, "episodes": s.eval_episodes}
         loaders = {
             "train": EpisodeLoader(
                 d.train, s.ways, s.shots, s.queries, s.episodes, meta_batch=s.meta_batch,
-                seed=seed, where=f"{d.name} train split", **common,
+                seed=seed, where=f"{d.name} train split", augment=augment, **common,
             ),
             "test": EpisodeLoader(
                 d.test, s.eval_ways, **evaluation, meta_batch=s.meta_batch,

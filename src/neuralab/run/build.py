@@ -126,7 +126,11 @@ def build_run(
     log(inputs.describe())
     if described:  # a forward pass: only when it is shown
         log(describe_model(config, model, inputs, device))
-    log(distributed.describe_batch(settings.batch_size, settings.grad_accumulation))
+    task = build_task(config)
+    if getattr(task, "episodic", False):  # batches are episodes: the task line says how
+        log(f"task   {task.describe(model)}")
+    else:
+        log(distributed.describe_batch(settings.batch_size, settings.grad_accumulation))
     has_val = inputs.dataset.val is not None
     check_monitor(config, has_val)
     run_dir, engine, weights = start_or_resume(config, model, inputs, device, resume_from)
@@ -143,7 +147,6 @@ def build_run(
         *build_callbacks(config, run_dir, meta, inputs, engine, has_val, log),
         *extra_callbacks,
     ]
-    task = build_task(config)
     return RunParts(
         config, inputs, model, engine, loaders, optimizer, scheduler, task, callbacks,
         run_dir, meta, weights,

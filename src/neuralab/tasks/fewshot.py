@@ -10,9 +10,9 @@ episode counts as one example, so a run's `accuracy` is the mean over episodes a
 - `MAML` (Finn et al. 2017): the model adapts to each episode's support set by `inner_steps`
   gradient steps of size `inner_lr` and is scored on the query set with the adapted weights;
   the meta-gradient flows back through the steps (second order), or treats the inner
-  gradients as constants (`first_order`, FOMAML). Written on torch.func: `functional_call`
-  with a Python loop over episodes and torch.autograd.grad (default), or `grad` and `vmap`
-  over the episodes of a meta-batch (`vectorize`). Batch norm always normalises with the
+  gradients as constants (`first_order`, FOMAML). The episodes of a meta-batch adapt
+  together as one network with T copies of the weights (tasks/batched.py), or one at a time
+  with torch.func.functional_call and torch.autograd.grad. Batch norm always normalises with the
   statistics of the batch at hand (support or query set: transductive, as in Finn et al.'s
   code); running statistics are neither used nor updated.
 """
@@ -25,12 +25,13 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 from torch.nn import functional as F
 
 from neuralab.data.episodes import Episodes
 from neuralab.errors import ConfigError
 from neuralab.tasks.base import TASKS, StepOutput, split_tensors
+from neuralab.tasks.batched import batched_forward, can_batch
 
 Z_95 = 1.959964  # standard normal quantile of a two-sided 95% interval
 
@@ -134,6 +135,10 @@ class PrototypicalNetworks(EpisodicTask):
 
     name = "protonet"
 
+    def describe(self, model: nn.Module) -> str:
+        """The run log's task line."""
+        return "protonet: queries scored by negative squared distance to class-mean embeddings"
+
     def logits(self, model: nn.Module, batch: Episodes, training: bool) -> torch.Tensor:
         count, shots = batch.support.shape[:2]
         queries = batch.query.shape[1]
@@ -144,14 +149,10 @@ class PrototypicalNetworks(EpisodicTask):
         return prototype_logits(support, batch.support_labels, query, episode_ways(batch))
 
 
-def has_batch_norm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
 @contextlib.contextmanager
 def transductive_batch_norm(model: nn.Module) -> Iterator[None]:
     """Batch norm layers normalise with the current batch's statistics and leave their
-    running statistics alone (no in-place buffer updates: what vmap needs), then are put back."""
+    running statistics alone (no in-place buffer updates), then are put back."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.training, m.track_running_stats) for m in norms]
     for module in norms:
@@ -175,11 +176,11 @@ class MAML(EpisodicTask):
         inner_lr: their step size.
         eval_inner_steps: steps when scoring and predicting (None: `inner_steps`).
         first_order: drop the second-order terms (FOMAML): the inner gradients are constants.
-        vectorize: adapt the episodes of a meta-batch together with torch.func.vmap. False
-            (the default) loops over them in Python with torch.autograd.grad: on a CPU it is
-            as fast or faster (BENCHMARKS.md), and it is exact where vmap is not: torch
-            2.13's second-order gradients through batch norm under vmap are off by ~1e-3
-            against finite differences, so that combination is refused.
+        vectorize: adapt the episodes of a meta-batch together, as one network with T
+            copies of the weights (tasks/batched.py), when the model is a plain stack of
+            conv / batch norm / ReLU / pool / linear layers; other models, or False, adapt
+            one episode at a time in a Python loop with torch.autograd.grad (the classic
+            implementation, kept as the reference the batched one is tested against).
     """
 
     name = "maml"
@@ -192,11 +193,25 @@ class MAML(EpisodicTask):
         inner_lr: float = 0.4,
         eval_inner_steps: int | None = None,
         first_order: bool = False,
-        vectorize: bool = False,
+        vectorize: bool = True,
     ) -> None:
         self.ways, self.inner_steps, self.inner_lr = ways, inner_steps, inner_lr
         self.eval_inner_steps = eval_inner_steps or inner_steps
         self.first_order, self.vectorize = first_order, vectorize
+
+    def describe(self, model: nn.Module) -> str:
+        """The run log's task line: steps, rates, order and how episodes are adapted."""
+        order = "first-order" if self.first_order else "second-order"
+        if self.vectorize and can_batch(model):
+            how = "the episodes of a meta-batch adapted together (one network, T weight copies)"
+        elif self.vectorize:
+            how = "episodes adapted one at a time (the model is not a plain layer stack)"
+        else:
+            how = "episodes adapted one at a time (task.vectorize=false)"
+        return (
+            f"{self.name}: {self.ways}-way head, {self.inner_steps} inner step(s) of "
+            f"{self.inner_lr} ({self.eval_inner_steps} when evaluating), {order}; {how}"
+        )
 
     def logits(self, model: nn.Module, batch: Episodes, training: bool) -> torch.Tensor:
         ways = episode_ways(batch)
@@ -208,40 +223,29 @@ class MAML(EpisodicTask):
         steps = self.inner_steps if training else self.eval_inner_steps
         # Scoring needs no graph through the steps: first order is exact for the logits.
         first_order = self.first_order or not training
-        if self.vectorize and not first_order and has_batch_norm(model):
-            raise ConfigError(
-                "second-order MAML through batch norm under torch.func.vmap gives wrong "
-                "meta-gradients in this torch (off by ~1e-3 against finite differences, "
-                "tests/test_fewshot.py); set task.vectorize=false (the default), or use "
-                "task.name=fomaml"
-            )
-        adapt = self.adapted_logits_vmap if self.vectorize else self.adapted_logits_loop
+        together = self.vectorize and can_batch(model)
+        adapt = self.adapted_logits_batched if together else self.adapted_logits_loop
         with transductive_batch_norm(model):
             return adapt(model, batch, steps, first_order)
 
-    def adapted_logits_vmap(
+    def adapted_logits_batched(
         self, model: nn.Module, batch: Episodes, steps: int, first_order: bool
     ) -> torch.Tensor:
-        """All episodes adapted at once: vmap over (support, labels, query)."""
-        params = dict(model.named_parameters())
-        buffers = dict(model.named_buffers())
-
-        def support_loss(fast: dict, images: torch.Tensor, labels: torch.Tensor):
-            outputs = functional_call(model, (fast, buffers), (images,))
-            return F.cross_entropy(widened(outputs), labels)
-
-        def one_episode(support, support_labels, query):
-            fast = params
+        """All episodes adapted at once: T copies of the weights in one forward pass
+        (tasks/batched.py); the loss is the sum of the episodes' mean support losses, so each
+        copy's gradient is its own episode's."""
+        names, params = zip(*model.named_parameters(), strict=True)
+        count, shots = batch.support_labels.shape
+        with torch.enable_grad():  # scoring runs under no_grad; adapting needs gradients
+            fast = [p.unsqueeze(0).expand(count, *p.shape) for p in params]  # (T, ...)
             for _ in range(steps):
-                grads = grad(support_loss)(fast, support, support_labels)
-                if first_order:
-                    grads = {name: g.detach() for name, g in grads.items()}
-                fast = {name: fast[name] - self.inner_lr * grads[name] for name in fast}
-            return functional_call(model, (fast, buffers), (query,))  # (Q, N)
-
-        return vmap(one_episode, randomness="different")(
-            batch.support, batch.support_labels, batch.query
-        )
+                logits = batched_forward(model, dict(zip(names, fast, strict=True)), batch.support)
+                loss = F.cross_entropy(
+                    widened(logits).flatten(0, 1), batch.support_labels.flatten(), reduction="sum"
+                ) / shots
+                grads = torch.autograd.grad(loss, fast, create_graph=not first_order)
+                fast = [w - self.inner_lr * g for w, g in zip(fast, grads, strict=True)]
+            return batched_forward(model, dict(zip(names, fast, strict=True)), batch.query)
 
     def adapted_logits_loop(
         self, model: nn.Module, batch: Episodes, steps: int, first_order: bool
@@ -275,6 +279,6 @@ class FirstOrderMAML(MAML):
         inner_steps: int = 1,
         inner_lr: float = 0.4,
         eval_inner_steps: int | None = None,
-        vectorize: bool = False,
+        vectorize: bool = True,
     ) -> None:
         super().__init__(ways, inner_steps, inner_lr, eval_inner_steps, True, vectorize)
