@@ -66,12 +66,12 @@ def time_ways(args: argparse.Namespace, steps: int, queries: int) -> dict[str, f
     model = build_model("conv4", InputSpec(1, 28, 28, args.ways))
     batch = episodes(args.meta_batch, args.ways, args.shots, queries)
     ways = {
-        "together (batched)": lambda: MAML(args.ways, steps, 0.4, vectorize=True).step(
-            model, batch
-        ).loss,
-        "loop (autograd.grad)": lambda: MAML(args.ways, steps, 0.4, vectorize=False).step(
-            model, batch
-        ).loss,
+        "together (batched)": lambda: (
+            MAML(args.ways, steps, 0.4, vectorize=True).step(model, batch).loss
+        ),
+        "loop (autograd.grad)": lambda: (
+            MAML(args.ways, steps, 0.4, vectorize=False).step(model, batch).loss
+        ),
         "vmap (torch.func)": lambda: vmap_step(model, batch, steps, 0.4),
     }
     best = dict.fromkeys(ways, float("inf"))

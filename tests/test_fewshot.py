@@ -89,7 +89,11 @@ def test_protonet_step_scores_each_episode() -> None:
 
 def test_summary_gives_the_mean_and_a_95_percent_interval_over_episodes() -> None:
     accuracies = [0.5, 1.0, 0.75, 0.25]
-    sums = {"loss": 4.0, "accuracy": sum(accuracies), "accuracy_squared": sum(a * a for a in accuracies)}
+    sums = {
+        "loss": 4.0,
+        "accuracy": sum(accuracies),
+        "accuracy_squared": sum(a * a for a in accuracies),
+    }
     summary = PrototypicalNetworks().summarize(sums, len(accuracies))
     assert summary["accuracy"] == pytest.approx(np.mean(accuracies))
     standard_error = np.std(accuracies, ddof=1) / np.sqrt(len(accuracies))
@@ -131,9 +135,13 @@ def test_first_order_maml_is_maml_with_the_second_order_terms_dropped(steps: int
         fast = {n: p.detach().clone() for n, p in model.named_parameters()}
         for _ in range(steps):
             fast = {n: p.requires_grad_() for n, p in fast.items()}
-            loss = F.cross_entropy(torch.func.functional_call(model, fast, (support,)), support_labels)
+            loss = F.cross_entropy(
+                torch.func.functional_call(model, fast, (support,)), support_labels
+            )
             grads = torch.autograd.grad(loss, list(fast.values()))
-            fast = {n: (p - 0.3 * g).detach() for (n, p), g in zip(fast.items(), grads, strict=True)}
+            fast = {
+                n: (p - 0.3 * g).detach() for (n, p), g in zip(fast.items(), grads, strict=True)
+            }
         fast = {n: p.requires_grad_() for n, p in fast.items()}
         loss = F.cross_entropy(torch.func.functional_call(model, fast, (query,)), query_labels)
         grads = torch.autograd.grad(loss, [fast[n] for n in names])
@@ -240,7 +248,9 @@ def test_episodes_hold_distinct_examples_of_each_drawn_class() -> None:
     for batch in loader:
         assert batch.support.shape == (4, 6, 1, 4, 4) and batch.query.shape == (4, 9, 1, 4, 4)
         for t in range(4):
-            index = torch.cat([batch.support[t, :, 0, 0, 0], batch.query[t, :, 0, 0, 0]]).round().long()
+            index = (
+                torch.cat([batch.support[t, :, 0, 0, 0], batch.query[t, :, 0, 0, 0]]).round().long()
+            )
             assert len(set(index.tolist())) == 15  # no example twice
             true_class = split.labels[index]
             episode_labels = torch.cat([batch.support_labels[t], batch.query_labels[t]])
@@ -362,6 +372,20 @@ def test_predict_classifies_against_classes_given_by_example(
     assert "pass --support" in capsys.readouterr().err
 
 
+def test_a_protonet_run_exports_its_embedding_network_and_is_not_served(
+    protonet_run: Path, tmp_path: Path
+) -> None:
+    import neuralab
+    from neuralab.serve.app import create_app
+
+    result = neuralab.export(protonet_run, format="torchscript", out=tmp_path / "net.pt")
+    exported = torch.jit.load(str(result.path))
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    assert exported(images).shape == (3, 64)  # the embedding: 16 channels × 2 × 2
+    with pytest.raises(ConfigError, match="few-shot \\(protonet\\) run"):
+        create_app(neuralab.load(protonet_run))
+
+
 @pytest.mark.parametrize("task", ["maml", "fomaml"])
 def test_maml_runs_train_and_evaluate_at_their_own_width(capsys, tmp_path: Path, task: str) -> None:
     run_dir = tmp_path / task
@@ -385,3 +409,59 @@ def test_impossible_few_shot_runs_fail_before_writing_anything(capsys, tmp_path:
     argv[argv.index("digits")] = f"csv:{texts}"
     assert main(argv) == 2
     assert f"learns from episodes of images; csv:{texts} is text data" in capsys.readouterr().err
+
+
+MAML_ARGS = {"data": "digits", "model": "conv4", "epochs": 3, "seed": 2, "task": "maml",
+             "ways": 2, "shots": 1}  # fmt: skip
+MAML_OVERRIDES = [
+    "model.args.blocks=2", "model.args.width=8", "task.queries=2", "task.episodes=40",
+    "task.meta_batch=4", "task.eval_episodes=8", "task.inner_lr=0.1", "optim.name=adam",
+    "augment.rotate=10", "augment.crop_padding=1", "train.threads=1", "train.precision=fp32",
+    "train.channels_last=off",
+]  # fmt: skip
+KILLED_MAML = """
+import os, signal, neuralab
+from neuralab.train.callbacks import Callback
+
+class KillMidEpoch(Callback):
+    def on_step_end(self, trainer):
+        if trainer.step == 17:  # the middle of the second epoch (10 meta-batches an epoch)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+neuralab.train(**{args}, out={out!r}, overrides={overrides!r}, verbose=False,
+               callbacks=[KillMidEpoch()])
+"""
+
+
+def test_a_sigkilled_maml_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    import neuralab
+
+    whole = tmp_path / "whole"
+    neuralab.train(**MAML_ARGS, out=str(whole), overrides=MAML_OVERRIDES, verbose=False)
+    killed = tmp_path / "killed"
+    script = KILLED_MAML.format(args=MAML_ARGS, out=str(killed), overrides=MAML_OVERRIDES)
+    assert subprocess.run([sys.executable, "-c", script], check=False).returncode == -9
+    assert [row["epoch"] for row in json.loads((killed / "history.json").read_text())] == [1]
+    neuralab.resume(killed, verbose=False)
+    resumed = load_file(killed / "checkpoint" / "model.safetensors")
+    expected = load_file(whole / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(resumed[name], expected[name]) for name in expected)
+    assert (
+        json.loads((killed / "metrics.json").read_text())["accuracy"]
+        == json.loads((whole / "metrics.json").read_text())["accuracy"]
+    )
+
+
+def test_report_shows_the_episode_table(protonet_run: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from neuralab.inference.evaluation import write_report
+
+    page = write_report(protonet_run).read_text()
+    # digits' test split has 2 classes: no standard setting fits, so the run's own (2-way)
+    assert "2-way 1-shot" in page and "5-way" not in page and "±" in page
+    assert "accuracy (95% interval)" in page and (protonet_run / "curves.png").exists()

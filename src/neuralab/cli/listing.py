@@ -11,8 +11,8 @@ from pathlib import Path
 from neuralab.config import read_recipe, recipe_names
 from neuralab.data import DATASETS
 from neuralab.models import MODELS
-from neuralab.tasks import TASKS
 from neuralab.registry import GLOB_CHARACTERS
+from neuralab.tasks import TASKS
 
 LISTINGS = {  # verb → (what it lists, an example pattern)
     "models": ("registered models", "resnet*"),

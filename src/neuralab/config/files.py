@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 from neuralab.config.sections import FREE_FORM, RunConfig
 from neuralab.errors import ConfigError
 
+
 def recipe_names() -> list[str]:
     """Names of the recipes that ship inside the package."""
     folder = resources.files("neuralab") / "recipes"

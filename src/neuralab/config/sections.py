@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -282,4 +283,3 @@ class RunConfig(Section):
 
 # Free-form dictionaries: their keys are checked by the dataset or model factory instead.
 FREE_FORM = {("data", "options"), ("model", "args"), ("optim", "train_until")}
-

@@ -182,7 +182,8 @@ def one_shot_runs(root: Path, download: bool, image_size: int = 28) -> list[OneS
 def read_run(
     archive: zipfile.ZipFile, images: dict[PurePosixPath, torch.Tensor], run: str, path: Path
 ) -> OneShotRun:
-    """One run from its class_labels.txt: lines `runNN/test/itemMM.png runNN/training/classKK.png`."""
+    """One run, from its class_labels.txt: one line per test image,
+    `runNN/test/itemMM.png runNN/training/classKK.png`."""
     classes = [f"{run}/training/class{index:02d}.png" for index in range(1, 21)]
     queries, answers = [], []
     for line in archive.read(f"{run}/class_labels.txt").decode("ascii").split("\n"):

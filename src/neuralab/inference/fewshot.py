@@ -58,9 +58,10 @@ def evaluate_few_shot(
             f"this {predictor.meta.task.name} model is {fixed}-way (its head has {fixed} "
             f"outputs); evaluate it with --ways {fixed}"
         )
-    settings = [(ways or fixed or 5, shots or 1)] if (ways or shots) else [
-        (n, k) for n, k in STANDARD_SETTINGS if fixed in (None, n)
-    ]  # fmt: skip
+    if ways or shots:
+        settings = [(ways or fixed or 5, shots or 1)]
+    else:
+        settings = default_settings(predictor, int(dataset.test.labels.unique().numel()))
     report = {"dataset": dataset.name, "task": predictor.meta.task.name, "episodes": {}}
     with reused_memory("reuse", predictor.device):  # episodes allocate alike: keep the pages
         score_settings(predictor, dataset, settings, queries, episodes, report)
@@ -69,6 +70,17 @@ def evaluate_few_shot(
     if save:
         write_text_atomic(Path(run_dir) / "evaluation.json", json.dumps(report, indent=2))
     return report
+
+
+def default_settings(predictor: Predictor, test_classes: int) -> list[tuple[int, int]]:
+    """The standard settings this model and test split can take, else the run's own."""
+    fixed = model_ways(predictor)
+    fitting = [(n, k) for n, k in STANDARD_SETTINGS if fixed in (None, n) and n <= test_classes]
+    if fitting:
+        return fitting
+    task = predictor.meta.config.get("task", {})
+    ways = task.get("eval_ways") or task.get("ways", 5)
+    return [(int(ways), int(task.get("eval_shots") or task.get("shots", 1)))]
 
 
 def score_settings(
@@ -143,6 +155,11 @@ def classify_by_example(
         raise DataError(
             f"this {predictor.meta.task.name} model is {fixed}-way; give examples of exactly "
             f"{fixed} classes, not {len(names)} ({', '.join(names)})"
+        )
+    if predictor.task.scores_with_gradients and len(queries) < 2:
+        raise DataError(
+            "MAML normalises the queries with their own batch statistics (transductive batch "
+            "norm, as Finn et al.), so it needs at least 2 query images at once; give more"
         )
     modality = predictor.modality
     images = torch.stack(modality.prepare_all([item for name in names for item in support[name]]))

@@ -19,7 +19,7 @@ from torch import nn
 
 from neuralab.checkpoint.format import load_training_state, unwrap
 from neuralab.checkpoint.meta import DataRef, ModelRef, RunMeta, TaskRef, load_run_checkpoint
-from neuralab.config import RunConfig, dump_config, explicit_fields, resolve_config
+from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data import load_dataset
 from neuralab.data.augment import Augment
 from neuralab.data.dataset import PATH_KINDS, DataError
@@ -29,7 +29,6 @@ from neuralab.modalities import Inputs, inputs_for
 from neuralab.modalities.episodes import EpisodeInputs
 from neuralab.models import build_model
 from neuralab.run.rundir import new_run_dir
-from neuralab.run.tracking import BestCheckpoint, RunWriter, tensorboard_callbacks
 from neuralab.run.settings import (  # the settings half of the builder (run/settings.py)
     build_optimizer,
     build_schedule,
@@ -39,6 +38,7 @@ from neuralab.run.settings import (  # the settings half of the builder (run/set
     is_episodic,
     task_arguments,
 )
+from neuralab.run.tracking import BestCheckpoint, RunWriter, tensorboard_callbacks
 from neuralab.tasks import Task
 from neuralab.train import distributed
 from neuralab.train.allocator import current as allocator_state

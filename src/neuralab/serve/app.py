@@ -201,6 +201,12 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
     Returns:
         A FastAPI app; `app.state.service` holds the Service (batcher, metrics).
     """
+    if getattr(predictor.task, "episodic", False):
+        raise ConfigError(
+            f"this is a few-shot ({predictor.meta.task.name}) run: it classifies against classes "
+            "given by example, which the service does not take yet; use `neuralab predict RUN "
+            "--support a/1.png b/1.png --query q.png` or neuralab.classify_by_example"
+        )
     fastapi, responses, staticfiles = import_serving()
     service = Service(predictor, settings or ServeSettings())
 

@@ -71,6 +71,7 @@ class EpisodicTask:
     metric_names = ("loss", "accuracy")
     episodic = True
     scores_with_gradients = False  # MAML adapts while it is scored
+    tta = "off"  # no test-time augmentation: an exported few-shot model is its plain network
 
     def split(self, batch: Episodes, parts: int) -> list[Episodes]:
         return [Episodes(*part) for part in split_tensors(batch, parts)]
@@ -240,9 +241,14 @@ class MAML(EpisodicTask):
             fast = [p.unsqueeze(0).expand(count, *p.shape) for p in params]  # (T, ...)
             for _ in range(steps):
                 logits = batched_forward(model, dict(zip(names, fast, strict=True)), batch.support)
-                loss = F.cross_entropy(
-                    widened(logits).flatten(0, 1), batch.support_labels.flatten(), reduction="sum"
-                ) / shots
+                loss = (
+                    F.cross_entropy(
+                        widened(logits).flatten(0, 1),
+                        batch.support_labels.flatten(),
+                        reduction="sum",
+                    )
+                    / shots
+                )
                 grads = torch.autograd.grad(loss, fast, create_graph=not first_order)
                 fast = [w - self.inner_lr * g for w, g in zip(fast, grads, strict=True)]
             return batched_forward(model, dict(zip(names, fast, strict=True)), batch.query)
@@ -263,7 +269,9 @@ class MAML(EpisodicTask):
                     loss = F.cross_entropy(widened(logits), support_labels)
                     grads = torch.autograd.grad(loss, fast, create_graph=not first_order)
                     fast = [p - self.inner_lr * g for p, g in zip(fast, grads, strict=True)]
-                outputs.append(functional_call(model, dict(zip(names, fast, strict=True)), (query,)))
+                outputs.append(
+                    functional_call(model, dict(zip(names, fast, strict=True)), (query,))
+                )
         return torch.stack(outputs)
 
 
