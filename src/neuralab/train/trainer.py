@@ -381,20 +381,15 @@ def score_loader(
     take gradients of their own; see tasks/fewshot.py).
     """
     adapts = getattr(task, "scores_with_gradients", False)
-    with torch.no_grad() if adapts else torch.inference_mode():
-        return score_without_gradients(model, loader, task, autocast_dtype)
-
-
-def score_without_gradients(
-    model: nn.Module, loader: Iterable, task: Task, autocast_dtype: torch.dtype | None
-) -> dict:
-    """`score_loader`'s loop, under the gradient mode it chose."""
     model = local_module(model).eval()
     device = next(model.parameters()).device
     sums: dict[str, torch.Tensor] = {}  # stay on the device: one host sync per evaluation
     count = 0
-    with torch.autocast(
-        device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+    with (
+        torch.no_grad() if adapts else torch.inference_mode(),
+        torch.autocast(
+            device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+        ),
     ):
         for batch in loader:
             add_sums(sums, task.score(model, batch))
