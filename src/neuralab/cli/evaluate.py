@@ -13,7 +13,6 @@ from neuralab.data import DataError
 from neuralab.inference.evaluation import evaluate, format_confusion, report_path, write_report
 from neuralab.inference.fewshot import (
     classify_by_example,
-    evaluate_few_shot,
     is_few_shot,
     support_by_folder,
 )
@@ -36,21 +35,19 @@ def add_evaluate(commands) -> None:
     few_shot.add_argument("--ways", type=int, help="classes per episode")
     few_shot.add_argument("--shots", type=int, help="support examples per class")
     few_shot.add_argument("--queries", type=int, help="query examples per class")
-    few_shot.add_argument("--episodes", type=int, default=1000, help="episodes (default 1000)")
+    few_shot.add_argument("--episodes", type=int, help="episodes per setting (default 1000)")
     parser.set_defaults(handler=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """`neuralab evaluate RUN`: the test report, printed (or as JSON) and saved beside the run."""
-    if is_few_shot(api.load(args.run_dir)):
-        return run_evaluate_few_shot(args)
-    given = [f"--{name}" for name in ("ways", "shots", "queries") if getattr(args, name)]
-    if given:
-        raise DataError(f"{', '.join(given)} only apply to few-shot runs (protonet, maml, fomaml)")
-    report = evaluate(args.run_dir, data=args.data, data_dir=args.data_dir)
+    few_shot = {name: getattr(args, name) for name in ("ways", "shots", "queries", "episodes")}
+    report = evaluate(args.run_dir, data=args.data, data_dir=args.data_dir, **few_shot)
     if args.json:
         print(json.dumps(report))
         return 0
+    if "episodes" in report:  # a few-shot run's report
+        return print_few_shot(report, args.run_dir)
     classes = list(report["per_class"])
     print(f"{report['dataset']} test: {report['count']} examples")
     print(format_report(report, classes))
@@ -59,16 +56,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_evaluate_few_shot(args: argparse.Namespace) -> int:
-    """`neuralab evaluate RUN` for a few-shot run: accuracy ± 95% interval per setting."""
-    if args.data:
-        raise DataError("few-shot runs are evaluated on their own dataset's test classes")
-    report = evaluate_few_shot(
-        args.run_dir, args.ways, args.shots, args.queries, args.episodes, args.data_dir
-    )
-    if args.json:
-        print(json.dumps(report))
-        return 0
+def print_few_shot(report: dict, run_dir: str) -> int:
+    """A few-shot run's report: accuracy ± 95% interval per setting, Lake's runs."""
     for setting, found in report["episodes"].items():
         print(
             f"{report['dataset']} test classes, {setting}: {found['accuracy']:.2%} ± "
@@ -77,7 +66,7 @@ def run_evaluate_few_shot(args: argparse.Namespace) -> int:
     lake = report.get("lake_one_shot_runs")
     if lake:
         print(f"Lake et al.'s 20 one-shot runs (20-way 1-shot): {lake['error']:.2%} error")
-    print(f"saved {Path(args.run_dir) / 'evaluation.json'}")
+    print(f"saved {Path(run_dir) / 'evaluation.json'}")
     return 0
 
 

@@ -44,23 +44,29 @@ def evaluate(
     Example:
         >>> neuralab.evaluate("runs/mnist-lenet-…")["per_class"]["7"]["recall"]  # doctest: +SKIP
     """
-    if is_few_shot(Predictor.load(run_dir)):
+    predictor = Predictor.load(run_dir)
+    given = {name: value for name, value in few_shot.items() if value is not None}
+    if is_few_shot(predictor):
         if data:
             raise DataError("few-shot runs are evaluated on their own dataset's test classes")
-        return evaluate_few_shot(run_dir, data_dir=data_dir, save=save, **few_shot)
-    if few_shot:
-        raise DataError(f"{', '.join(few_shot)} only apply to few-shot runs (protonet, maml)")
-    report, _, _ = evaluate_with_data(run_dir, data, data_dir)
+        return evaluate_few_shot(predictor, run_dir, data_dir=data_dir, save=save, **given)
+    if given:
+        raise DataError(f"{', '.join(given)} only apply to few-shot runs (protonet, maml, fomaml)")
+    report, _, _ = evaluate_with_data(run_dir, data, data_dir, predictor)
     if save:
         write_text_atomic(report_path(run_dir, data), json.dumps(report, indent=2))
     return report
 
 
 def evaluate_with_data(
-    run_dir: str | Path, data: str | None = None, data_dir: str | None = None
+    run_dir: str | Path,
+    data: str | None = None,
+    data_dir: str | None = None,
+    predictor: Predictor | None = None,
 ) -> tuple[dict, ImageDataset | TextDataset, Predictor]:
-    """`evaluate`'s report (unsaved), the dataset it was computed on and the loaded run."""
-    predictor = Predictor.load(run_dir)
+    """`evaluate`'s report (unsaved), the dataset it was computed on and the loaded run
+    (`predictor`: the run, when the caller has loaded it already)."""
+    predictor = predictor or Predictor.load(run_dir)
     dataset = predictor.meta.data.load(data, data_dir)
     predictor.check_classes(dataset.classes, dataset.name)
     loader = predictor.modality.eval_loader(
@@ -88,9 +94,10 @@ def write_report(run_dir: str | Path, data_dir: str | None = None) -> Path:
     folder = Path(run_dir)
     if folder.name == "checkpoint":
         folder = folder.parent
-    if is_few_shot(Predictor.load(folder)):
-        return write_few_shot_report(folder, data_dir, plots)
-    report, dataset, predictor = evaluate_with_data(folder, data_dir=data_dir)
+    predictor = Predictor.load(folder)
+    if is_few_shot(predictor):
+        return write_few_shot_report(predictor, folder, data_dir, plots)
+    report, dataset, predictor = evaluate_with_data(folder, None, data_dir, predictor)
     write_text_atomic(folder / "evaluation.json", json.dumps(report, indent=2))
     figures = []
     if (folder / "history.json").exists():
@@ -104,10 +111,10 @@ def write_report(run_dir: str | Path, data_dir: str | None = None) -> Path:
     return folder / "report.html"
 
 
-def write_few_shot_report(folder: Path, data_dir: str | None, plots) -> Path:
+def write_few_shot_report(predictor: Predictor, folder: Path, data_dir: str | None, plots) -> Path:
     """`neuralab report` for a few-shot run: evaluation.json (test episodes, Lake's runs),
     curves.png and report.html."""
-    report = evaluate_few_shot(folder, data_dir=data_dir)
+    report = evaluate_few_shot(predictor, folder, data_dir=data_dir)
     figures = []
     if (folder / "history.json").exists():
         history = json.loads((folder / "history.json").read_text(encoding="utf-8"))
