@@ -42,13 +42,15 @@ class DataRef:
     val_split: float = 0.0
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
+    classes: list[str | int] | None = None  # data.classes: a subset of the dataset's classes
+    labelled_per_class: int | None = None
 
     def load(self, name: str | None = None, data_dir: str | None = None, download: bool = True):
         """The dataset (or `name` instead: another dataset with the same classes), from
         `data_dir` when given; `download=False` never touches the network."""
         return load_dataset(
             name or self.name, data_dir or self.data_dir, self.download and download,
-            self.val_split, self.seed, **self.options,
+            self.val_split, self.seed, self.classes, self.labelled_per_class, **self.options,
         )  # fmt: skip
 
 
@@ -88,6 +90,8 @@ class RunMeta:
     step: int | None = None
     best: dict[str, Any] | None = None
     weights_from_epoch: int | None = None
+    # A fine-tuned run's source (train.init_from): its run, digests and what was loaded
+    source: dict[str, Any] | None = None
 
     def to_dict(self) -> dict:
         """The meta.json object (without the folder format number, which saving adds)."""
@@ -145,6 +149,7 @@ def parse(raw: dict, where: Path) -> RunMeta:
         step=raw.get("step"),
         best=raw.get("best"),
         weights_from_epoch=raw.get("weights_from_epoch"),
+        source=raw.get("source"),
     )
 
 

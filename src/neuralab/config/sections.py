@@ -37,6 +37,13 @@ class DataConfig(Section):
     download: bool = True
     val_split: float = Field(0.0, ge=0.0, lt=1.0)
     options: dict[str, Any] = Field(default_factory=dict)  # dataset-specific, e.g. image_size
+    # Keep only these classes (names or indices), relabelled 0.. in the order given, in every
+    # split: e.g. [0, 1, 2, 3, 4] for CIFAR-10's first five. None: all.
+    classes: list[str | int] | None = None
+    # Keep this many training examples per class (seeded by train.seed, stratified; after
+    # val_split is carved): learning-curve experiments. The rest of the training split is
+    # dropped (semi-supervised runs use it without labels). None: all.
+    labelled_per_class: int | None = Field(None, ge=1)
 
 
 class AugmentConfig(Section):
@@ -173,12 +180,30 @@ class TrainConfig(Section):
     sync_bn: bool = False
     # TensorBoard event files in <run>/tensorboard/: auto = when the package is installed.
     tensorboard: Literal["auto", "on", "off"] = "auto"
+    # Fine-tuning (run/finetune.py). init_from: a run directory (or checkpoint folder) whose
+    # weights start this run: every compatible tensor is loaded, the head is new when the
+    # classes differ; model (and a text run's tokenizer) default to the source's.
+    init_from: str | None = None
+    # Parameters that never train: globs or module prefixes of parameter names, e.g.
+    # ["features.*"] or ["embedding"] (`neuralab summary` lists the names).
+    freeze: list[str] = Field(default_factory=list)
+    # Train only the head for this many epochs first, then every layer (fastai's fine_tune:
+    # 1); the body's learning rates follow the schedule over the epochs left.
+    fine_tune_epochs: float = Field(0.0, ge=0.0)
+    # Discriminative learning rates: the first layer group trains at lr / lr_mult, the head
+    # at lr, the groups between spaced geometrically (fastai's fine_tune: 100). 1 = one rate.
+    lr_mult: float = Field(1.0, ge=1.0)
 
     @model_validator(mode="after")
     def one_weight_average(self) -> TrainConfig:
         if self.lookahead_every and self.ema_decay:
             raise ValueError(
                 "train.lookahead_every and train.ema_decay both average the weights: set one"
+            )
+        if self.fine_tune_epochs >= self.epochs:
+            raise ValueError(
+                f"train.fine_tune_epochs={self.fine_tune_epochs} trains the head alone for the "
+                f"whole run (train.epochs={self.epochs}); make it smaller than train.epochs"
             )
         return self
 
@@ -269,6 +294,9 @@ class RunConfig(Section):
     """Everything that defines a run. `neuralab train --set train.epochs=3` edits one field."""
 
     description: str = ""
+    # The recipe this config started from (set by resolve_config). None: no recipe, so the
+    # fields no flag sets follow the model family and the data (run/defaults.py).
+    recipe: str | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)

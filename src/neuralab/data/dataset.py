@@ -1,9 +1,11 @@
-"""What every dataset factory returns (`ImageDataset`, `TextDataset`), the dataset registry and
-the `load_dataset` entry point."""
+"""What every dataset factory returns (`ImageDataset`, `TextDataset`), the dataset registry,
+the `load_dataset` entry point and the smaller datasets it carves from a loaded one (a subset
+of the classes, a number of labelled examples per class)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -67,6 +69,9 @@ class ImageDataset:
     std: tuple[float, ...]
     val: Split | None = None
     info: dict = field(default_factory=dict)
+    # training examples set aside without their label (data.labelled_per_class keeps only N
+    # per class; see data/subsets.py): for semi-supervised learning, never for supervised
+    unlabelled: Split | None = None
     kind: ClassVar[str] = "image"  # TextDataset's is "text"
 
     @property
@@ -107,6 +112,7 @@ class TextDataset:
     classes: list[str]
     val: TextSplit | None = None
     info: dict = field(default_factory=dict)
+    unlabelled: TextSplit | None = None  # as ImageDataset.unlabelled
     kind: ClassVar[str] = "text"
 
 
@@ -132,6 +138,8 @@ def load_dataset(
     download: bool = True,
     val_split: float = 0.0,
     seed: int = 0,
+    classes: list[str | int] | None = None,
+    labelled_per_class: int | None = None,
     **options,
 ) -> ImageDataset | TextDataset:
     """Load a registered dataset by name, carving a seeded validation split if asked.
@@ -143,7 +151,10 @@ def load_dataset(
         download: allow network downloads of missing canonical archives.
         val_split: fraction of the training split held out for validation when the
             dataset has no validation split of its own.
-        seed: seeds the validation split.
+        seed: seeds the validation split and the labelled subset.
+        classes: keep only these classes (names or indices), relabelled 0.. in this order.
+        labelled_per_class: keep this many training examples per class (seeded, stratified;
+            after the validation split is carved); the rest become `dataset.unlabelled`.
         options: dataset-specific options (e.g. `image_size` for folders); one the dataset
             does not take raises UnknownArgumentError naming the valid ones.
     """
@@ -151,8 +162,12 @@ def load_dataset(
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     supplied = (root, download, arg) if arg else (root, download)
     dataset = DATASETS.build(kind, *supplied, **options)
+    if classes is not None:
+        dataset = keep_classes(dataset, classes)
     if val_split and dataset.val is None:
         dataset.train, dataset.val = split_off(dataset.train, val_split, seed)
+    if labelled_per_class is not None:
+        dataset = labelled_subset(dataset, labelled_per_class, seed)
     return dataset
 
 
@@ -177,3 +192,84 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     mean /= count
     std = (square / count - mean * mean).clamp_min(1e-12).sqrt()
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+# -- smaller datasets carved from a loaded one (data.classes, data.labelled_per_class) ----------
+def keep_classes(
+    dataset: ImageDataset | TextDataset, classes: Sequence[str | int]
+) -> ImageDataset | TextDataset:
+    """The dataset restricted to `classes` (names, or indices into `dataset.classes`), in the
+    order given: label i of the result is `classes[i]`. Every split is filtered alike.
+
+    Image datasets get the kept training images' channel statistics.
+
+    Example: `keep_classes(cifar10, ["cat", "dog"])` is a 2-class set, 0 = cat, 1 = dog.
+    """
+    chosen = [class_index(dataset, item) for item in classes]
+    if len(set(chosen)) != len(chosen):
+        raise DataError(f"data.classes names a class twice: {list(classes)}")
+    if len(chosen) < 2:
+        raise DataError(f"data.classes must keep at least 2 classes, got {list(classes)}")
+    relabel = torch.full((len(dataset.classes),), -1, dtype=torch.long)
+    relabel[torch.tensor(chosen)] = torch.arange(len(chosen))
+    for name in ("train", "val", "test"):
+        split = getattr(dataset, name)
+        if split is not None:
+            kept = split.subset(torch.nonzero(relabel[split.labels] >= 0).flatten())
+            kept.labels = relabel[kept.labels]
+            setattr(dataset, name, kept)
+    dataset.classes = [dataset.classes[i] for i in chosen]
+    if isinstance(dataset, ImageDataset):  # normalised by the kept classes' images alone
+        dataset.mean, dataset.std = channel_stats(dataset.train.images)
+    return dataset
+
+
+def class_index(dataset: ImageDataset | TextDataset, item: str | int) -> int:
+    """A class named by its name or its index, checked."""
+    names = list(dataset.classes)
+    if isinstance(item, bool) or not isinstance(item, (str, int)):
+        raise DataError(f"data.classes holds class names or indices, got {item!r}")
+    if isinstance(item, int):
+        if not 0 <= item < len(names):
+            raise DataError(
+                f"data.classes: index {item} is out of range; {dataset.name} has classes "
+                f"0..{len(names) - 1} ({', '.join(names[:12])}{', …' if len(names) > 12 else ''})"
+            )
+        return item
+    if item not in names:
+        raise DataError(
+            f"data.classes: {dataset.name} has no class {item!r}; its classes are "
+            f"{', '.join(names[:20])}{', …' if len(names) > 20 else ''}"
+        )
+    return names.index(item)
+
+
+def labelled_subset(
+    dataset: ImageDataset | TextDataset, per_class: int, seed: int
+) -> ImageDataset | TextDataset:
+    """Keep `per_class` training examples of every class (seeded, drawn without replacement);
+    the rest of the training split becomes `dataset.unlabelled` (its labels are kept in the
+    split for measuring, and must not be trained on). Validation and test are untouched.
+
+    Raises DataError naming the smallest class when one has fewer than `per_class` examples.
+    """
+    labels = dataset.train.labels
+    counts = torch.bincount(labels, minlength=len(dataset.classes))
+    short = [(dataset.classes[i], int(n)) for i, n in enumerate(counts.tolist()) if n < per_class]
+    if short:
+        listed = ", ".join(f"{name!r} has {n}" for name, n in short[:5])
+        raise DataError(
+            f"data.labelled_per_class={per_class} is more than a class of {dataset.name}'s "
+            f"training split holds ({listed}); set it to at most {int(counts.min())}"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    # a stable sort by label keeps the random order within each class
+    by_class = order[torch.sort(labels[order], stable=True).indices]
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(labels)) - starts[labels[by_class]]
+    keep = by_class[rank < per_class]
+    rest = by_class[rank >= per_class]
+    dataset.unlabelled = dataset.train.subset(rest.sort().values) if len(rest) else None
+    dataset.train = dataset.train.subset(keep.sort().values)
+    return dataset
