@@ -17,7 +17,8 @@ from neuralab.errors import UserError
 from neuralab.inference.predict import Predictor
 from neuralab.inference.summary import ModelSummary, summarize
 from neuralab.run import build
-from neuralab.run.build import RunParts, build_run, model_for
+from neuralab.run.build import RunParts, build_run
+from neuralab.run.probe import model_for
 from neuralab.run.resume import resumable_run
 from neuralab.run.rundir import last_good
 from neuralab.run.tracking import draw_curves, write_text_atomic
@@ -56,6 +57,7 @@ def train(
     task: str | None = None,
     ways: int | None = None,
     shots: int | None = None,
+    init_from: str | Path | None = None,
     overrides: list[str] | None = None,
     verbose: bool = True,
     callbacks: Sequence[Callback] = (),
@@ -65,8 +67,9 @@ def train(
 
     Args:
         recipe: a shipped recipe name (`neuralab recipes`) or a YAML path.
-        data, model, epochs, batch_size, lr, seed, data_dir, out, task, ways, shots: shortcuts
-            for config fields (config.SHORTCUTS names each one's field).
+        data, model, epochs, batch_size, lr, seed, data_dir, out, task, ways, shots,
+            init_from: shortcuts for config fields (config.SHORTCUTS names each one's field);
+            init_from fine-tunes from a run's weights (train.init_from).
         overrides: `section.field=value` strings applied last.
         callbacks: your own `neuralab.train.callbacks.Callback`s, called after the built-in ones.
         progress: auto (a live bar in a terminal, else a line per epoch), bar, plain or none;
@@ -79,6 +82,7 @@ def train(
     config = config_from(
         recipe, overrides, data=data, model=model, epochs=epochs, batch_size=batch_size, lr=lr,
         seed=seed, data_dir=data_dir, out=out, task=task, ways=ways, shots=shots,
+        init_from=None if init_from is None else str(init_from),
     )  # fmt: skip
     return train_config(config, verbose=verbose, callbacks=callbacks, progress=progress)
 
@@ -177,7 +181,7 @@ def summary(
     Example:
         >>> print(neuralab.summary(model="lenet", data="mnist").format())  # doctest: +SKIP
     """
-    inputs, built = model_for(
+    _, inputs, built = model_for(
         config_from(recipe, overrides, data=data, model=model, data_dir=data_dir)
     )
     return summarize(built, inputs.example(torch.device("cpu")))

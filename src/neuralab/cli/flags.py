@@ -55,6 +55,7 @@ CONFIG_FLAGS: dict[str, ConfigFlag] = {
         ConfigFlag("task"),
         ConfigFlag("ways", {"type": int}),
         ConfigFlag("shots", {"type": int}),
+        ConfigFlag("init_from"),
     )
 }
 

@@ -38,6 +38,8 @@ FLAG_HELP = {
     "maml, fomaml (see `neuralab tasks`)",
     "ways": "few-shot tasks: classes per episode (task.ways)",
     "shots": "few-shot tasks: support examples per class (task.shots)",
+    "init_from": "fine-tune: start from this run's weights (RUN directory); the head is new "
+    "when the classes differ, the model defaults to the source's (train.init_from)",
 }
 
 
@@ -89,6 +91,11 @@ def run_train(args: argparse.Namespace) -> int:
         return resume_train(args)
     config = resolve_train_config(args)
     if args.dry_run:
+        if config.recipe is None:
+            print(
+                "# no recipe: the fields that no flag sets are chosen when training starts, for "
+                "the model family and the data;\n# the run's config.yaml holds the values used"
+            )
         print(dump_config(config), end="")
         return 0
     if args.nproc is not None and args.nproc > 1:

@@ -149,6 +149,7 @@ SHORTCUTS = {
     "task": "task.name",
     "ways": "task.ways",
     "shots": "task.shots",
+    "init_from": "train.init_from",
 }
 
 
@@ -167,6 +168,8 @@ def resolve_config(
         1.0
     """
     raw, origin = read_recipe(recipe) if recipe else ({}, "defaults")
+    if recipe:
+        raw.setdefault("recipe", recipe)
     for key, value in fields.items():
         if value is not None:
             apply_override(raw, key.split("."), value)

@@ -64,11 +64,14 @@ def modality_from_meta(kind: str, fields: dict, folder: Path) -> Modality:
     return MODALITIES[kind].from_meta(fields, folder)
 
 
-def inputs_for(dataset: Any, tokenizer: TokenizerSettings, token_cache: bool) -> Inputs:
+def inputs_for(
+    dataset: Any, tokenizer: TokenizerSettings, token_cache: bool, trained: Any = None
+) -> Inputs:
     """The training side for a loaded dataset: images as they are; texts get a tokenizer
-    trained on their training split (`tokenizer` settings; `token_cache`: reuse one)."""
+    trained on their training split (`tokenizer` settings; `token_cache`: reuse one), or use
+    the `trained` one given (a fine-tuned run's source's)."""
     if dataset.kind == "text":
-        return prepare_text(dataset, tokenizer, token_cache)
+        return prepare_text(dataset, tokenizer, token_cache, trained)
     return ImageInputs(dataset)
 
 

@@ -130,11 +130,17 @@ class TextModality:
         return module
 
 
-def prepare_text(dataset: TextDataset, settings: TokenizerSettings, cache: bool) -> TextInputs:
-    """Train the tokenizer on the training texts (never on val or test) and encode every
-    split, reusing both from the token cache (`cache`) when an identical run made them."""
+def prepare_text(
+    dataset: TextDataset,
+    settings: TokenizerSettings,
+    cache: bool,
+    trained: TextTokenizer | None = None,
+) -> TextInputs:
+    """Train the tokenizer on the training texts (never on val or test), or take the
+    `trained` one, and encode every split, reusing both from the token cache (`cache`) when an
+    identical run made them."""
     token_cache = TokenCache(cache_dir() if cache else None)
-    tokenizer = token_cache.tokenizer(dataset.train.texts, settings)
+    tokenizer = trained or token_cache.tokenizer(dataset.train.texts, settings)
     splits = {"train": dataset.train, "test": dataset.test, "val": dataset.val}
     encoded = {
         name: token_cache.encode(tokenizer, split.texts)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralab.models import training
 from neuralab.models.registry import MODELS, InputSpec
+from neuralab.registry import InvalidArgumentError
 
 
 class ConvGroup(nn.Sequential):
@@ -118,7 +120,11 @@ class AirbenchNet(nn.Module):
         return self.head(self.body(self.whiten(images))) * self.scale
 
 
-@MODELS.register("airbench", summary="airbench94's whitened 3-block convnet (fast CIFAR-10 net)")
+@MODELS.register(
+    "airbench",
+    summary="airbench94's whitened 3-block convnet (fast CIFAR-10 net)",
+    training=training.AIRBENCH,
+)
 def airbench(
     spec: InputSpec,
     *,
@@ -137,4 +143,9 @@ def airbench(
         the optimizer gives them their own rate, as `muon` does).
     head_std: normal init std of the linear head (None: PyTorch's default uniform init).
     """
+    if min(spec.height, spec.width) - 1 < 8:  # the 2x2 whitening, then three 2x pools
+        raise InvalidArgumentError(
+            f"airbench pools {spec.height}x{spec.width} images below one pixel (it needs at "
+            "least 9x9); use larger images or a model for small inputs such as 'mnist_fast'"
+        )
     return AirbenchNet(spec, tuple(widths), bn_momentum, scale, shift_scale, head_std)

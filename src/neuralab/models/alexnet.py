@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from neuralab.models import training
 from neuralab.models.lenet import FeaturesClassifier
 from neuralab.models.linear import flat_features
 from neuralab.models.registry import MODELS, InputSpec
@@ -86,7 +87,11 @@ def resolve_variant(variant: str, spec: InputSpec) -> str:
     return "imagenet" if min(spec.height, spec.width) >= AUTO_IMAGENET_MIN_SIDE else "small"
 
 
-@MODELS.register("alexnet", summary="AlexNet: 5 conv + 3 fc; ImageNet form or a 3x3 small form")
+@MODELS.register(
+    "alexnet",
+    summary="AlexNet: 5 conv + 3 fc; ImageNet form or a 3x3 small form",
+    training=training.ALEXNET,
+)
 def alexnet(
     spec: InputSpec,
     *,

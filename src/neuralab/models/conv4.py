@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from torch import nn
 
+from neuralab.models import training
 from neuralab.models.registry import MODELS, InputSpec
 from neuralab.registry import InvalidArgumentError
 
 
-@MODELS.register("conv4", summary="few-shot Conv-4: 4 × (conv 3x3 64, BN, ReLU, pool 2) + head")
+@MODELS.register(
+    "conv4",
+    summary="few-shot Conv-4: 4 × (conv 3x3 64, BN, ReLU, pool 2) + head",
+    training=training.CONVNET,
+)
 def conv4(spec: InputSpec, *, width: int = 64, blocks: int = 4, head: bool = True) -> nn.Module:
     """`blocks` blocks of conv 3x3 (padding 1) → batch norm → ReLU → max-pool 2, flattened.
 

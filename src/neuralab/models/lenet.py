@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralab.models import training
 from neuralab.models.linear import flat_features
 from neuralab.models.registry import MODELS, InputSpec
 
@@ -33,7 +34,11 @@ class FeaturesClassifier(nn.Module):
         return self.classifier(torch.flatten(self.features(images), 1))
 
 
-@MODELS.register("lenet", summary="PyTorch-example LeNet: 2 conv (10, 20 filters 5x5) + 2 fc")
+@MODELS.register(
+    "lenet",
+    summary="PyTorch-example LeNet: 2 conv (10, 20 filters 5x5) + 2 fc",
+    training=training.CONVNET,
+)
 def lenet(spec: InputSpec, *, dropout: float = 0.5) -> nn.Module:
     """The 2-conv net of pytorch/examples/mnist, returning logits instead of log-softmax.
 
@@ -63,7 +68,11 @@ def lenet(spec: InputSpec, *, dropout: float = 0.5) -> nn.Module:
     return FeaturesClassifier(features, classifier)
 
 
-@MODELS.register("cnn", summary="Keras MNIST convnet: conv 32, conv 64 (3x3), dropout, dense")
+@MODELS.register(
+    "cnn",
+    summary="Keras MNIST convnet: conv 32, conv 64 (3x3), dropout, dense",
+    training=training.CONVNET,
+)
 def cnn(spec: InputSpec, *, dropout: float = 0.5, width: int = 32) -> nn.Module:
     """The keras.io "simple MNIST convnet": Conv 3x3 relu → MaxPool 2 → Conv 3x3 relu → MaxPool 2
     → Flatten → Dropout → Dense. On 1x28x28 with 10 classes: 34,826 parameters.
@@ -97,7 +106,11 @@ def _conv_bn_relu(inputs: int, outputs: int, padding: int) -> list[nn.Module]:
     ]
 
 
-@MODELS.register("mnist_fast", summary="cheap batch-norm convnet for the MNIST best recipe")
+@MODELS.register(
+    "mnist_fast",
+    summary="cheap batch-norm convnet for the MNIST best recipe",
+    training=training.CONVNET,
+)
 def mnist_fast(spec: InputSpec, *, width: int = 32) -> nn.Module:
     """Five 3x3 conv-BN-ReLU layers (w, w, pool, 2w, 2w, pool, 4w), global average pool, linear.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralab.models import training
 from neuralab.models.registry import MODELS, InputSpec
 from neuralab.registry import InvalidArgumentError
 
@@ -58,7 +59,9 @@ def flat_features(features: nn.Module, spec: InputSpec, model_name: str) -> int:
 
 
 @MODELS.register(
-    "perceptron", summary="flatten + one linear layer (multinomial logistic regression)"
+    "perceptron",
+    summary="flatten + one linear layer (multinomial logistic regression)",
+    training=training.CONVNET,
 )
 def perceptron(spec: InputSpec) -> nn.Module:
     """A single linear layer over the flattened image: C·H·W → num_classes.
@@ -70,7 +73,9 @@ def perceptron(spec: InputSpec) -> nn.Module:
 
 
 @MODELS.register(
-    "mlp", summary="multi-layer perceptron; depth=1, width=512 is the classic 784-512-10"
+    "mlp",
+    summary="multi-layer perceptron; depth=1, width=512 is the classic 784-512-10",
+    training=training.CONVNET,
 )
 def mlp(
     spec: InputSpec,

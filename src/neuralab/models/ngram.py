@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from neuralab.models import training
 from neuralab.models.registry import MODELS, TextSpec
 from neuralab.models.sequence import PAD_ID
 from neuralab.registry import InvalidArgumentError
@@ -153,7 +154,10 @@ def distinct(rows: torch.Tensor) -> torch.Tensor:
 
 
 @MODELS.register(
-    "ngram", summary="fastText-style bag of word + hashed n-gram embeddings", input="text"
+    "ngram",
+    summary="fastText-style bag of word + hashed n-gram embeddings",
+    input="text",
+    training=training.NGRAM,
 )
 def ngram(
     spec: TextSpec,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralab.models import training
 from neuralab.models.registry import MODELS, TextSpec
 from neuralab.models.sequence import PAD_ID, embedding, masked_max, masked_mean
 from neuralab.registry import InvalidArgumentError
@@ -104,7 +105,7 @@ def recurrent_factory(cell: str, summary: str) -> None:
         )
 
     factory.__doc__ = summary
-    MODELS.register(cell, summary=summary, input="text")(factory)
+    MODELS.register(cell, summary=summary, input="text", training=training.RECURRENT)(factory)
 
 
 recurrent_factory("rnn", "Elman RNN (tanh) over padded batches, bidirectional by default")

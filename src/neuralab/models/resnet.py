@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralab.models import training
 from neuralab.models.registry import MODELS, InputSpec
 from neuralab.registry import InvalidArgumentError
 
@@ -116,7 +117,11 @@ def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
                 nn.init.zeros_(module.bn2.weight)
 
 
-@MODELS.register("resnet18", summary="ResNet-18 (BasicBlock 2-2-2-2) with ImageNet or CIFAR stem")
+@MODELS.register(
+    "resnet18",
+    summary="ResNet-18 (BasicBlock 2-2-2-2) with ImageNet or CIFAR stem",
+    training=training.DEEP_CONVNET,
+)
 def resnet18(
     spec: InputSpec,
     *,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from neuralab.models import training
 from neuralab.models.registry import MODELS, TextSpec
 from neuralab.models.sequence import PAD_ID, embedding, lengths_of
 from neuralab.registry import InvalidArgumentError
@@ -78,7 +79,12 @@ def as_list(value: int | Sequence[int], count: int, name: str) -> list[int]:
     return list(value)
 
 
-@MODELS.register("textcnn", summary="Kim's TextCNN: 3/4/5-wide convs, max-over-time", input="text")
+@MODELS.register(
+    "textcnn",
+    summary="Kim's TextCNN: 3/4/5-wide convs, max-over-time",
+    input="text",
+    training=training.TEXT_CNN,
+)
 def textcnn(
     spec: TextSpec,
     *,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralab.models import training
 from neuralab.models.registry import MODELS, TextSpec
 from neuralab.models.sequence import PAD_ID, embedding, masked_mean
 
@@ -67,6 +68,7 @@ class TransformerClassifier(nn.Module):
     "transformer",
     summary="Transformer encoder, learned positions, masked mean pooling",
     input="text",
+    training=training.TRANSFORMER,
 )
 def transformer(
     spec: TextSpec,

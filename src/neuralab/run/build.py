@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,6 +27,8 @@ from neuralab.inference.summary import summarize
 from neuralab.modalities import Inputs, inputs_for
 from neuralab.modalities.episodes import EpisodeInputs
 from neuralab.models import build_model
+from neuralab.run import finetune
+from neuralab.run.defaults import fill_defaults
 from neuralab.run.rundir import new_run_dir
 from neuralab.run.settings import (  # the settings half of the builder (run/settings.py)
     build_optimizer,
@@ -116,14 +117,15 @@ def build_run(
     """
     described = log is not None
     log = log or (lambda line: None)  # shows nothing
-    settings = config.train
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
-    config = absolute_paths(config)
-    check_settings(config)
-    inputs, model = build_inputs_and_model(config, device)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    torch.manual_seed(config.train.seed)
+    config, source = checked_config(config, resume_from, log)
+    config, inputs, model = build_inputs_and_model(config, device, source, log)
+    settings = config.train  # with the defaults chosen for the model and the data
     log(inputs.describe())
+    if config.data.classes is not None or config.data.labelled_per_class is not None:
+        log(describe_subset(config, inputs))
     if described:  # a forward pass: only when it is shown
         log(describe_model(config, model, inputs, device))
     task = build_task(config)
@@ -133,24 +135,45 @@ def build_run(
         log(distributed.describe_batch(settings.batch_size, settings.grad_accumulation))
     has_val = inputs.dataset.val is not None
     check_monitor(config, has_val)
-    run_dir, engine, weights = start_or_resume(config, model, inputs, device, resume_from)
+    finetune.freeze_layers(config, model, log)  # before the run directory: a typo leaves none
+    start = start_or_resume(config, model, inputs, device, resume_from, source, log)
+    run_dir, engine, weights = start.run_dir, start.engine, start.weights
     log(f"engine {engine.describe()}; {torch.get_num_threads()} threads on {cpu_model()}; "
         f"{allocator_state()}")  # fmt: skip
     loaders = build_loaders(config, inputs, engine)
     model = distributed.distribute_model(
         model, engine.device, engine.channels_last, settings.sync_bn
     )
+    classes, steps = len(inputs.dataset.classes), len(loaders["train"])
     optimizer = build_optimizer(config, unwrap(model))
-    scheduler = build_schedule(config, optimizer, len(loaders["train"]))
-    meta = build_meta(config, inputs, engine)
+    finetune.set_rates(config, optimizer, unwrap(model), classes)
+    scheduler = build_schedule(config, optimizer, steps)
+    meta = build_meta(config, inputs, engine, start.source)
     callbacks = [
         *build_callbacks(config, run_dir, meta, inputs, engine, has_val, log),
+        *finetune.head_first(config, unwrap(model), classes, steps, log),
         *extra_callbacks,
     ]
     return RunParts(
         config, inputs, model, engine, loaders, optimizer, scheduler, task, callbacks,
         run_dir, meta, weights,
     )  # fmt: skip
+
+
+def checked_config(
+    config: RunConfig, resume_from: Path | None, log: Log
+) -> tuple[RunConfig, finetune.Source | None]:
+    """The config with absolute paths and what a fine-tuning source decides (its model, a
+    text run's tokenizer), checked before any slow work; and the source run, if any."""
+    config = absolute_paths(config)
+    source = finetune.read_source(config, resume_from)
+    if source is not None and resume_from is None:
+        config, notes = finetune.adopt_source(config, source)
+        for note in notes:
+            log(f"init   {note}")
+    check_settings(config)
+    finetune.check_fine_tuning(config)
+    return config, source
 
 
 # -- the process's environment ---------------------------------------------------------------
@@ -187,17 +210,33 @@ def load_data(config: RunConfig):
     """The dataset a config names, with its options."""
     data = config.data
     return load_dataset(
-        data.name, data.data_dir, data.download, data.val_split, config.train.seed, **data.options
-    )
+        data.name, data.data_dir, data.download, data.val_split, config.train.seed,
+        data.classes, data.labelled_per_class, **data.options,
+    )  # fmt: skip
 
 
-def build_inputs_and_model(config: RunConfig, device: torch.device) -> tuple[Inputs, nn.Module]:
-    """The dataset's inputs (a text run's tokenizer trained) and the model, on `device`.
-    Rank 0 downloads first; the other processes then read the files."""
+def build_inputs_and_model(
+    config: RunConfig,
+    device: torch.device,
+    source: finetune.Source | None = None,
+    log: Log = lambda line: None,
+) -> tuple[RunConfig, Inputs, nn.Module]:
+    """The config with its unset fields chosen for the model and the data (no recipe:
+    run/defaults.py; each choice goes to `log`), the dataset's inputs (a text run's tokenizer
+    trained, or the `source` run's) and the model, on `device`. Rank 0 downloads first; the
+    other processes then read the files."""
     with distributed.main_process_first():
         dataset = load_data(config)
+        config, notes = fill_defaults(config, dataset)
+        for note in notes:
+            log(note)
+        check_settings(config)  # again: the defaults chose an optimizer and a schedule
         tokenizer = TokenizerSettings.from_dict(config.tokenizer.model_dump())
-        inputs = inputs_for(dataset, tokenizer, config.tokenizer.cache)
+        trained = None
+        if source is not None:
+            finetune.check_kind(source, dataset.kind, dataset.name)
+            trained = getattr(source.modality, "tokenizer", None)
+        inputs = inputs_for(dataset, tokenizer, config.tokenizer.cache, trained)
     if is_episodic(config):
         if dataset.kind != "image":
             raise DataError(
@@ -212,7 +251,20 @@ def build_inputs_and_model(config: RunConfig, device: torch.device) -> tuple[Inp
             "(set train.tta=off)"
         )
     model = build_model(config.model.name, inputs.spec, **config.model.args)
-    return inputs, model.to(device)
+    return config, inputs, model.to(device)
+
+
+def describe_subset(config: RunConfig, inputs: Inputs) -> str:
+    """The log line of `data.classes` / `data.labelled_per_class`."""
+    data, parts = config.data, []
+    if data.classes is not None:
+        parts.append(f"classes {', '.join(inputs.dataset.classes)} (data.classes)")
+    if data.labelled_per_class is not None:
+        unlabelled = inputs.dataset.unlabelled
+        parts.append(f"{data.labelled_per_class} labelled training examples per class "
+                     f"(data.labelled_per_class, seed {config.train.seed}); "
+                     f"{len(unlabelled) if unlabelled else 0:,} others unused")  # fmt: skip
+    return "subset " + "; ".join(parts)
 
 
 def describe_model(config: RunConfig, model: nn.Module, inputs: Inputs, device) -> str:
@@ -229,6 +281,8 @@ def absolute_paths(config: RunConfig) -> RunConfig:
         config.data.name = f"{kind}:{Path(path).expanduser().resolve()}"
     if config.data.data_dir:
         config.data.data_dir = str(Path(config.data.data_dir).expanduser().resolve())
+    if config.train.init_from:
+        config.train.init_from = str(Path(config.train.init_from).expanduser().resolve())
     return config
 
 
@@ -248,20 +302,36 @@ def build_loaders(config: RunConfig, inputs: Inputs, engine: Engine) -> dict:
 
 
 # -- engine ------------------------------------------------------------------------------------
+@dataclass
+class Start:
+    """Where a run starts: its directory, engine, saved weights (resumed runs) and the
+    provenance of the weights it started from (`train.init_from`)."""
+
+    run_dir: Path
+    engine: Engine
+    weights: dict | None
+    source: dict | None
+
+
 def start_or_resume(
-    config: RunConfig, model: nn.Module, inputs: Inputs, device, resume_from: Path | None
-) -> tuple[Path, Engine, dict | None]:
-    """A new run: its directory (rank 0 names it for every process, only once data and model
-    are known to be good), data-dependent initialisation and a timed engine. A resumed run:
-    its directory, its engine as before and its saved weights."""
+    config: RunConfig, model: nn.Module, inputs: Inputs, device, resume_from: Path | None,
+    source: finetune.Source | None = None, log: Log = print,
+) -> Start:  # fmt: skip
+    """A new run: data-dependent initialisation, the source run's weights loaded (they must
+    fit), its directory (rank 0 names it for every process, only once data and model are known
+    to be good) and a timed engine. A resumed run: its directory, its engine as before and its
+    saved weights."""
     if resume_from is not None:
         weights, meta = load_run_checkpoint(resume_from / "checkpoint")
-        return resume_from, resumed_engine(meta.engine_choice, device), weights
+        return Start(resume_from, resumed_engine(meta.engine_choice, device), weights, meta.source)
+    inputs.initialise(model, device)
+    provenance = None
+    if source is not None:
+        provenance = finetune.start_from(model, source, list(inputs.dataset.classes), log)
     run_dir = distributed.on_main_process(
         new_run_dir, config.out, config.data.name, config.model.name, dump_config(config)
     )
-    inputs.initialise(model, device)
-    return run_dir, agreed_engine(model, inputs, config, device), None
+    return Start(run_dir, agreed_engine(model, inputs, config, device), None, provenance)
 
 
 def agreed_engine(model: nn.Module, inputs: Inputs, config: RunConfig, device) -> Engine:
@@ -278,7 +348,9 @@ def agreed_engine(model: nn.Module, inputs: Inputs, config: RunConfig, device) -
 
 
 # -- metadata and callbacks ----------------------------------------------------------------------
-def build_meta(config: RunConfig, inputs: Inputs, engine: Engine) -> RunMeta:
+def build_meta(
+    config: RunConfig, inputs: Inputs, engine: Engine, source: dict | None = None
+) -> RunMeta:
     """Everything a checkpoint needs to rebuild and use the model without config or dataset."""
     data, settings, modality = config.data, config.train, inputs.modality
     return RunMeta(
@@ -295,11 +367,14 @@ def build_meta(config: RunConfig, inputs: Inputs, engine: Engine) -> RunMeta:
             data.val_split,
             settings.seed,
             dict(data.options),
+            data.classes,
+            data.labelled_per_class,
         ),  # fmt: skip
         inputs=modality.meta(),
         config=config.model_dump(mode="json"),
         engine=engine.describe(),
         engine_choice=engine_choice(engine),
+        source=source,
     )
 
 
@@ -346,35 +421,3 @@ def read_run_config(run_dir: Path, start_over: bool = False) -> RunConfig:
     it again from the start, writing into the same directory."""
     config = resolve_config(str(Path(run_dir) / "config.yaml"))
     return config.model_copy(update={"out": str(run_dir)}) if start_over else config
-
-
-def model_for(config: RunConfig) -> tuple[Inputs, nn.Module]:
-    """The inputs and a freshly built (CPU) model of a config, for tools that inspect a model
-    without training it (summary, lr-find)."""
-    torch.manual_seed(config.train.seed)
-    return build_inputs_and_model(config, torch.device("cpu"))
-
-
-@dataclass
-class RangeTestParts:
-    """What the learning-rate range test trains: a model on its device, the run's optimizer
-    (for any copy of the model), its task and training batches."""
-
-    model: nn.Module
-    make_optimizer: Callable[[nn.Module], torch.optim.Optimizer]
-    task: Task
-    batches: object
-    description: dict
-
-
-def range_test_parts(config: RunConfig) -> RangeTestParts:
-    """The parts `neuralab lr-find` needs, as `train` would build them."""
-    inputs, model = model_for(config)
-    device = pick_device(config.train.device)
-    model = model.to(device)
-    inputs.initialise(model, device)
-    loaders = build_loaders(config, inputs, Engine(device, None, False, "lr-find"))
-    described = {"optimizer": config.optim.name, "batch_size": config.train.batch_size}
-    return RangeTestParts(
-        model, partial(build_optimizer, config), build_task(config), loaders["train"], described
-    )

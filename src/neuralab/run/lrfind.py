@@ -21,7 +21,7 @@ from neuralab.config import config_from
 from neuralab.data.dataset import DataError
 from neuralab.errors import ConfigError
 from neuralab.inference.plots import have_matplotlib, new_figure
-from neuralab.run import build
+from neuralab.run import probe
 from neuralab.run.tracking import write_text_atomic
 from neuralab.tasks import Task
 
@@ -157,7 +157,7 @@ def lr_find(
         >>> neuralab.lr_find("mnist-best").suggestion  # doctest: +SKIP
     """
     config = config_from(recipe, overrides, data=data, model=model, data_dir=data_dir)
-    parts = build.range_test_parts(config)
+    parts = probe.range_test_parts(config)
     result = lr_range_test(
         parts.model, parts.make_optimizer, parts.task, parts.batches, start, end, steps
     )

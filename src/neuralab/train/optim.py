@@ -196,6 +196,35 @@ def split_off_group(
         optimizer.add_param_group(group)
 
 
+def regroup(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    factors: dict[str, float],
+    starts: dict[str, float],
+) -> None:
+    """Split every group by (learning-rate factor, start epoch) per parameter name: the
+    parameters named in `factors` get their group's lr × factor, those in `starts` a
+    `start_epoch` before which `make_scheduler` keeps their rate at zero. Groups starting at
+    once with the largest factor come first (the trainer logs the first group's rate).
+    Call before the first step (no optimizer state yet)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    split: dict[tuple[float, float, int], dict] = {}
+    for position, group in enumerate(optimizer.param_groups):
+        for param in group["params"]:
+            name = names.get(id(param), "")
+            factor, start = factors.get(name, 1.0), starts.get(name, 0.0)
+            key = (start, -factor, position)
+            if key not in split:
+                settings = {k: v for k, v in group.items() if k != "params"}
+                split[key] = {**settings, "params": [], "lr": group["lr"] * factor}
+                if start:
+                    split[key]["start_epoch"] = start
+            split[key]["params"].append(param)
+    optimizer.param_groups[:] = []
+    for key in sorted(split):
+        optimizer.add_param_group(split[key])
+
+
 Multiplier = Callable[[int], float]
 
 # Schedule factories map (steps_per_epoch, total_steps, settings) to a per-step multiplier of
@@ -293,7 +322,8 @@ def make_scheduler(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """A per-step LambdaLR for the registered schedule `name`; groups split off by
     `make_optimizer(train_until=...)` instead decay linearly to zero over their own epochs,
-    and then stay at zero.
+    and then stay at zero; groups with a `start_epoch` (`regroup`) stay at zero until then
+    and follow the schedule over the steps left.
 
     Args:
         optimizer: its groups' learning rates are the peaks the schedule multiplies.
@@ -305,12 +335,22 @@ def make_scheduler(
     multiplier = SCHEDULES.build(name, steps_per_epoch, total_steps, **settings)
     multipliers = []
     for group in optimizer.param_groups:
-        epochs = group.get("train_until_epochs")
-        if epochs is None:
-            multipliers.append(multiplier)
-        else:
+        epochs, start = group.get("train_until_epochs"), group.get("start_epoch")
+        if epochs is not None:
             multipliers.append(linear_to_zero(max(1, round(epochs * steps_per_epoch))))
+        elif start:
+            first = min(total_steps - 1, round(start * steps_per_epoch))
+            later = SCHEDULES.build(name, steps_per_epoch, total_steps - first, **settings)
+            multipliers.append(starting_at(first, later))
+        else:
+            multipliers.append(multiplier)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multipliers)
+
+
+def starting_at(first: int, schedule: Multiplier) -> Multiplier:
+    """Zero for the steps before `first`, then `schedule` counted from there (a group that
+    starts training later, e.g. the body after `train.fine_tune_epochs`)."""
+    return lambda step: 0.0 if step < first else schedule(step - first)
 
 
 def linear_to_zero(steps: int) -> Multiplier:
