@@ -271,7 +271,7 @@ def test_train_evaluate_predict_on_an_image_folder(capsys, tmp_path: Path) -> No
         (["--set", "optim.name=sgdd"], "unknown optimizer 'sgdd'; did you mean 'sgd'", False),
         (["--set", "train.epoch=1"], "Did you mean 'epochs'", True),
         (["--set", "model.args.depht=2"], "takes no argument 'depht'; did you mean 'depth'", True),
-        (["--lr", "1e10"], "training loss became nan at epoch 1, step", False),
+        (["--lr", "1e10"], "training loss became", False),
     ],
     ids=["model", "dataset", "optimizer", "config-key", "model-argument", "diverged"],
 )
@@ -428,6 +428,7 @@ FLAG_VALUES = {
     "task": "protonet",
     "ways": 7,
     "shots": 3,
+    "init_from": "/runs/source",
 }
 # Flags whose fields only apply with another setting (few-shot sizes need a few-shot task).
 FLAG_NEEDS = {"ways": ["--task", "protonet"], "shots": ["--task", "protonet"]}

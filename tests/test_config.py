@@ -191,7 +191,10 @@ def test_missing_recipe_file_and_unknown_recipe_name(tmp_path: Path) -> None:
 
 
 def test_empty_recipe_file_gives_defaults(tmp_path: Path) -> None:
-    assert resolve_config(write(tmp_path, "")) == RunConfig()
+    path = write(tmp_path, "")
+    config = resolve_config(path)
+    assert config.recipe == path  # a recipe, even an empty one: no model-family defaults
+    assert config.model_copy(update={"recipe": None}) == RunConfig()
 
 
 def test_dumped_config_round_trips() -> None:

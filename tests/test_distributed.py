@@ -310,10 +310,10 @@ def test_resume_under_two_processes_matches_an_uninterrupted_run(tmp_path: Path)
     to the summation order of two shards)."""
     pytest.importorskip("sklearn", reason="digits needs scikit-learn: pip install -e '.[test]'")
     two_epochs = [*DIGITS_MLP, "--epochs", "2"]
-    assert cli.main(["train", *two_epochs, "--out", str(tmp_path / "whole")]) == 0
     args = cli.build_parser().parse_args(["train", *two_epochs, "--out", str(tmp_path / "cut")])
-    recipe = tmp_path / "cut.yaml"
+    recipe = tmp_path / "cut.yaml"  # every field given: both runs train exactly this
     recipe.write_text(dump_config(cli.resolve_train_config(args)))
+    assert cli.main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "whole")]) == 0
     script = tmp_path / "interrupted.py"
     script.write_text(INTERRUPTED_UNDER_TORCHRUN)
     for command in (
