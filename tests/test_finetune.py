@@ -267,6 +267,19 @@ def test_without_a_recipe_the_family_and_the_data_choose() -> None:
     assert fill_defaults(recipe, data) == (recipe, [])
 
 
+def test_fine_tuning_defaults_take_fewer_steps_and_the_head_first() -> None:
+    split = TextSplit(["a few words"] * 1000, torch.tensor([i % 2 for i in range(1000)]))
+    data = TextDataset("t", split, split, ["a", "b"])
+    plain, _ = fill_defaults(resolve_config(None, **{"model.name": "textcnn"}), data)
+    tuned, notes = fill_defaults(
+        resolve_config(None, **{"model.name": "textcnn", "train.init_from": "/runs/x"}), data
+    )
+    assert (plain.train.epochs, tuned.train.epochs) == (32, 8)  # 500 and 125 steps, 16 an epoch
+    assert (tuned.train.fine_tune_epochs, tuned.train.lr_mult) == (1, 10.0)
+    assert (plain.train.fine_tune_epochs, plain.train.lr_mult) == (0, 1.0)
+    assert any("fine-tuning from train.init_from" in note for note in notes)
+
+
 def test_text_defaults_follow_the_lengths_and_size() -> None:
     texts = [" ".join(["w"] * (10 + i % 20)) for i in range(1000)]
     split = TextSplit(texts, torch.tensor([i % 2 for i in range(1000)]))
@@ -274,7 +287,7 @@ def test_text_defaults_follow_the_lengths_and_size() -> None:
                                   TextDataset("t", split, split, ["a", "b"]))  # fmt: skip
     assert config.optim.name == "adam" and config.train.precision == "fp32"
     assert config.tokenizer.max_length == 32 and config.tokenizer.min_frequency == 1
-    assert config.train.batch_size == 64 and config.train.epochs == 50  # 16 steps an epoch
+    assert config.train.batch_size == 64 and config.train.epochs == 32  # 500 steps, 16 an epoch
     assert any("max_length 32" in note for note in notes)
 
 

@@ -1,10 +1,12 @@
 """How each model family trains when no recipe says otherwise: its optimizer, schedule,
 batch size and regularisation, and a budget of optimizer steps from which run/defaults.py
 derives the epochs for the data at hand. A family module passes its entry to
-`MODELS.register(..., training=...)`; `neuralab models` shows it.
+`MODELS.register(..., training=...)`.
 
 The values are the ones our recipes found for each family (see the recipe named beside each),
-made independent of the dataset: the recipes stay the tuned statement for their data.
+made independent of the dataset: the recipes stay the tuned statement for their data. The
+text families' step budgets are small (about 7 epochs of 5,000 sentences): on small sets more
+steps overfit (BENCHMARKS.md, "Defaults before and after").
 """
 
 from __future__ import annotations
@@ -50,21 +52,21 @@ TEXT_CNN = {
     "optim": {"name": "adam", "lr": 0.002},
     "schedule": {"name": "onecycle", "pct_start": 0.2},
     "train": {"batch_size": 64, "precision": "fp32"},
-    "steps": 1500,
+    "steps": 500,
 }
 # RNN / LSTM / GRU (imdb-lstm): Adam, one-cycle, gradients clipped.
 RECURRENT = {
     "optim": {"name": "adam", "lr": 0.003},
     "schedule": {"name": "onecycle", "pct_start": 0.2},
     "train": {"batch_size": 64, "grad_clip": 1.0, "precision": "fp32"},
-    "steps": 2000,
+    "steps": 550,
 }
 # Transformer (imdb-transformer): AdamW with weight decay, one-cycle, gradients clipped.
 TRANSFORMER = {
     "optim": {"name": "adamw", "lr": 0.001, "weight_decay": 0.01},
     "schedule": {"name": "onecycle", "pct_start": 0.2},
     "train": {"batch_size": 64, "grad_clip": 1.0, "precision": "fp32"},
-    "steps": 2000,
+    "steps": 550,
 }
 # Hashed n-gram bags (imdb-ngram): Adagrad on sparse rows, cosine.
 NGRAM = {
