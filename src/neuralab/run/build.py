@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from neuralab.checkpoint.format import load_training_state, unwrap
-from neuralab.checkpoint.meta import DataRef, ModelRef, RunMeta, TaskRef, load_run_checkpoint
+from neuralab.checkpoint.meta import RunMeta, load_run_checkpoint
 from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data import load_dataset
 from neuralab.data.augment import Augment
@@ -29,6 +29,7 @@ from neuralab.modalities.episodes import EpisodeInputs
 from neuralab.models import build_model
 from neuralab.run import finetune
 from neuralab.run.defaults import fill_defaults
+from neuralab.run.records import build_callbacks, build_meta
 from neuralab.run.rundir import new_run_dir
 from neuralab.run.settings import (  # the settings half of the builder (run/settings.py)
     build_optimizer,
@@ -37,25 +38,21 @@ from neuralab.run.settings import (  # the settings half of the builder (run/set
     check_settings,
     episode_settings,
     is_episodic,
-    task_arguments,
 )
-from neuralab.run.tracking import BestCheckpoint, RunWriter, tensorboard_callbacks
 from neuralab.tasks import Task
 from neuralab.train import distributed
 from neuralab.train.allocator import current as allocator_state
 from neuralab.train.allocator import reused_memory
-from neuralab.train.callbacks import Callback, EarlyStopping
+from neuralab.train.callbacks import Callback
 from neuralab.train.engine import (
     Engine,
     cpu_model,
     deterministic_mode,
-    engine_choice,
     fixed_engine,
     pick_device,
     pick_engine,
     resumed_engine,
 )
-from neuralab.train.lookahead import Lookahead
 from neuralab.train.trainer import Trainer, finite_check
 
 Log = Callable[[str], None]
@@ -146,12 +143,12 @@ def build_run(
     )
     classes, steps = len(inputs.dataset.classes), len(loaders["train"])
     optimizer = build_optimizer(config, unwrap(model))
-    finetune.set_rates(config, optimizer, unwrap(model), classes)
-    scheduler = build_schedule(config, optimizer, steps)
+    tuning = finetune.tuning(config, optimizer, unwrap(model), classes, steps, log)
+    scheduler = build_schedule(config, optimizer, steps)  # after the groups' start epochs
     meta = build_meta(config, inputs, engine, start.source)
     callbacks = [
         *build_callbacks(config, run_dir, meta, inputs, engine, has_val, log),
-        *finetune.head_first(config, unwrap(model), classes, steps, log),
+        *tuning,
         *extra_callbacks,
     ]
     return RunParts(
@@ -230,7 +227,8 @@ def build_inputs_and_model(
         config, notes = fill_defaults(config, dataset)
         for note in notes:
             log(note)
-        check_settings(config)  # again: the defaults chose an optimizer and a schedule
+        if notes:  # checked again: the defaults may have chosen an optimizer and a schedule
+            check_settings(config)
         tokenizer = TokenizerSettings.from_dict(config.tokenizer.model_dump())
         trained = None
         if source is not None:
@@ -347,46 +345,7 @@ def agreed_engine(model: nn.Module, inputs: Inputs, config: RunConfig, device) -
     return dataclasses.replace(engine, device=device)
 
 
-# -- metadata and callbacks ----------------------------------------------------------------------
-def build_meta(
-    config: RunConfig, inputs: Inputs, engine: Engine, source: dict | None = None
-) -> RunMeta:
-    """Everything a checkpoint needs to rebuild and use the model without config or dataset."""
-    data, settings, modality = config.data, config.train, inputs.modality
-    return RunMeta(
-        kind=modality.kind,
-        model=ModelRef(config.model.name, dict(config.model.args)),
-        spec=inputs.spec.to_dict(),
-        classes=list(inputs.dataset.classes),
-        dataset=inputs.dataset.name,
-        task=task_ref(config),
-        data=DataRef(
-            data.name,
-            data.data_dir,
-            data.download,
-            data.val_split,
-            settings.seed,
-            dict(data.options),
-            data.classes,
-            data.labelled_per_class,
-        ),  # fmt: skip
-        inputs=modality.meta(),
-        config=config.model_dump(mode="json"),
-        engine=engine.describe(),
-        engine_choice=engine_choice(engine),
-        source=source,
-    )
-
-
-def task_ref(config: RunConfig) -> TaskRef:
-    """The task as a checkpoint records it: name, scoring and the factory's arguments
-    (classification's loss and TTA are fields of their own, as in earlier versions)."""
-    settings = config.train
-    name, arguments = task_arguments(config)
-    arguments = {} if name == "classification" else arguments
-    return TaskRef(name, settings.loss, settings.tta, settings.eval_batch_size, arguments)
-
-
+# -- checks ----------------------------------------------------------------------------------
 def check_monitor(config: RunConfig, has_val: bool) -> None:
     """Before anything is written: early stopping needs validation metrics."""
     if config.monitor.early_stopping and not has_val:
@@ -394,26 +353,6 @@ def check_monitor(config: RunConfig, has_val: bool) -> None:
             f"monitor.early_stopping watches {config.monitor.metric}, but this run has no "
             "validation split. Fix: set data.val_split (e.g. --set data.val_split=0.1)"
         )
-
-
-def build_callbacks(
-    config: RunConfig, run_dir: Path, meta: RunMeta, inputs: Inputs, engine: Engine,
-    has_val: bool, log: Log,
-) -> list[Callback]:  # fmt: skip
-    """The run's own callbacks; each class's `order` says when it runs (train/callbacks.py)."""
-    settings, monitor = config.train, config.monitor
-    files = inputs.modality.files() or None  # serialised once (a text run's tokenizer)
-    callbacks: list[Callback] = [RunWriter(run_dir, meta, files, monitor.keep_epochs)]
-    if settings.lookahead_every:
-        callbacks.append(Lookahead(settings.lookahead_every, settings.lookahead_decay))
-    if monitor.early_stopping:
-        callbacks.append(
-            EarlyStopping(monitor.metric, monitor.patience, monitor.min_delta, monitor.restore_best)
-        )
-    if monitor.keep_best and has_val:
-        callbacks.append(BestCheckpoint(run_dir, monitor.metric, meta, files, monitor.min_delta))
-    callbacks += tensorboard_callbacks(settings.tensorboard, run_dir, inputs, engine.device, log)
-    return callbacks
 
 
 def read_run_config(run_dir: Path, start_over: bool = False) -> RunConfig:

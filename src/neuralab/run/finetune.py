@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neuralab.checkpoint.format import file_digest
-from neuralab.checkpoint.meta import RunMeta, load_run_checkpoint
+from neuralab.checkpoint.format import file_digest, read_json
+from neuralab.checkpoint.meta import RunMeta, load_run_checkpoint, read_meta
 from neuralab.config import RunConfig
 from neuralab.errors import ConfigError
 from neuralab.inference.predict import checkpoint_folder
@@ -45,9 +45,14 @@ class Source:
     meta: RunMeta
     modality: Modality
 
+    @property
+    def name(self) -> str:
+        """The source run's directory name (the checkpoint folder's parent)."""
+        return self.folder.parent.name
+
     def describe(self) -> str:
         meta = self.meta
-        return (f"{self.folder.parent.name} ({meta.model.name} on {meta.dataset}, "
+        return (f"{self.name} ({meta.model.name} on {meta.dataset}, "
                 f"{len(meta.classes)} classes, epoch {meta.epoch})")  # fmt: skip
 
     def provenance(self) -> dict:
@@ -55,7 +60,7 @@ class Source:
         config = json.dumps(self.meta.config, sort_keys=True).encode()
         return {
             "run": str(self.folder.parent if self.folder.name == "checkpoint" else self.folder),
-            "run_id": self.folder.parent.name,
+            "run_id": self.name,
             "dataset": self.meta.dataset,
             "model": self.meta.model.name,
             "epoch": self.meta.epoch,
@@ -71,8 +76,12 @@ def read_source(config: RunConfig, resume_from: Path | None = None) -> Source | 
     path = config.train.init_from
     if path is None:
         return None
-    folder = checkpoint_folder(resume_from if resume_from is not None else path)
-    weights, meta = load_run_checkpoint(folder)
+    if resume_from is not None:  # its weights are the run's own, loaded when it resumes
+        folder = resume_from / "checkpoint"
+        weights, meta = {}, read_meta(read_json(folder / "meta.json"), folder / "meta.json")
+    else:
+        folder = checkpoint_folder(path)
+        weights, meta = load_run_checkpoint(folder)
     return Source(folder, weights, meta, modality_from_meta(meta.kind, meta.inputs, folder))
 
 
@@ -84,7 +93,7 @@ def adopt_source(config: RunConfig, source: Source) -> tuple[RunConfig, list[str
     config = config.model_copy(deep=True)
     if "name" in config.model.model_fields_set and config.model.name != meta.model.name:
         raise TransferError(
-            f"train.init_from: {source.folder.parent.name} is a {meta.model.name} model, this "
+            f"train.init_from: {source.name} is a {meta.model.name} model, this "
             f"run asks for {config.model.name}. Weights carry over only to the same model: "
             f"drop --model (it defaults to the source's) or start from a {config.model.name} run"
         )
@@ -97,7 +106,7 @@ def adopt_source(config: RunConfig, source: Source) -> tuple[RunConfig, list[str
         explicit = sorted(config.tokenizer.model_fields_set - {"cache"})
         if explicit:
             raise ConfigError(
-                f"train.init_from: a text run fine-tuned from {source.folder.parent.name} uses "
+                f"train.init_from: a text run fine-tuned from {source.name} uses "
                 f"its tokenizer (the embedding rows are its ids), so "
                 f"{', '.join('tokenizer.' + k for k in explicit)} cannot be set; remove them"
             )
@@ -111,7 +120,7 @@ def check_kind(source: Source, kind: str, dataset: str) -> None:
     """Image weights start image runs, text weights text runs."""
     if source.meta.kind != kind:
         raise TransferError(
-            f"train.init_from: {source.folder.parent.name} learned from {source.meta.kind} "
+            f"train.init_from: {source.name} learned from {source.meta.kind} "
             f"data, but {dataset} is {kind} data; start from a {kind} run"
         )
 
@@ -123,7 +132,7 @@ def start_from(model: nn.Module, source: Source, classes: list[str], log: Log) -
     head = [] if same else head_names(model, len(classes))
     if not same and not head:
         raise TransferError(
-            f"train.init_from: the classes differ from {source.folder.parent.name}'s, so the "
+            f"train.init_from: the classes differ from {source.name}'s, so the "
             f"classifier head must be replaced, but {source.meta.model.name} "
             f"{source.meta.model.args} has no last layer with {len(classes)} outputs to "
             "replace; give the model a classifier head (see `neuralab models`)"
@@ -156,45 +165,33 @@ def freeze_layers(config: RunConfig, model: nn.Module, log: Log) -> None:
         log(f"freeze {len(frozen)} tensors ({count:,} of {total:,} parameters): {patterns}")
 
 
-def set_rates(
-    config: RunConfig, optimizer: torch.optim.Optimizer, model: nn.Module, num_classes: int
-) -> None:
-    """Discriminative learning rates and the body's later start, as optimizer groups."""
-    factors, starts = rate_groups(config, model, num_classes)
-    if factors or starts:
-        regroup(optimizer, model, factors, starts)
-
-
-def rate_groups(
-    config: RunConfig, model: nn.Module, num_classes: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Per parameter name: the learning-rate factor (`train.lr_mult`) and the epoch its
-    training starts (the body after `train.fine_tune_epochs`)."""
+def tuning(
+    config: RunConfig,
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    num_classes: int,
+    steps_per_epoch: int,
+    log: Log,
+) -> list[Callback]:
+    """`train.lr_mult` and `train.fine_tune_epochs`: the optimizer's groups split by rate and
+    start epoch, and the callback that trains the head alone first (none without them)."""
     settings = config.train
     factors = group_factors(layer_groups(model), settings.lr_mult) if settings.lr_mult > 1 else {}
-    starts = {}
-    if settings.fine_tune_epochs:
+    epochs, starts, callbacks = settings.fine_tune_epochs, {}, []
+    if epochs:
         head = set(head_names(model, num_classes))
         if not head:
             raise ConfigError(
                 f"train.fine_tune_epochs trains the head first, but {type(model).__name__} has "
                 f"no last layer with {num_classes} outputs"
             )
-        starts = {name: settings.fine_tune_epochs for name, _ in model.named_parameters()
-                  if name not in head}  # fmt: skip
-    return factors, starts
-
-
-def head_first(config: RunConfig, model: nn.Module, num_classes: int, steps_per_epoch: int,
-               log: Log) -> list[Callback]:  # fmt: skip
-    """The callback that trains the head alone for `train.fine_tune_epochs`."""
-    epochs = config.train.fine_tune_epochs
-    if not epochs:
-        return []
-    head = set(head_names(model, num_classes))
-    body = [p for name, p in model.named_parameters() if name not in head]
-    steps = max(1, round(epochs * steps_per_epoch))
-    log(f"tune   the head alone for {epochs:g} epochs ({steps} steps), then every layer"
-        + (f"; lr / {config.train.lr_mult:g} at the first layers" if config.train.lr_mult > 1
-           else ""))  # fmt: skip
-    return [HeadFirst(body, steps)]
+        body = {name: p for name, p in model.named_parameters() if name not in head}
+        starts = dict.fromkeys(body, epochs)
+        steps = max(1, round(epochs * steps_per_epoch))
+        slower = f"; lr / {settings.lr_mult:g} at the first layers" if factors else ""
+        log(f"tune   the head alone for {epochs:g} epochs ({steps} steps), then every "
+            f"layer{slower}")  # fmt: skip
+        callbacks.append(HeadFirst(list(body.values()), steps))
+    if factors or starts:
+        regroup(optimizer, model, factors, starts)
+    return callbacks

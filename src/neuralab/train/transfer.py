@@ -103,11 +103,11 @@ def load_compatible(
     the channels, / 3) and the reverse (summed over the channels). Any other tensor whose shape
     differs raises TransferError naming it: its layer cannot start from the source's.
     """
-    state, replaced = model.state_dict(), set(replace)
-    table, loaded = LoadTable(), {}
+    state, table, loaded, replaced = model.state_dict(), LoadTable(), {}, set(replace)
+    modules = {name.rpartition(".")[0] + "." for name in replaced if "." in name}  # + buffers
     first_conv = next((n for n, t in state.items() if t.ndim == 4 and n.endswith("weight")), None)
     for name, tensor in state.items():
-        if name in replaced or any(name.startswith(p.rsplit(".", 1)[0] + ".") for p in replaced):
+        if name in replaced or any(name.startswith(module) for module in modules):
             table.rows.append((name, "new", why))
         elif name not in source:
             table.rows.append((name, "new", "not in the source model"))
