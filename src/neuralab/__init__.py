@@ -4,8 +4,10 @@ Example:
     >>> import neuralab
     >>> run = neuralab.train("mnist-best")
     >>> neuralab.load(run.run_dir).predict(["digit.png"], top_k=3)
+    >>> agent = neuralab.rl.train("cartpole-dqn")      # reinforcement learning (neuralab.rl)
 """
 
+from neuralab import rl
 from neuralab.api import Run, load, resume, train
 from neuralab.config import RunConfig, resolve_config
 from neuralab.data import DATASETS, load_dataset
@@ -33,6 +35,7 @@ __all__ = [
     "lr_find",
     "resolve_config",
     "resume",
+    "rl",
     "train",
 ]
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ from neuralab.cli.evaluate import add_evaluate, add_predict, add_report, add_sum
 from neuralab.cli.export import add_export
 from neuralab.cli.listing import add_compare, add_listings, add_runs
 from neuralab.cli.lrfind import add_lr_find
+from neuralab.cli.rl import add_rl
 from neuralab.cli.serve import add_serve
 from neuralab.cli.train import add_train, resolve_train_config, torchrun_command
 from neuralab.errors import UserError
@@ -39,6 +40,7 @@ VERBS = (
     add_listings,  # models, datasets, recipes
     add_serve,
     add_export,
+    add_rl,
 )
 
 # Errors the user can fix: one clear line, no traceback (see neuralab/errors.py).
@@ -49,9 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The `neuralab` parser: every verb, its flags and its help text."""
     parser = argparse.ArgumentParser(
         prog="neuralab",
-        description="Train, evaluate and predict "
-        "the classic neural networks. `neuralab COMMAND --help` "
-        "for details.",
+        description="Train, evaluate and predict the classic neural networks, and train "
+        "reinforcement-learning agents (`neuralab rl`). `neuralab COMMAND --help` for details.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_verb in VERBS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from neuralab.serve.agent import is_agent_run, serve_agent
 from neuralab.serve.app import ServeSettings, serve
 
 MEBIBYTE = 2**20  # --max-body-mb is in MiB; ServeSettings counts bytes
@@ -15,7 +16,9 @@ def add_serve(commands) -> None:
         "serve",
         help="serve a trained run over HTTP, with a web page to try it",
         description="Serve RUN over HTTP: POST /predict, POST /explain (text), GET /health, "
-        "/info, /metrics, and a web page at /. Binds to 127.0.0.1 unless --host says otherwise.",
+        "/info, /metrics, and a web page at /. An agent's run (neuralab rl) answers POST /act "
+        "with the action and Q-values of an observation, and its page plays an episode. "
+        "Binds to 127.0.0.1 unless --host says otherwise.",
     )
     defaults = ServeSettings()
     parser.add_argument("run_dir", metavar="RUN", help="run directory (or its checkpoint folder)")
@@ -78,5 +81,11 @@ def run_serve(args: argparse.Namespace) -> int:
         max_body_bytes=int(args.max_body_mb * MEBIBYTE),
         max_items=args.max_items,
     )
-    serve(args.run_dir, args.host, args.port, settings, args.device, args.log_level, args.threads)
+    if is_agent_run(args.run_dir):  # an agent: POST an observation, get its action
+        serve_agent(args.run_dir, args.host, args.port, settings, args.log_level, args.threads)
+    else:
+        serve(
+            args.run_dir, args.host, args.port, settings, args.device, args.log_level,
+            args.threads,
+        )  # fmt: skip
     return 0

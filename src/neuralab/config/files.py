@@ -15,14 +15,15 @@ from neuralab.config.sections import FREE_FORM, RunConfig
 from neuralab.errors import ConfigError
 
 
-def recipe_names() -> list[str]:
-    """Names of the recipes that ship inside the package."""
-    folder = resources.files("neuralab") / "recipes"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+def recipe_names(folder: str = "recipes") -> list[str]:
+    """Names of the recipes that ship inside the package (`recipes/rl` for agents)."""
+    shipped = resources.files("neuralab").joinpath(*folder.split("/"))
+    return sorted(p.name[:-5] for p in shipped.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_recipe(name_or_path: str) -> tuple[dict, str]:
-    """The raw mapping of a shipped recipe name or a YAML path, and where it came from."""
+def read_recipe(name_or_path: str, folder: str = "recipes") -> tuple[dict, str]:
+    """The raw mapping of a shipped recipe name (in `folder` of the package) or a YAML path,
+    and where it came from."""
     path = Path(name_or_path).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -36,12 +37,13 @@ def read_recipe(name_or_path: str) -> tuple[dict, str]:
                 f"{error.start}); a recipe is a YAML file"
             ) from None
     else:
-        names = recipe_names()
+        names = recipe_names(folder)
         if name_or_path not in names:
             from neuralab.registry import unknown_name_message
 
             raise ConfigError(unknown_name_message("recipe", name_or_path, names))
-        text = (resources.files("neuralab") / "recipes" / f"{name_or_path}.yaml").read_text("utf-8")
+        shipped = resources.files("neuralab").joinpath(*folder.split("/"))
+        text = (shipped / f"{name_or_path}.yaml").read_text("utf-8")
         origin = f"recipe {name_or_path}"
     try:
         raw = yaml.safe_load(text) or {}
@@ -68,9 +70,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), parsed
 
 
-def apply_override(raw: dict, path: list[str], value: Any) -> None:
+def apply_override(
+    raw: dict, path: list[str], value: Any, schema: type[BaseModel] = RunConfig
+) -> None:
     """Set raw[path...] = value, checking each key against the schema first."""
-    check_path(path)
+    check_path(path, schema)
     node = raw
     for key in path[:-1]:
         node = node.setdefault(key, {})
@@ -79,9 +83,13 @@ def apply_override(raw: dict, path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def check_path(path: list[str]) -> None:
-    """Raise ConfigError naming the first unknown key of a dotted path and the nearest valid one."""
-    model: type[BaseModel] = RunConfig
+def check_path(path: list[str], schema: type[BaseModel] = RunConfig) -> None:
+    """Raise ConfigError naming the first unknown key of a dotted path and the nearest valid one.
+
+    Free-form sections (any keys) are the schema's `free_form` class attribute, if it has one.
+    """
+    model = schema
+    free_form = free_form_of(schema)
     for depth, key in enumerate(path):
         fields = model.model_fields
         if key not in fields:
@@ -89,7 +97,7 @@ def check_path(path: list[str]) -> None:
             raise ConfigError(
                 unknown_key_message(".".join(path[: depth + 1]), key, list(fields), where)
             )
-        if tuple(path[: depth + 1]) in FREE_FORM:
+        if tuple(path[: depth + 1]) in free_form:
             return
         annotation = fields[key].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -100,21 +108,27 @@ def check_path(path: list[str]) -> None:
             )
 
 
+def free_form_of(schema: type[BaseModel]) -> set[tuple[str, ...]]:
+    """The dotted paths under which `schema` takes any keys (RunConfig: FREE_FORM)."""
+    return FREE_FORM if schema is RunConfig else getattr(schema, "free_form", set())
+
+
 def unknown_key_message(full: str, key: str, valid: list[str], where: str) -> str:
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return f"unknown config key {full!r} in {where}.{hint} Valid keys: {', '.join(valid)}"
 
 
-def build_config(raw: dict, origin: str = "config") -> RunConfig:
-    """Validate a raw mapping into a RunConfig, translating pydantic errors into field paths."""
-    for path in iter_paths(raw):
+def build_config(raw: dict, origin: str = "config", schema: type[BaseModel] = RunConfig) -> Any:
+    """Validate a raw mapping into a RunConfig (or another `schema`), translating pydantic
+    errors into field paths."""
+    for path in iter_paths(raw, free_form=free_form_of(schema)):
         try:
-            check_path(path)
+            check_path(path, schema)
         except ConfigError as error:  # overrides were checked on entry: this key is the file's
             raise ConfigError(f"{origin}: {error}") from None
     try:
-        return RunConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as error:
         lines = [f"{origin}: invalid configuration"]
         for item in error.errors():
@@ -123,13 +137,15 @@ def build_config(raw: dict, origin: str = "config") -> RunConfig:
         raise ConfigError("\n".join(lines)) from None
 
 
-def iter_paths(raw: dict, prefix: tuple[str, ...] = ()) -> list[list[str]]:
+def iter_paths(
+    raw: dict, prefix: tuple[str, ...] = (), free_form: set[tuple[str, ...]] = FREE_FORM
+) -> list[list[str]]:
     """Every leaf key path of a nested mapping, stopping at free-form dictionaries."""
     paths = []
     for key, value in raw.items():
         path = (*prefix, str(key))
-        if isinstance(value, dict) and path not in FREE_FORM:
-            paths.extend(iter_paths(value, path) or [list(path)])
+        if isinstance(value, dict) and path not in free_form:
+            paths.extend(iter_paths(value, path, free_form) or [list(path)])
         else:
             paths.append(list(path))
     return paths

@@ -310,6 +310,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def need_uvicorn() -> None:
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"neuralab serve needs uvicorn ({error}): {SERVE_EXTRA}") from None
+
+
 def serve(
     run_dir: str | Path,
     host: str = "127.0.0.1",
@@ -323,13 +330,17 @@ def serve(
 
     `threads` sets torch's intra-op threads (default: torch's choice, one per core).
     """
-    try:
-        import uvicorn
-    except ImportError as error:
-        raise ImportError(f"neuralab serve needs uvicorn ({error}): {SERVE_EXTRA}") from None
+    need_uvicorn()
     if threads is not None:
         torch.set_num_threads(threads)
     app = create_app(Predictor.load(run_dir, device=device), settings)
+    serve_app(app, run_dir, host, port, log_level)
+
+
+def serve_app(app, run_dir: str | Path, host: str, port: int, log_level: str) -> None:
+    """Run `app` under uvicorn until interrupted, warning when it is reachable from elsewhere."""
+    import uvicorn
+
     if not is_loopback(host):
         print(
             f"warning: serving on {host}, reachable from other machines; the server has no "
