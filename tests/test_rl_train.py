@@ -54,8 +54,9 @@ def bandit_run(tmp_path: Path, name: str, steps: int = 900, extra: list[str] = (
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["agent.dueling=true", "agent.n_step=2", "replay.prioritized=true", "env.num_envs=3"]],
-    ids=["plain", "dueling-nstep-prioritized-vector"],
+    [[], ["agent.dueling=true", "agent.n_step=2", "replay.prioritized=true", "env.num_envs=3",
+          "env.vectorization=async"]],
+    ids=["plain", "dueling-nstep-prioritized-async-vector"],
 )
 def test_dqn_learns_the_bandit(tmp_path: Path, extra: list[str]) -> None:
     run = bandit_run(tmp_path, "bandit", extra=extra)
@@ -142,8 +143,16 @@ def test_sigkill_mid_run_resumes_with_the_same_buffer(tmp_path: Path) -> None:
     assert resumed.metrics["final"]["return_mean"] == 1.0
 
 
-def test_resume_keeps_the_agent_and_refuses_a_finished_budget(tmp_path: Path) -> None:
+def test_resume_keeps_the_agent_and_refuses_a_finished_budget(tmp_path: Path, capsys) -> None:
     run = bandit_run(tmp_path, "done", steps=300)
+    assert main(["runs", str(tmp_path)]) == 0  # listed beside classifiers
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[:4] == ["done", BANDIT, "dqn", "300/300"]
+    assert row[5:7] == ["return", "1.0"]
+    assert main(["train", "--resume", str(run.run_dir)]) == 2
+    assert "neuralab rl train --resume" in capsys.readouterr().err
+    assert main(["evaluate", str(run.run_dir)]) == 2
+    assert "agent's run" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="only train"):
         neuralab.rl.train(resume=run.run_dir, overrides=["agent.dueling=true"], log=quiet)
     with pytest.raises(ConfigError, match="already reached step 300"):
@@ -211,3 +220,16 @@ def test_cli_train_evaluate_play_on_cartpole(tmp_path: Path, capsys) -> None:
     assert main(["rl", "play", str(run_dir), "--out", str(tmp_path / "x.avi")]) == 2
     assert "give a .gif or .mp4" in capsys.readouterr().err
     assert main(["rl", "evaluate", str(tmp_path / "missing")]) == 2
+
+
+@pytest.mark.parametrize("recipe", ["cartpole-dqn", "lunarlander-dqn", "acrobot-dqn"])
+def test_shipped_recipes_build_their_agent(recipe: str) -> None:
+    from neuralab.config.files import recipe_names
+    from neuralab.config.rl import RL_RECIPES
+    from neuralab.rl.loop import build_agent
+
+    assert recipe in recipe_names(RL_RECIPES)
+    config = resolve_rl_config(recipe)
+    agent = build_agent(config)  # makes the environment (Box2D for LunarLander)
+    assert agent.spec.id == config.env.id and agent.spec.actions >= 2
+    assert config.description and config.train.steps >= 50_000

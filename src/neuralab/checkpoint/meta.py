@@ -108,6 +108,12 @@ class RunMeta:
 def read_meta(raw: dict, where: Path) -> RunMeta:
     """meta.json's object → RunMeta, migrating older versions; a CheckpointError names the
     file and the field when something is missing or of the wrong type."""
+    if raw.get("kind") == "agent":
+        raise CheckpointError(
+            f"{where}: this is a reinforcement-learning agent's run, not a classifier's; use "
+            "`neuralab rl evaluate|play RUN`, `neuralab rl train --resume RUN` or "
+            "`neuralab serve RUN`"
+        )
     version = raw.get("meta_version", 2)
     if version not in READABLE_VERSIONS:
         raise CheckpointError(

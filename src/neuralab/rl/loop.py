@@ -58,6 +58,7 @@ class Loop:
         )
         self.eval_env = make_env(env.id, env.options, env.max_episode_steps)
         self.num_envs = env.num_envs
+        self.overlap = hasattr(self.envs, "step_async")  # AsyncVectorEnv: act while learning
         self.returns = np.zeros(env.num_envs)
         self.lengths = np.zeros(env.num_envs, dtype=np.int64)
         self.active = torch.ones(env.num_envs, dtype=torch.bool)
@@ -85,7 +86,6 @@ class Loop:
         try:
             while counters.steps < total:
                 obs = self.collect(obs)
-                self.learn()
                 if self.due("evaluations", self.config.train.eval_every) or (
                     counters.steps >= total
                 ):
@@ -121,11 +121,25 @@ class Loop:
         return False
 
     def collect(self, obs: torch.Tensor) -> torch.Tensor:
-        """One step of every environment with ε-greedy actions; the transitions go to the
-        replay buffer (through the n-step writer). Returns the next observations."""
+        """One step of every environment with ε-greedy actions, and the learning it makes due;
+        the transitions go to the replay buffer (through the n-step writer). With async
+        environments the network learns while they step. Returns the next observations."""
         agent = self.agent
         actions = agent.dqn.act(obs, agent.epsilon())
-        next_obs, reward, terminated, truncated, info = self.envs.step(actions.numpy())
+        if self.overlap:
+            self.envs.step_async(actions.numpy())
+            self.learn()  # what the steps so far made due, while the workers step
+            result = self.envs.step_wait()
+        else:
+            result = self.envs.step(actions.numpy())
+        next_obs = self.store(obs, actions, *result)
+        if not self.overlap:
+            self.learn()
+        return next_obs
+
+    def store(self, obs, actions, next_obs, reward, terminated, truncated, info) -> torch.Tensor:
+        """Replay transitions and episode records of one vector step's results."""
+        agent = self.agent
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
         terminated, truncated = torch.as_tensor(terminated), torch.as_tensor(truncated)
         done = terminated | truncated

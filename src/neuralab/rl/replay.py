@@ -107,10 +107,15 @@ class ReplayBuffer:
         reward: torch.Tensor,
         next_obs: torch.Tensor,
         bootstrap: torch.Tensor,
-    ) -> torch.Tensor:
-        """Store a batch of k transitions (first dimension k); returns where they went."""
+    ) -> slice | torch.Tensor:
+        """Store a batch of k transitions (first dimension k); returns where they went (a
+        slice, or an index tensor when the ring wraps)."""
         count = len(action)
-        indices = (self.position + torch.arange(count)) % self.capacity
+        start = self.position
+        if start + count <= self.capacity:  # the usual case: one slice, no index tensor
+            indices = slice(start, start + count)
+        else:
+            indices = (start + torch.arange(count)) % self.capacity
         self.obs[indices] = obs
         self.next_obs[indices] = next_obs
         self.action[indices] = action
@@ -182,10 +187,13 @@ class PrioritizedReplay(ReplayBuffer):
         self.tree = SumTree(capacity)
         self.max_priority = 1.0  # of |TD error| + floor, before the alpha exponent
 
-    def add(self, obs, action, reward, next_obs, bootstrap) -> torch.Tensor:
+    def add(self, obs, action, reward, next_obs, bootstrap) -> slice | torch.Tensor:
         indices = super().add(obs, action, reward, next_obs, bootstrap)
-        priority = self.max_priority**self.alpha
-        self.tree.update(indices.numpy(), np.full(len(indices), priority))
+        if isinstance(indices, slice):
+            positions = np.arange(indices.start, indices.stop)
+        else:
+            positions = indices.numpy()
+        self.tree.update(positions, np.full(len(positions), self.max_priority**self.alpha))
         return indices
 
     def sample(self, batch_size: int) -> Sample:

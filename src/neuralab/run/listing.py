@@ -19,6 +19,7 @@ class RunRow:
     test_accuracy: float | None  # None: unfinished (or interrupted) run
     best_val_accuracy: float | None
     train_seconds: float | None
+    final_return: float | None = None  # agents (neuralab rl): mean greedy return at the end
 
 
 def read_run(folder: Path) -> RunRow | None:
@@ -29,6 +30,8 @@ def read_run(folder: Path) -> RunRow | None:
     config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
     history = read_json(folder / "history.json") or []
     metrics = read_json(folder / "metrics.json") or {}
+    if "env" in config:  # an agent's run: environment, algorithm, steps, return
+        return agent_row(folder, config, history, metrics)
     validation = [row["val_accuracy"] for row in history if row.get("val_accuracy") is not None]
     planned = config.get("train", {}).get("epochs", "?")
     return RunRow(
@@ -39,6 +42,22 @@ def read_run(folder: Path) -> RunRow | None:
         metrics.get("accuracy"),
         max(validation) if validation else None,
         metrics.get("train_seconds"),
+    )
+
+
+def agent_row(folder: Path, config: dict, history: list, metrics: dict) -> RunRow:
+    planned = config.get("train", {}).get("steps", "?")
+    done = history[-1]["step"] if history else 0
+    final = metrics.get("final", {}).get("return_mean")
+    return RunRow(
+        folder,
+        config.get("env", {}).get("id", "?"),
+        config.get("agent", {}).get("algo", "?"),
+        f"{done:,}/{planned:,} steps" if isinstance(planned, int) else f"{done:,} steps",
+        None,
+        None,
+        metrics.get("train_seconds"),
+        final,
     )
 
 
@@ -62,14 +81,15 @@ def format_runs(rows: list[RunRow]) -> str:
     def percent(value: float | None) -> str:
         return "—" if value is None else f"{value:.2%}"
 
-    header = ("run", "data", "model", "epochs", "test acc", "best val acc", "train time")
+    # result: test accuracy, or an agent's mean greedy return; data: an agent's environment.
+    header = ("run", "data", "model", "epochs", "result", "best val acc", "train time")
     table = [header] + [
         (
             row.path.name,
             row.dataset,
             row.model,
             row.epochs,
-            percent(row.test_accuracy) if row.test_accuracy is not None else "unfinished",
+            result_text(row),
             percent(row.best_val_accuracy),
             "—" if row.train_seconds is None else f"{row.train_seconds:.1f} s",
         )
@@ -80,6 +100,14 @@ def format_runs(rows: list[RunRow]) -> str:
         "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths, strict=True))
         for line in table
     )
+
+
+def result_text(row: RunRow) -> str:
+    if row.final_return is not None:
+        return f"return {row.final_return:.1f}"
+    if row.test_accuracy is not None:
+        return f"{row.test_accuracy:.2%}"
+    return "unfinished"
 
 
 def compare_figure(run_dirs: list[str | Path], path: Path) -> Path:

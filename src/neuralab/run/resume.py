@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
+from neuralab.errors import ConfigError
+
 
 def resumable_run(run_dir: str | Path) -> Path:
     """The run directory to resume (`auto`: the newest unfinished one under ./runs), checked."""
@@ -35,6 +39,12 @@ def last_written(folder: Path) -> float:
 
 
 def check_resumable(folder: Path) -> None:
+    config = folder / "config.yaml"
+    if config.is_file() and "env" in (yaml.safe_load(config.read_text(encoding="utf-8")) or {}):
+        raise ConfigError(
+            f"{folder} is a reinforcement-learning agent's run; continue it with "
+            f"`neuralab rl train --resume {folder}` (--steps N for a longer budget)"
+        )
     if (folder / "metrics.json").exists():
         raise FileExistsError(
             f"{folder} is a finished run (it has metrics.json): there is nothing to resume. "
