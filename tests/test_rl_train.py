@@ -54,8 +54,16 @@ def bandit_run(tmp_path: Path, name: str, steps: int = 900, extra: list[str] = (
 
 @pytest.mark.parametrize(
     "extra",
-    [[], ["agent.dueling=true", "agent.n_step=2", "replay.prioritized=true", "env.num_envs=3",
-          "env.vectorization=async"]],
+    [
+        [],
+        [
+            "agent.dueling=true",
+            "agent.n_step=2",
+            "replay.prioritized=true",
+            "env.num_envs=3",
+            "env.vectorization=async",
+        ],
+    ],
     ids=["plain", "dueling-nstep-prioritized-async-vector"],
 )
 def test_dqn_learns_the_bandit(tmp_path: Path, extra: list[str]) -> None:
