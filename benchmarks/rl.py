@@ -36,6 +36,10 @@ RESULTS = Path(__file__).parent / "results" / "rl.jsonl"
 RECIPES = {"CartPole-v1": "cartpole-dqn", "LunarLander-v3": "lunarlander-dqn",
            "Acrobot-v1": "acrobot-dqn"}  # fmt: skip
 THRESHOLDS = {"CartPole-v1": 475.0, "LunarLander-v3": 200.0, "Acrobot-v1": -100.0}
+# Returns at which "learning seconds to reach it" is compared (the threshold and lower ones,
+# so that a contender that never reaches the threshold still has a time to compare).
+LEVELS = {"CartPole-v1": [200.0, 475.0], "LunarLander-v3": [0.0, 100.0, 200.0],
+          "Acrobot-v1": [-150.0, -100.0]}  # fmt: skip
 # rl-baselines3-zoo's hyperparams/dqn.yml for these environments (LunarLander-v2's entry, the
 # same task as v3).
 ZOO = {
@@ -168,21 +172,33 @@ def time_to(curve: list, threshold: float) -> float | None:
 
 
 def summarise(env: str, contender: str, runs: list[dict]) -> dict:
+    """Per contender: seeds solved (final ≥ threshold), final returns, learning seconds, and for
+    each level how many seeds reached it and the median learning seconds they took."""
     threshold = THRESHOLDS[env]
     finals = [run["final"]["return_mean"] for run in runs]
-    reached = [time_to(run["curve"], threshold) for run in runs]
-    return {
+    summary = {
         "contender": contender,
         "seeds": len(runs),
         "solved": sum(final >= threshold for final in finals),
         "final_mean": statistics.mean(finals),
         "final_min": min(finals),
         "seconds_mean": statistics.mean(run["seconds"] for run in runs),
-        "reached_threshold": sum(r is not None for r in reached),
-        "seconds_to_threshold_median": (
-            statistics.median(r for r in reached if r is not None) if any(reached) else None
-        ),
+        "process_seconds_mean": statistics.mean(run["process_seconds"] for run in runs),
     }
+    for level in LEVELS[env]:
+        reached = [t for run in runs if (t := time_to(run["curve"], level)) is not None]
+        summary[f"reached_{level:g}"] = len(reached)
+        summary[f"seconds_to_{level:g}_median"] = statistics.median(reached) if reached else None
+    return summary
+
+
+def print_latest(env: str) -> None:
+    """The summary of the latest record for `env` in rl.jsonl, recomputed."""
+    records = [json.loads(line) for line in RESULTS.read_text(encoding="utf-8").splitlines()]
+    record = [r for r in records if r["env"] == env][-1]
+    print(record["date"], record["machine"]["cpu"], record["machine"]["flags"])
+    for name, runs in record["contenders"].items():
+        print(json.dumps(summarise(env, name, runs)))
 
 
 def draw_figure(path: Path) -> Path:
@@ -226,12 +242,16 @@ def main() -> None:
     parser.add_argument("--worker", choices=["neuralab", "neuralab-zoo", "sb3"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--figure", help="only draw the latest results into this PNG")
+    parser.add_argument("--summary", action="store_true", help="only summarise the latest --env")
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
     if args.figure:
         print(draw_figure(Path(args.figure)))
+        return
+    if args.summary:
+        print_latest(args.env)
         return
     from benchmarks.machine import machine_info, machine_line
 

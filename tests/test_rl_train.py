@@ -225,6 +225,9 @@ def test_cli_train_evaluate_play_on_cartpole(tmp_path: Path, capsys) -> None:
 
     with Image.open(gif) as image:
         assert image.size == (150, 100) and image.n_frames > 5
+    assert main(["report", str(run_dir)]) == 0  # the agent's report page
+    page = (run_dir / "report.html").read_text()
+    assert "CartPole-v1" in page and "data:image/png;base64" in page and "600" in page
     assert main(["rl", "play", str(run_dir), "--out", str(tmp_path / "x.avi")]) == 2
     assert "give a .gif or .mp4" in capsys.readouterr().err
     assert main(["rl", "evaluate", str(tmp_path / "missing")]) == 2

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import neuralab
-from neuralab.rl.runs import load_agent_network
-from neuralab.serve.agent import create_agent_app, is_agent_run
+from neuralab.rl.runs import is_agent_run, load_agent_network
+from neuralab.serve.agent import create_agent_app
 
 fastapi_testclient = pytest.importorskip("fastapi.testclient")
 

@@ -16,6 +16,7 @@ from neuralab.inference.fewshot import (
     is_few_shot,
     support_by_folder,
 )
+from neuralab.rl.runs import is_agent_run
 from neuralab.tasks.metrics import format_report
 
 LABEL_WIDTH = 60  # characters of an input's name shown before its predictions
@@ -164,7 +165,12 @@ def add_report(commands) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """`neuralab report RUN`: writes report.html and its figures into the run directory."""
-    page = write_report(args.run_dir, data_dir=args.data_dir)
+    if is_agent_run(args.run_dir):  # an agent: curves, evaluations and config
+        from neuralab.rl.report import write_agent_report
+
+        page = write_agent_report(Path(args.run_dir))
+    else:
+        page = write_report(args.run_dir, data_dir=args.data_dir)
     print(f"wrote {page} (and its figures beside it)")
     return 0
 

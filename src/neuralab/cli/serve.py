@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from neuralab.serve.agent import is_agent_run, serve_agent
+from neuralab.rl.runs import is_agent_run
+from neuralab.serve.agent import serve_agent
 from neuralab.serve.app import ServeSettings, serve
 
 MEBIBYTE = 2**20  # --max-body-mb is in MiB; ServeSettings counts bytes

@@ -42,6 +42,7 @@ class DQN:
         # the default implementation costs more than the arithmetic.
         self.optimizer = torch.optim.Adam(network.parameters(), lr=lr, fused=True)
         self.double, self.loss_name, self.grad_clip = double, loss, grad_clip
+        self.parameters = list(network.parameters())  # clipping walks them every update
         self.generator = generator
         self.actions = network.advantage.out_features
 
@@ -74,15 +75,17 @@ class DQN:
         target = self.targets(sample)
         chosen = self.online(sample.obs).gather(1, sample.action.unsqueeze(1)).squeeze(1)
         errors = chosen - target
+        reduction = "mean" if sample.weights is None else "none"
         if self.loss_name == "huber":
-            per_example = functional.smooth_l1_loss(chosen, target, reduction="none")
+            loss = functional.smooth_l1_loss(chosen, target, reduction=reduction)
         else:
-            per_example = errors.pow(2)
-        loss = (sample.weights * per_example).mean()
+            loss = functional.mse_loss(chosen, target, reduction=reduction)
+        if sample.weights is not None:  # prioritized replay's importance weights
+            loss = (sample.weights * loss).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.online.parameters(), self.grad_clip)
+            nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
         self.optimizer.step()
         return loss.detach(), chosen.detach().mean(), errors.detach()
 

@@ -61,7 +61,6 @@ class Loop:
         self.overlap = hasattr(self.envs, "step_async")  # AsyncVectorEnv: act while learning
         self.returns = np.zeros(env.num_envs)
         self.lengths = np.zeros(env.num_envs, dtype=np.int64)
-        self.active = torch.ones(env.num_envs, dtype=torch.bool)
         self.progress = Progress(config.train.progress, config.train.steps)
         self.writer = tensorboard_writer(run_dir) if config.train.tensorboard else None
         self.reset_metrics()
@@ -149,9 +148,7 @@ class Loop:
             for env in done.nonzero().squeeze(1).tolist():
                 final[env] = torch.as_tensor(info["final_obs"][env], dtype=torch.float32)
         rewards = torch.as_tensor(reward, dtype=torch.float32)
-        transitions = agent.nstep.push(
-            obs, actions, rewards, final, terminated, truncated, self.active
-        )
+        transitions = agent.nstep.push(obs, actions, rewards, final, terminated, truncated)
         if len(transitions[1]):
             agent.buffer.add(*transitions)
         self.returns += reward

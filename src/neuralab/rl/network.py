@@ -8,6 +8,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional
 
 
 class QNetwork(nn.Module):
@@ -31,13 +32,20 @@ class QNetwork(nn.Module):
         self.dueling = dueling
         self.advantage = nn.Linear(width, actions)
         self.value = nn.Linear(width, 1) if dueling else None
+        # The hidden layers for the forward pass (a plain list: not registered twice). Calling
+        # F.linear on them directly skips nn.Module's per-call dispatch, which costs more than
+        # the arithmetic of these tiny layers (~6 µs a call; 3 forward passes per update).
+        self.hidden_layers = [layer for layer in layers if isinstance(layer, nn.Linear)]
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        features = self.body(obs)
-        advantage = self.advantage(features)
+        features = obs.flatten(1) if obs.dim() > 2 else obs
+        for layer in self.hidden_layers:
+            features = functional.relu(functional.linear(features, layer.weight, layer.bias))
+        advantage = functional.linear(features, self.advantage.weight, self.advantage.bias)
         if self.value is None:
             return advantage
-        return self.value(features) + advantage - advantage.mean(dim=1, keepdim=True)
+        value = functional.linear(features, self.value.weight, self.value.bias)
+        return value + advantage - advantage.mean(dim=1, keepdim=True)
 
 
 def network_arguments(obs_shape: tuple[int, ...], actions: int, hidden: list[int], dueling: bool):

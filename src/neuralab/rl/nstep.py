@@ -21,8 +21,9 @@ class NStepWriter:
 
     `push` takes one vector step (tensors with first dimension num_envs) and returns the
     transitions it completes as a tuple of tensors (obs, action, return, next_obs, bootstrap),
-    possibly empty. `active` marks environments whose step is real: with Gymnasium's
-    next-step autoreset, the step after an episode's end only resets that environment.
+    possibly empty. `active` marks environments whose step is real (None: all): with
+    Gymnasium's next-step autoreset, the step after an episode's end only resets that
+    environment (neuralab's loop uses same-step autoreset, where every step is real).
     """
 
     def __init__(self, n: int, gamma: float, num_envs: int) -> None:
@@ -37,14 +38,17 @@ class NStepWriter:
         next_obs: torch.Tensor,
         terminated: torch.Tensor,
         truncated: torch.Tensor,
-        active: torch.Tensor,
+        active: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         if self.n == 1:  # the common case, vectorised: no window to keep
+            bootstrap = self.gamma * (~terminated).float()
+            if active is None:
+                return obs, action, reward, next_obs, bootstrap
             keep = active.nonzero().squeeze(1)
-            bootstrap = self.gamma * (~terminated[keep]).float()
-            return obs[keep], action[keep], reward[keep], next_obs[keep], bootstrap
+            return obs[keep], action[keep], reward[keep], next_obs[keep], bootstrap[keep]
         out: list[tuple] = []
-        for env in active.nonzero().squeeze(1).tolist():
+        envs = range(len(obs)) if active is None else active.nonzero().squeeze(1).tolist()
+        for env in envs:
             window = self.windows[env]
             window.append((obs[env], action[env], float(reward[env])))
             if terminated[env] or truncated[env]:

@@ -9,6 +9,7 @@ terminated — so truncation by a time limit bootstraps and termination does not
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,8 @@ class SumTree:
     def update(self, indices: np.ndarray, priorities: np.ndarray) -> None:
         """Set the priorities of `indices` (a later duplicate wins) and refresh their ancestors."""
         nodes = self.leaves + np.asarray(indices, dtype=np.int64)
+        if len(nodes) == 0:
+            return
         self.nodes[nodes] = priorities
         nodes = np.unique(nodes // 2)
         while nodes[0] >= 1:
@@ -73,11 +76,20 @@ class Sample:
     reward: torch.Tensor  # (B,) float32: the (n-step) discounted return
     next_obs: torch.Tensor  # (B, *obs_shape)
     bootstrap: torch.Tensor  # (B,) float32: gamma^k, or 0 after termination
-    weights: torch.Tensor  # (B,) float32
+    weights: torch.Tensor | None  # (B,) float32 importance weights; None: uniform (all ones)
+
+
+FIELDS = ("obs", "next_obs", "action", "reward", "bootstrap")
 
 
 class ReplayBuffer:
-    """A ring of `capacity` transitions in preallocated tensors, sampled uniformly.
+    """A ring of `capacity` transitions in one preallocated float32 tensor, sampled uniformly.
+
+    A row is [obs (flattened) | next_obs | action | reward | bootstrap], so that storing a step
+    and drawing a batch are one copy each rather than five (on a small network the copies'
+    overhead is a fair share of an update). Actions are stored as floats: exact for any
+    discrete action index below 2**24. `obs`, `next_obs`, `action`, `reward`, `bootstrap` are
+    views of the columns.
 
     generator: the run's torch.Generator, so that sampling is reproducible and resumable.
     """
@@ -89,13 +101,31 @@ class ReplayBuffer:
     ) -> None:
         self.capacity = capacity
         self.generator = generator
-        self.obs = torch.zeros((capacity, *obs_shape), dtype=torch.float32)
-        self.next_obs = torch.zeros((capacity, *obs_shape), dtype=torch.float32)
-        self.action = torch.zeros(capacity, dtype=torch.int64)
-        self.reward = torch.zeros(capacity, dtype=torch.float32)
-        self.bootstrap = torch.zeros(capacity, dtype=torch.float32)
+        self.obs_shape = tuple(obs_shape)
+        self.obs_size = math.prod(obs_shape)
+        self.rows = torch.zeros(capacity, 2 * self.obs_size + 3, dtype=torch.float32)
         self.position = 0  # where the next transition goes
         self.size = 0  # transitions stored (≤ capacity)
+
+    @property
+    def obs(self) -> torch.Tensor:
+        return self.rows[:, : self.obs_size].view(self.capacity, *self.obs_shape)
+
+    @property
+    def next_obs(self) -> torch.Tensor:
+        return self.rows[:, self.obs_size : 2 * self.obs_size].view(self.capacity, *self.obs_shape)
+
+    @property
+    def action(self) -> torch.Tensor:
+        return self.rows[:, -3].long()
+
+    @property
+    def reward(self) -> torch.Tensor:
+        return self.rows[:, -2]
+
+    @property
+    def bootstrap(self) -> torch.Tensor:
+        return self.rows[:, -1]
 
     def __len__(self) -> int:
         return self.size
@@ -116,27 +146,34 @@ class ReplayBuffer:
             indices = slice(start, start + count)
         else:
             indices = (start + torch.arange(count)) % self.capacity
-        self.obs[indices] = obs
-        self.next_obs[indices] = next_obs
-        self.action[indices] = action
-        self.reward[indices] = reward
-        self.bootstrap[indices] = bootstrap
+        self.rows[indices] = torch.cat(
+            [
+                obs.reshape(count, -1),
+                next_obs.reshape(count, -1),
+                action.reshape(count, 1).float(),
+                reward.reshape(count, 1),
+                bootstrap.reshape(count, 1),
+            ],
+            dim=1,
+        )
         self.position = (self.position + count) % self.capacity
         self.size = min(self.size + count, self.capacity)
         return indices
 
     def sample(self, batch_size: int) -> Sample:
         indices = torch.randint(self.size, (batch_size,), generator=self.generator)
-        return self.gather(indices, torch.ones(batch_size))
+        return self.gather(indices, None)
 
-    def gather(self, indices: torch.Tensor, weights: torch.Tensor) -> Sample:
+    def gather(self, indices: torch.Tensor, weights: torch.Tensor | None) -> Sample:
+        rows = self.rows[indices]  # (B, 2·obs + 3): one copy
+        size, shape = self.obs_size, (len(indices), *self.obs_shape)
         return Sample(
             indices,
-            self.obs[indices],
-            self.action[indices],
-            self.reward[indices],
-            self.next_obs[indices],
-            self.bootstrap[indices],
+            rows[:, :size].view(shape),
+            rows[:, -3].long(),
+            rows[:, -2],
+            rows[:, size : 2 * size].view(shape),
+            rows[:, -1],
             weights,
         )
 
@@ -149,22 +186,18 @@ class ReplayBuffer:
         return {
             "position": self.position,
             "size": self.size,
-            "obs": self.obs[filled].clone(),
-            "next_obs": self.next_obs[filled].clone(),
-            "action": self.action[filled].clone(),
-            "reward": self.reward[filled].clone(),
-            "bootstrap": self.bootstrap[filled].clone(),
+            **{name: getattr(self, name)[filled].clone() for name in FIELDS},
         }
 
     def load_state_dict(self, state: dict) -> None:
         size = int(state["size"])
-        if size > self.capacity or tuple(state["obs"].shape[1:]) != tuple(self.obs.shape[1:]):
+        if size > self.capacity or tuple(state["obs"].shape[1:]) != self.obs_shape:
             raise ValueError(
                 f"saved replay buffer ({size} transitions of {tuple(state['obs'].shape[1:])}) "
-                f"does not fit this one ({self.capacity} of {tuple(self.obs.shape[1:])})"
+                f"does not fit this one ({self.capacity} of {self.obs_shape})"
             )
-        for name in ("obs", "next_obs", "action", "reward", "bootstrap"):
-            getattr(self, name)[:size] = state[name]
+        self.position, self.size = 0, 0
+        self.add(*(state[name] for name in ("obs", "action", "reward", "next_obs", "bootstrap")))
         self.size, self.position = size, int(state["position"])
 
 

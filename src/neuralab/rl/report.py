@@ -3,6 +3,7 @@ evaluation return with its spread, and the TD loss and mean Q per evaluation int
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 from neuralab.inference import plots
@@ -53,4 +54,57 @@ def draw_agent_curves(run_dir: Path, history: list[dict], episodes: list[dict]) 
         axis.grid(alpha=0.3)
     path = run_dir / "curves.png"
     figure.savefig(path)
+    return path
+
+
+def write_agent_report(run_dir: Path) -> Path:
+    """<run>/report.html of an agent's run: the final evaluation, curves.png (redrawn from the
+    history), one row per evaluation and the configuration, in one self-contained page."""
+    from neuralab.rl.runs import agent_records
+
+    history, episodes, metrics = agent_records(run_dir)
+    figure = draw_agent_curves(run_dir, history, episodes)
+    escape = html.escape
+    final = metrics.get("final")
+    summary = (
+        f"Final greedy evaluation of the <b>{escape(str(metrics.get('weights')))}/</b> network "
+        f"over {final['episodes']} new episodes: return <b>{final['return_mean']:.1f} ± "
+        f"{final['return_std']:.1f}</b> (min {final['return_min']:.1f}, max "
+        f"{final['return_max']:.1f})"
+        + (
+            f", {final['success_rate']:.0%} at or above {final['reward_threshold']:g}"
+            if "success_rate" in final
+            else ""
+        )  # fmt: skip
+        + "."
+        if final
+        else "No final evaluation yet (the run is unfinished)."
+    )
+    rows = "".join(
+        f"<tr><td>{row['step']:,}</td><td>{row['episodes']:,}</td><td>{row['seconds']:.1f}</td>"
+        f"<td>{row['eval_return_mean']:.1f} ± {row['eval_return_std']:.1f}</td>"
+        f"<td>{row['epsilon']:.3f}</td></tr>"
+        for row in history
+    )
+    config = (run_dir / "config.yaml").read_text(encoding="utf-8")
+    picture = plots.embedded(figure) if figure else "<p>(matplotlib is not installed)</p>"
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>neuralab agent {escape(run_dir.name)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font:15px/1.45 system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}}
+img{{max-width:100%}}pre{{background:#f6f6f6;padding:1rem;overflow:auto}}</style></head><body>
+<h1>Agent {escape(run_dir.name)}: {escape(str(metrics.get("algo", "dqn")))} on
+{escape(str(metrics.get("env", "?")))}</h1>
+<p>{summary} {metrics.get("steps", "?")} environment steps, {metrics.get("episodes", "?")}
+episodes, {metrics.get("train_seconds", "?")} s of learning (evaluation excluded).</p>
+<h2>Curves</h2>{picture}
+<h2>Evaluations</h2><table><tr><th>step</th><th>episodes</th><th>learning s</th>
+<th>greedy return</th><th>ε</th></tr>{rows}</table>
+<h2>Configuration</h2><pre>{escape(config)}</pre>
+</body></html>
+"""
+    path = run_dir / "report.html"
+    path.write_text(page, encoding="utf-8")
     return path

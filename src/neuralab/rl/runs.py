@@ -177,8 +177,44 @@ def restore(run_dir: Path, agent: Agent) -> None:
     agent.load_state_dict(state)
 
 
+def agent_records(run_dir: Path) -> tuple[list[dict], list[dict], dict]:
+    """(history rows, episode rows, metrics) of an agent's run, from its own files."""
+    config = read_config(run_dir)  # refuses a classifier's run with the right verb
+    del config
+    history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
+    with open(run_dir / "episodes.csv", encoding="utf-8") as handle:
+        episodes = [
+            {"episode": int(row["episode"]), "step": int(row["step"]),
+             "return": float(row["return"]), "length": int(row["length"])}
+            for row in csv.DictReader(handle)
+        ]  # fmt: skip
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
+    return history, episodes, metrics
+
+
 def last_saved_step(run_dir: Path) -> int | None:
     try:
         return int(read_json(run_dir / "checkpoint" / "meta.json")["step"])
     except CheckpointError:
         return None
+
+
+def is_agent_run(run_dir: str | Path) -> bool:
+    """Whether `run_dir` (a run directory or a checkpoint folder) holds an agent: its
+    meta.json says kind "agent", or (before the first save) its config.yaml has an env."""
+    path = Path(run_dir).expanduser()
+    for meta in (path / "meta.json", path / "checkpoint" / "meta.json"):
+        if meta.is_file():
+            try:
+                return json.loads(meta.read_text(encoding="utf-8")).get("kind") == "agent"
+            except (ValueError, AttributeError):
+                return False  # not ours to judge: the classifier's loader names the damage
+    config = path / "config.yaml"
+    if not config.is_file():
+        return False
+    try:
+        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except yaml.YAMLError:
+        return False
+    return isinstance(raw, dict) and "env" in raw

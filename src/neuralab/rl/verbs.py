@@ -66,14 +66,16 @@ def train(
         run_dir = new_agent_dir(config.out, config, dump_rl_config(config))
     log(describe_run(config, agent, run_dir))
     previous_threads = torch.get_num_threads()
-    torch.set_num_threads(config.train.threads or 1)
-    loop = Loop(config, agent, run_dir, log)
+    torch.set_num_threads(config.train.threads or 1)  # small networks: one thread is fastest
     try:
-        loop.run()
-        metrics = loop.final_evaluation()
+        loop = Loop(config, agent, run_dir, log)
+        try:
+            loop.run()
+            metrics = loop.final_evaluation()
+        finally:
+            loop.close()
     finally:
         torch.set_num_threads(previous_threads)
-        loop.close()
     write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     log(final_line(metrics, run_dir))
     return AgentRun(run_dir, metrics, agent.records.history)

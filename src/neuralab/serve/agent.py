@@ -11,13 +11,11 @@ batching; the body-size limit (413) and the request metrics are the same.
 
 # No `from __future__ import annotations`: FastAPI reads `request: fastapi.Request` at runtime.
 import asyncio
-import json
 import math
 import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 from neuralab.rl.envs import make_env
 from neuralab.rl.evaluate import FINAL_SEEDS, record_episode
@@ -158,26 +156,6 @@ def create_agent_app(run_dir: str | Path, max_body_bytes: int, max_items: int):
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(RecordMetrics, metrics=metrics)
     return app
-
-
-def is_agent_run(run_dir: str | Path) -> bool:
-    """Whether `run_dir` (a run directory or a checkpoint folder) holds an agent: its
-    meta.json says kind "agent", or (before the first save) its config.yaml has an env."""
-    path = Path(run_dir).expanduser()
-    for meta in (path / "meta.json", path / "checkpoint" / "meta.json"):
-        if meta.is_file():
-            try:
-                return json.loads(meta.read_text(encoding="utf-8")).get("kind") == "agent"
-            except (ValueError, AttributeError):
-                return False  # not ours to judge: the classifier's loader names the damage
-    config = path / "config.yaml"
-    if not config.is_file():
-        return False
-    try:
-        raw = yaml.safe_load(config.read_text(encoding="utf-8"))
-    except yaml.YAMLError:
-        return False
-    return isinstance(raw, dict) and "env" in raw
 
 
 def serve_agent(
