@@ -3,6 +3,7 @@ MNIST model and a review typed for a text model, taken with headless Chromium (S
 
     python -m benchmarks.serve_screenshot --image-run /work/demo-runs/mnist-best \\
         --text-run /work/demo-runs/imdb-ngram       # writes docs/serve.png and docs/serve-text.png
+    python -m benchmarks.serve_screenshot --agent-run runs/CartPole-v1-dqn-…  # serve-agent.png
 """
 
 from __future__ import annotations
@@ -120,10 +121,33 @@ def text_screenshot(run: str, out: Path) -> str:
     return predicted
 
 
+def agent_screenshot(run: str, out: Path) -> str:
+    """The agent page: the recorded episode loaded, an observation's Q-values asked for."""
+    with server(run) as url, chromium(1000, 900) as driver:
+        driver.get(url)
+        WebDriverWait(driver, 120).until(
+            lambda d: d.execute_script(
+                "const i = document.getElementById('episode'); return i.complete && "
+                "i.naturalWidth > 0"
+            )
+        )
+        box = driver.find_element(By.ID, "observation")
+        box.clear()
+        box.send_keys("[0.02, 0.3, -0.04, -0.5]")
+        driver.find_element(By.ID, "act").click()
+        WebDriverWait(driver, 30).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#q-values tr.chosen")
+        )
+        chosen = driver.find_element(By.CSS_SELECTOR, "#q-values tr.chosen td").text
+        driver.save_screenshot(str(out))
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="screenshots of neuralab serve's page")
     parser.add_argument("--image-run", help="an MNIST run: draws a 3 → docs/serve.png")
     parser.add_argument("--text-run", help="a sentiment run: types a review → docs/serve-text.png")
+    parser.add_argument("--agent-run", help="an agent's run (neuralab rl) → docs/serve-agent.png")
     parser.add_argument("--out-dir", type=Path, default=DOCS)
     options = parser.parse_args(argv)
     if options.image_run:
@@ -132,6 +156,9 @@ def main(argv: list[str] | None = None) -> None:
     if options.text_run:
         out = options.out_dir / "serve-text.png"
         print(f"typed a review, the page shows {text_screenshot(options.text_run, out)!r}: {out}")
+    if options.agent_run:
+        out = options.out_dir / "serve-agent.png"
+        print(f"asked for an action, the page chose {agent_screenshot(options.agent_run, out)}")
 
 
 if __name__ == "__main__":

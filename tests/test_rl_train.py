@@ -80,17 +80,18 @@ def test_dqn_learns_the_bandit(tmp_path: Path, extra: list[str]) -> None:
     assert neuralab.rl.evaluate(run.run_dir, episodes=20)["return_mean"] == 1.0
 
 
+@pytest.mark.parametrize("num_envs", [1, 2])  # one environment alone, or Gymnasium's vector
 @pytest.mark.parametrize(
     "env_id, bootstrap", [("NeuralabTest/Counter-v0", 0.9), ("NeuralabTest/Fall-v0", 0.0)]
 )
-def test_episode_ends_store_the_final_observation(tmp_path, env_id, bootstrap) -> None:
+def test_episode_ends_store_the_final_observation(tmp_path, env_id, bootstrap, num_envs) -> None:
     """A time limit (Counter, 4 steps) bootstraps from the last observation; termination
     (Fall, at t=3) does not. The stored next observation is the episode's last, never the
     next episode's first."""
     import rl_envs  # noqa: F401  (registers the environments in this process)
 
     run = neuralab.rl.train(
-        env=env_id, steps=40, out=str(tmp_path / "run"), log=quiet,
+        env=env_id, steps=48, num_envs=num_envs, out=str(tmp_path / "run"), log=quiet,
         overrides=[*QUIET, "env.max_episode_steps=4", "agent.gamma=0.9",
                    "replay.learning_starts=1000", "train.final_episodes=0"],
     )  # fmt: skip
@@ -98,10 +99,17 @@ def test_episode_ends_store_the_final_observation(tmp_path, env_id, bootstrap) -
     obs, next_obs = buffer["obs"].squeeze(1), buffer["next_obs"].squeeze(1)
     last = 3.0 if bootstrap == 0.0 else 4.0  # the final observation's step number
     ends = next_obs == last
-    assert ends.sum() == 40 // last  # one per episode
+    assert ends.sum() == 48 // last  # one per episode
     assert torch.all(buffer["bootstrap"][ends] == bootstrap)
     torch.testing.assert_close(buffer["bootstrap"][~ends], torch.full(((~ends).sum(),), 0.9))
     assert torch.all(next_obs == obs + 1)  # never a reset observation
+
+
+def test_progress_bar_and_plain_lines(tmp_path: Path, capsys) -> None:
+    for mode in ("bar", "plain"):
+        bandit_run(tmp_path, mode, steps=600, extra=[f"train.progress={mode}"])
+        out = capsys.readouterr().out
+        assert out.count("eval return") == 2 and "step 600/600" in out  # one line per evaluation
 
 
 def test_a_seed_reproduces_a_run(tmp_path: Path) -> None:

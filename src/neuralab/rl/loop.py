@@ -192,6 +192,8 @@ class Loop:
         return sum(row["return"] for row in episodes) / len(episodes) if episodes else None
 
     def show_progress(self) -> None:
+        if self.progress.bar is None:  # plain lines or none: nothing to refresh per step
+            return
         counters = self.agent.counters
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
         speed = (counters.steps - self.window_steps) / elapsed

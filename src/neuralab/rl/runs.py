@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import time
 from pathlib import Path
 
 import yaml
@@ -32,6 +31,7 @@ from neuralab.config.rl import RLConfig
 from neuralab.rl.agent import Agent
 from neuralab.rl.envs import EnvSpec
 from neuralab.rl.network import QNetwork
+from neuralab.run.rundir import new_run_dir
 
 HISTORY_FIELDS = [
     "step",
@@ -48,21 +48,10 @@ HISTORY_FIELDS = [
 
 
 def new_agent_dir(out: str | None, config: RLConfig, config_text: str) -> Path:
-    """Create the run directory (`out`, or runs/<env>-<algo>-<time>) with its config.yaml;
-    an earlier run there is never overwritten."""
-    if out:
-        run_dir = Path(out).expanduser()
-    else:
-        env_name = config.env.id.rpartition(":")[2]
-        run_dir = Path("runs") / f"{env_name}-{config.agent.algo}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (run_dir / "checkpoint").exists() or (run_dir / "metrics.json").exists():
-        raise FileExistsError(
-            f"run directory {run_dir} already holds a run; choose another --out, resume it "
-            "with --resume, or delete it first (nothing was overwritten)"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", config_text)
-    return run_dir
+    """Create the run directory (`out`, or runs/<env>-<algo>-<time>, as every run is named)
+    with its config.yaml; an earlier run there is never overwritten."""
+    env_name = config.env.id.rpartition(":")[2].replace("/", "-")
+    return new_run_dir(out, env_name, config.agent.algo, config_text)
 
 
 def agent_meta(agent: Agent, metrics: dict | None = None) -> dict:
