@@ -207,7 +207,7 @@ def test_config_errors_name_the_field() -> None:
         resolve_rl_config("cartpole-dqn", ["replay.prioritised=true"])
     with pytest.raises(ConfigError, match="unknown recipe|not a known|Valid"):
         resolve_rl_config("cartpole-dqm")
-    with pytest.raises(ConfigError, match="batch_size 64 exceeds replay.capacity 10"):
+    with pytest.raises(ConfigError, match="batch_size 256 exceeds replay.capacity 10"):
         resolve_rl_config("cartpole-dqn", ["replay.capacity=10"])
 
 
