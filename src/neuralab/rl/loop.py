@@ -26,7 +26,13 @@ from neuralab.rl.envs import describe, make_env, make_vector
 from neuralab.rl.evaluate import FINAL_SEEDS, PERIODIC_SEEDS, evaluate_policy
 from neuralab.rl.progress import Progress, eval_line
 from neuralab.rl.report import draw_agent_curves
-from neuralab.rl.runs import save_best, save_state, write_records
+from neuralab.rl.runs import (
+    load_agent_network,
+    result_folder,
+    save_best,
+    save_state,
+    write_records,
+)
 
 RECENT_EPISODES = 10  # the training return shown is the mean of this many last episodes
 RESUME_SEED_STRIDE = 10_000  # a resumed run's environments get seeds this far from the last
@@ -236,8 +242,6 @@ class Loop:
 
     def final_evaluation(self) -> dict:
         """The result network (best/ or the last) over train.final_episodes new seeds."""
-        from neuralab.rl.runs import load_agent_network, result_folder
-
         folder = result_folder(self.run_dir)
         network, _ = load_agent_network(folder)
         episodes = self.config.train.final_episodes
