@@ -113,8 +113,7 @@ def make_vector(
     """`num_envs` copies stepped together. Same-step autoreset: a finished episode's final
     observation comes in info["final_obs"] and the returned one already starts the next."""
     gym = gymnasium()
-    make_env(env_id, options, max_steps).close()  # fail here, with our message, not in a worker
-    name = registered_id(env_id)
+    name = registered_id(env_id)  # the caller made one with make_env first: errors said there
 
     def one():
         return gym.make(name, max_episode_steps=max_steps, **options)

@@ -10,9 +10,7 @@ evaluation every `train.eval_every`, a resumable save every `train.checkpoint_ev
 
 from __future__ import annotations
 
-import importlib.util
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from neuralab.rl.runs import (
     save_state,
     write_records,
 )
+from neuralab.run.tracking import have_tensorboard
 
 RECENT_EPISODES = 10  # the training return shown is the mean of this many last episodes
 RESUME_SEED_STRIDE = 10_000  # a resumed run's environments get seeds this far from the last
@@ -54,10 +53,8 @@ class AgentRun:
 class Loop:
     """One run's acting and learning. `run()` goes from the agent's counters to train.steps."""
 
-    def __init__(
-        self, config: RLConfig, agent: Agent, run_dir: Path, log: Callable[[str], None]
-    ) -> None:
-        self.config, self.agent, self.run_dir, self.log = config, agent, run_dir, log
+    def __init__(self, config: RLConfig, agent: Agent, run_dir: Path) -> None:
+        self.config, self.agent, self.run_dir = config, agent, run_dir
         env = config.env
         self.envs = make_vector(
             env.id, env.num_envs, env.vectorization, env.options, env.max_episode_steps
@@ -148,8 +145,9 @@ class Loop:
         next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
         terminated, truncated = torch.as_tensor(terminated), torch.as_tensor(truncated)
         done = terminated | truncated
+        any_done = bool(done.any())  # read once: this runs every step
         final = next_obs
-        if done.any():  # same-step autoreset: the episode's last observation is in info
+        if any_done:  # same-step autoreset: the episode's last observation is in info
             final = next_obs.clone()
             for env in done.nonzero().squeeze(1).tolist():
                 final[env] = torch.as_tensor(info["final_obs"][env], dtype=torch.float32)
@@ -160,7 +158,7 @@ class Loop:
         self.returns += reward
         self.lengths += 1
         agent.counters.steps += self.num_envs
-        if done.any():
+        if any_done:
             self.finish_episodes(done)
         return next_obs
 
@@ -271,7 +269,7 @@ class Loop:
 
 def tensorboard_writer(run_dir: Path):
     """A SummaryWriter in <run>/tensorboard, or None when tensorboard is not installed."""
-    if importlib.util.find_spec("tensorboard") is None:
+    if not have_tensorboard():
         return None
     from torch.utils.tensorboard import SummaryWriter
 

@@ -29,7 +29,7 @@ from neuralab.checkpoint.format import (
 from neuralab.config.files import build_config
 from neuralab.config.rl import RLConfig
 from neuralab.rl.agent import Agent
-from neuralab.rl.envs import EnvSpec
+from neuralab.rl.envs import EnvSpec, make_env
 from neuralab.rl.network import QNetwork
 from neuralab.run.rundir import new_run_dir
 
@@ -103,8 +103,8 @@ def table(rows: list[dict], fields: list[str]) -> str:
     return buffer.getvalue()
 
 
-def read_config(run_dir: Path) -> RLConfig:
-    """The run's config.yaml as an RLConfig (a classifier run's is refused)."""
+def read_raw_config(run_dir: Path) -> dict:
+    """The run's config.yaml as a mapping, before validation (a classifier run's is refused)."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise CheckpointError(
@@ -114,9 +114,15 @@ def read_config(run_dir: Path) -> RLConfig:
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if "env" not in raw:
         raise CheckpointError(
-            f"{run_dir} is a classifier run, not an agent's; use `neuralab evaluate` on it"
+            f"{run_dir} is a classifier run, not an agent's; use the classifier verbs on it "
+            "(`neuralab evaluate`, `neuralab train --resume`)"
         )
-    return build_config(raw, str(path), RLConfig)
+    return raw
+
+
+def read_config(run_dir: Path) -> RLConfig:
+    """The run's config.yaml as an RLConfig (a classifier run's is refused)."""
+    return build_config(read_raw_config(run_dir), str(run_dir / "config.yaml"), RLConfig)
 
 
 def load_agent_network(folder: Path) -> tuple[QNetwork, dict]:
@@ -168,8 +174,7 @@ def restore(run_dir: Path, agent: Agent) -> None:
 
 def agent_records(run_dir: Path) -> tuple[list[dict], list[dict], dict]:
     """(history rows, episode rows, metrics) of an agent's run, from its own files."""
-    config = read_config(run_dir)  # refuses a classifier's run with the right verb
-    del config
+    read_raw_config(run_dir)  # refuses a classifier's run with the right verbs
     history = json.loads((run_dir / "history.json").read_text(encoding="utf-8"))
     with open(run_dir / "episodes.csv", encoding="utf-8") as handle:
         episodes = [
@@ -180,6 +185,12 @@ def agent_records(run_dir: Path) -> tuple[list[dict], list[dict], dict]:
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {}
     return history, episodes, metrics
+
+
+def env_from_meta(meta: dict, render: bool = False):
+    """The environment an agent checkpoint was trained on (rgb frames when `render`)."""
+    env = meta["env"]
+    return make_env(env["id"], env["options"], env["max_episode_steps"], render)
 
 
 def last_saved_step(run_dir: Path) -> int | None:

@@ -10,20 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import yaml
 
-from neuralab.checkpoint.format import CheckpointError, write_text_atomic
+from neuralab.checkpoint.format import write_text_atomic
 from neuralab.config.files import apply_override, build_config, parse_override
 from neuralab.config.rl import RL_SHORTCUTS, RLConfig, dump_rl_config, resolve_rl_config
 from neuralab.errors import ConfigError
 from neuralab.rl.agent import Agent
-from neuralab.rl.envs import make_env
 from neuralab.rl.evaluate import FINAL_SEEDS, evaluate_policy, record_episode
 from neuralab.rl.loop import AgentRun, Loop, build_agent
 from neuralab.rl.runs import (
+    env_from_meta,
     last_saved_step,
     load_agent_network,
     new_agent_dir,
+    read_raw_config,
     restore,
     result_folder,
 )
@@ -68,7 +68,7 @@ def train(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.train.threads or 1)  # small networks: one thread is fastest
     try:
-        loop = Loop(config, agent, run_dir, log)
+        loop = Loop(config, agent, run_dir)
         try:
             loop.run()
             metrics = loop.final_evaluation()
@@ -83,12 +83,7 @@ def train(
 
 def resumed_config(run_dir: Path, overrides: list[str] | None, shortcuts: dict) -> RLConfig:
     """The run's own config with train.* changes (a longer budget, say) applied."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing: {run_dir} is not an agent's run directory")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    if "env" not in raw:
-        raise CheckpointError(f"{run_dir} is a classifier run; resume it with `neuralab train`")
+    raw = read_raw_config(run_dir)
     changes = [parse_override(text) for text in overrides or []]
     changes += [
         (RL_SHORTCUTS[key].split("."), value)
@@ -102,7 +97,7 @@ def resumed_config(run_dir: Path, overrides: list[str] | None, shortcuts: dict) 
                 "and optimizer settings; only train.* may change (e.g. train.steps)"
             )
         apply_override(raw, key_path, value, RLConfig)
-    config = build_config(raw, str(path), RLConfig)
+    config = build_config(raw, str(run_dir / "config.yaml"), RLConfig)
     saved = last_saved_step(run_dir)
     if saved is not None and saved >= config.train.steps:
         raise ConfigError(
@@ -145,14 +140,13 @@ def evaluate(run: str | Path, episodes: int = 100, seed: int = FINAL_SEEDS) -> d
         raise ConfigError(f"--episodes must be at least 1, got {episodes}")
     folder = result_folder(run)
     network, meta = load_agent_network(folder)
-    env_meta = meta["env"]
-    env = make_env(env_meta["id"], env_meta["options"], env_meta["max_episode_steps"])
+    env = env_from_meta(meta)
     try:
         threshold = env.spec.reward_threshold if env.spec else None
         summary = evaluate_policy(network, env, episodes, seed).summary(threshold)
     finally:
         env.close()
-    return {"run": str(run), "weights": str(folder), "env": env_meta["id"], **summary}
+    return {"run": str(run), "weights": str(folder), "env": meta["env"]["id"], **summary}
 
 
 def play(
@@ -167,8 +161,7 @@ def play(
     if every < 1 or fps < 1 or not 0 < scale <= 4:
         raise ConfigError("--every and --fps must be at least 1 and --scale within (0, 4]")
     network, meta = load_agent_network(result_folder(run))
-    env_meta = meta["env"]
-    env = make_env(env_meta["id"], env_meta["options"], env_meta["max_episode_steps"], True)
+    env = env_from_meta(meta, render=True)
     try:
         frames, total = record_episode(network, env, seed, every)
     finally:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-from neuralab.rl.envs import make_env
 from neuralab.rl.evaluate import FINAL_SEEDS, record_episode
-from neuralab.rl.runs import load_agent_network, result_folder
+from neuralab.rl.runs import env_from_meta, load_agent_network, result_folder
 from neuralab.serve.app import (
     ServeSettings,
     add_error_handlers,
@@ -87,8 +86,7 @@ class AgentService:
         """One greedy episode as a GIF (needs the environment's renderer: pygame)."""
         from neuralab.rl.verbs import write_media
 
-        env_meta = self.meta["env"]
-        env = make_env(env_meta["id"], env_meta["options"], env_meta["max_episode_steps"], True)
+        env = env_from_meta(self.meta, render=True)
         try:
             frames, _ = record_episode(self.network, env, FINAL_SEEDS, GIF_EVERY)
         finally:
