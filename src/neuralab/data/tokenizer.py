@@ -152,7 +152,13 @@ class TextTokenizer:
         ids = self.encode([text])[0]
         return [self.backend.id_to_token(i) for i in ids]
 
-    def truncate(self, ids: list[int]) -> list[int]:
+    def encode_aligned(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """One text's token ids and each token's (start, end) characters in `text`,
+        truncated as `encode` truncates (explanations map tokens back to words with them)."""
+        encoding = self.backend.encode(text, add_special_tokens=False)
+        return self.truncate(encoding.ids), self.truncate(list(encoding.offsets))
+
+    def truncate(self, ids: list) -> list:
         limit = self.settings.max_length
         if len(ids) <= limit:
             return ids

@@ -1,0 +1,1 @@
+"""Adversarial attacks, robust evaluation and adversarial training (see attacks.py)."""

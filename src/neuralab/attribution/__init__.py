@@ -1,0 +1,1 @@
+"""Attributions (Captum), faithfulness metrics and their rendering (see images.py, texts.py)."""
