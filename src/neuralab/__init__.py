@@ -1,17 +1,19 @@
-"""neuralab: train, evaluate, predict and explain the classic neural networks.
+"""neuralab: train, evaluate, predict, explain and attack the classic neural networks.
 
 Example:
     >>> import neuralab
     >>> run = neuralab.train("mnist-best")
     >>> neuralab.load(run.run_dir).predict(["digit.png"], top_k=3)
+    >>> neuralab.explain(run.run_dir, ["digit.png"], method="integrated-gradients")
+    >>> neuralab.evaluate(run.run_dir, attack="pgd", eps=0.3, steps=40)["points"]
     >>> agent = neuralab.rl.train("cartpole-dqn")      # reinforcement learning (neuralab.rl)
 """
 
 from neuralab import rl
-from neuralab.api import Run, load, resume, train
+from neuralab.api import Run, evaluate, load, resume, train
+from neuralab.attribution.explain import Explanation, explain
 from neuralab.config import RunConfig, resolve_config
 from neuralab.data import DATASETS, load_dataset
-from neuralab.inference.evaluation import evaluate
 from neuralab.inference.export import ExportResult, export
 from neuralab.inference.fewshot import classify_by_example
 from neuralab.inference.predict import Predictor
@@ -21,6 +23,7 @@ from neuralab.run.lrfind import lr_find
 __all__ = [
     "DATASETS",
     "MODELS",
+    "Explanation",
     "ExportResult",
     "InputSpec",
     "Predictor",
@@ -29,6 +32,7 @@ __all__ = [
     "build_model",
     "classify_by_example",
     "evaluate",
+    "explain",
     "export",
     "load",
     "load_dataset",

@@ -1,5 +1,6 @@
-"""The Python API: `train`, `summary`, `load`. The CLI is a thin layer over these functions
-with the same names; the run builder (run/build.py) turns the config into objects."""
+"""The Python API: `train`, `resume`, `summary`, `load`, `evaluate`. The CLI is a thin layer
+over these functions with the same names; the run builder (run/build.py) turns the config
+into objects."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from pathlib import Path
 
 import torch
 
+from neuralab.adversarial.robust import evaluate_robustness
 from neuralab.checkpoint.format import recover_interrupted_save
 from neuralab.config import RunConfig, config_from
 from neuralab.errors import UserError
+from neuralab.inference import evaluation
 from neuralab.inference.predict import Predictor
 from neuralab.inference.summary import ModelSummary, summarize
 from neuralab.run import build
@@ -218,3 +221,40 @@ def resume(run_dir: str | Path = "auto", verbose: bool = True, progress: str = "
 def load(run_dir: str | Path) -> Predictor:
     """Load a run (or a checkpoint folder) for prediction: `neuralab.load(run).predict(files)`."""
     return Predictor.load(run_dir)
+
+
+def evaluate(
+    run_dir: str | Path,
+    data: str | None = None,
+    data_dir: str | None = None,
+    save: bool = True,
+    *,
+    attack: str | None = None,
+    eps: float | Sequence[float] = 0.3,
+    norm: str = "linf",
+    steps: int = 10,
+    step_size: float | None = None,
+    restarts: int = 1,
+    count: int = 1000,
+    seed: int | None = None,
+    out: str | Path | None = None,
+    **few_shot: int | None,
+) -> dict:
+    """Evaluate a saved run on its test split; with `attack`, its accuracy under attack.
+
+    Without `attack`: the test report (see `inference.evaluation.evaluate`; few-shot runs
+    take `ways`, `shots`, `queries`, `episodes`). With `attack` (`fgsm`, `pgd`, `apgd-ce`):
+    accuracy under that L∞ or L2 attack at `eps` (pixel units, or a list for a curve) on
+    `count` test images (see `adversarial.robust.evaluate_robustness` for the settings).
+
+    Example:
+        >>> neuralab.evaluate("runs/mnist-robust", attack="pgd", eps=0.3, steps=40, restarts=10)
+    """
+    if attack is None:
+        return evaluation.evaluate(run_dir, data, data_dir, save, **few_shot)
+    if any(value is not None for value in few_shot.values()):
+        raise UserError("ways, shots, queries and episodes are for few-shot runs, not attacks")
+    return evaluate_robustness(
+        run_dir, attack, eps, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
+        count=count, seed=seed, out=out, data=data, data_dir=data_dir, save=save,
+    )  # fmt: skip

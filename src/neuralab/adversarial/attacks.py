@@ -117,9 +117,7 @@ def direction(gradient: torch.Tensor, norm: str) -> torch.Tensor:
     return gradient / length.view(-1, *[1] * (gradient.dim() - 1))
 
 
-def project(
-    images: torch.Tensor, adversarial: torch.Tensor, eps: float, norm: str
-) -> torch.Tensor:
+def project(images: torch.Tensor, adversarial: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     """`adversarial` moved back into the eps-ball around `images` and into [0, 1]."""
     delta = adversarial - images
     if norm == "linf":

@@ -1,8 +1,8 @@
 """Figures of a robustness evaluation (matplotlib, headless; imported lazily).
 
-    curve.png        accuracy against eps, the clean point (eps 0) included
-    examples.png     adversarial images at the largest eps, titled true → predicted
-    robustness.json  the report itself
+curve.png        accuracy against eps, the clean point (eps 0) included
+examples.png     adversarial images at the largest eps, titled true → predicted
+robustness.json  the report itself
 """
 
 from __future__ import annotations

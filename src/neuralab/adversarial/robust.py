@@ -22,8 +22,7 @@ import torch
 
 from neuralab.adversarial.attacks import AttackError, AttackSettings, Classify, attack
 from neuralab.checkpoint.format import write_text_atomic
-from neuralab.data.augment import to_float
-from neuralab.inference.predict import Predictor
+from neuralab.inference.predict import Predictor, test_subset
 from neuralab.models.tta import tta_logits
 
 ATTACK_BATCH = 250  # images attacked together: bounds memory (activations of one backward)
@@ -54,18 +53,9 @@ def test_pixels(
     predictor: Predictor, count: int, seed: int | None, data: str | None, data_dir: str | None
 ) -> tuple[torch.Tensor, torch.Tensor, str]:
     """`count` test images as floats in [0, 1] (N, C, H, W), their labels, the dataset name."""
-    dataset = predictor.meta.data.load(data, data_dir)
-    predictor.check_classes(dataset.classes, dataset.name)
-    total = len(dataset.test)
-    if count < 1:
-        raise AttackError(f"--count must be ≥ 1, got {count}")
-    order = torch.arange(total)
-    if seed is not None:
-        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
-    index = order[: min(count, total)]
-    images = predictor.modality.split_examples(dataset.test, index, dataset.name)
-    pixels = to_float(images, (0.0,) * images.shape[1], (1.0,) * images.shape[1])
-    return pixels, dataset.test.labels[index], dataset.name
+    split, index, dataset = test_subset(predictor, count, seed, data, data_dir)
+    images = predictor.modality.split_examples(split, index, dataset)
+    return images.float() / 255.0, split.labels[index], dataset
 
 
 def accuracy_under(

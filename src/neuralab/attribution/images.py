@@ -33,6 +33,7 @@ IG_STEPS = 50  # Sundararajan et al.'s default: the integral's error is small at
 SMOOTHGRAD_SAMPLES = 25  # noisy copies per image
 SMOOTHGRAD_NOISE = 0.15  # noise std in pixel units (Smilkov et al.: 10–20% of the range)
 PASS_BUDGET = 512  # images per forward/backward inside a method: bounds memory
+GRAD_CAM_MIN_SIDE = 7  # pixels: the map of the layer Grad-CAM reads (see grad_cam_layer)
 OCCLUSION_FRACTION = 7  # occluding patch = a seventh of the image side (4 px on MNIST)
 
 Forward = Callable[[torch.Tensor], torch.Tensor]  # pixels (B, C, H, W) → logits (B, classes)
@@ -88,23 +89,27 @@ def conv_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.M
 
 
 def grad_cam_layer(model: nn.Module, example: torch.Tensor, name: str | None) -> nn.Module:
-    """The layer Grad-CAM reads: `name`, or the last convolution run that still has a
-    spatial map (≥ 2 × 2), the usual choice (Selvaraju et al.)."""
+    """The layer Grad-CAM reads: `name`, or the last convolution run whose map is still at
+    least GRAD_CAM_MIN_SIDE on a side (Selvaraju et al. read the last conv layer of ImageNet
+    nets, a 7 × 7 map; on 28–32 px inputs the last layer is 2 × 2, too coarse to say where)."""
     layers = conv_layers(model, example)
     if name is not None:
         named = dict(model.named_modules())
         if name not in named:
             choices = ", ".join(n for n, _, _ in layers) or "none"
-            raise AttributionError(f"--layer {name!r} is not a layer of this model; its "
-                                   f"convolutions: {choices}")  # fmt: skip
+            raise AttributionError(
+                f"--layer {name!r} is not a layer of this model; its convolutions: {choices}"
+            )
         return named[name]
-    spatial = [module for _, module, shape in layers if min(shape[-2:]) >= 2]
-    if not spatial:
+    if not layers:
         raise AttributionError(
             f"grad-cam needs a convolutional layer and {type(model).__name__} has none; "
             f"use one of: {', '.join(m for m in IMAGE_METHODS if m != 'grad-cam')}"
         )
-    return spatial[-1]
+    wide = [module for _, module, shape in layers if min(shape[-2:]) >= GRAD_CAM_MIN_SIDE]
+    if wide:
+        return wide[-1]
+    return max(layers, key=lambda layer: min(layer[2][-2:]))[1]
 
 
 def attribute_images(

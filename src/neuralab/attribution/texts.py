@@ -75,8 +75,11 @@ def integrated_gradients(model, tokenizer, text: str, target: int) -> WordWeight
     explainer = attr.LayerIntegratedGradients(lambda x: model(x).float(), embedding)
     with torch.backends.cudnn.flags(enabled=False):
         found = explainer.attribute(
-            inputs, baselines=torch.full_like(inputs, PAD_ID), target=target,
-            n_steps=IG_STEPS, internal_batch_size=IG_STEPS,
+            inputs,
+            baselines=torch.full_like(inputs, PAD_ID),
+            target=target,
+            n_steps=IG_STEPS,
+            internal_batch_size=IG_STEPS,
         )  # (1, T, D)
     per_token = found.detach().float().sum(-1)[0].cpu()  # (T,)
     return merge(words, token_words(offsets, words), per_token, offsets)

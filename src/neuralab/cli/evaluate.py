@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 from neuralab import api
+from neuralab.adversarial.attacks import ATTACKS, NORMS
+from neuralab.adversarial.robust import RESULTS_FILE, evaluate_robustness, parse_eps
 from neuralab.cli.flags import add_config_flags, add_overrides, add_recipe, api_arguments
 from neuralab.data import DataError
 from neuralab.inference.evaluation import evaluate, format_confusion, report_path, write_report
@@ -37,11 +39,31 @@ def add_evaluate(commands) -> None:
     few_shot.add_argument("--shots", type=int, help="support examples per class")
     few_shot.add_argument("--queries", type=int, help="query examples per class")
     few_shot.add_argument("--episodes", type=int, help="episodes per setting (default 1000)")
+    add_attack_flags(parser)
     parser.set_defaults(handler=run_evaluate)
+
+
+def add_attack_flags(parser: argparse.ArgumentParser) -> None:
+    """`neuralab evaluate --attack ...`: accuracy under an adversarial attack (image runs)."""
+    group = parser.add_argument_group(
+        "adversarial attacks (image runs)", "accuracy under attack, in pixel units (0..1): "
+        "e.g. --attack pgd --eps 0.3 --steps 40 --restarts 10 on MNIST, --eps 8/255 on CIFAR-10",
+    )  # fmt: skip
+    group.add_argument("--attack", choices=ATTACKS, help="fgsm, pgd or apgd-ce (AutoAttack's)")
+    group.add_argument("--eps", default="0.3", help="radius, or a comma list for a curve")
+    group.add_argument("--norm", choices=NORMS, default="linf")
+    group.add_argument("--steps", type=int, default=10, help="PGD / APGD iterations")
+    group.add_argument("--step-size", type=float, help="PGD step (default 2.5·eps/steps)")
+    group.add_argument("--restarts", type=int, default=1, help="random restarts")
+    group.add_argument("--count", type=int, default=1000, help="test examples attacked")
+    group.add_argument("--seed", type=int, help="attack a seeded random subset")
+    group.add_argument("--out", help="folder for curve.png, examples.png, robustness.json")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """`neuralab evaluate RUN`: the test report, printed (or as JSON) and saved beside the run."""
+    if args.attack:
+        return run_attack(args)
     few_shot = {name: getattr(args, name) for name in ("ways", "shots", "queries", "episodes")}
     report = evaluate(args.run_dir, data=args.data, data_dir=args.data_dir, **few_shot)
     if args.json:
@@ -54,6 +76,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(format_report(report, classes))
     print(format_confusion(report, classes))
     print(f"saved {report_path(args.run_dir, args.data)}")
+    return 0
+
+
+def run_attack(args: argparse.Namespace) -> int:
+    """`neuralab evaluate RUN --attack ...`: robust accuracy at each eps, printed or JSON."""
+    report = evaluate_robustness(
+        args.run_dir, args.attack, parse_eps(args.eps), norm=args.norm, steps=args.steps,
+        step_size=args.step_size, restarts=args.restarts, count=args.count, seed=args.seed,
+        out=args.out, data=args.data, data_dir=args.data_dir,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{report['dataset']} test, {report['count']} examples: clean accuracy "
+          f"{report['clean_accuracy']:.2%}")  # fmt: skip
+    for point in report["points"]:
+        print(f"  {point['attack']:<44} accuracy {point['accuracy']:7.2%}  ({point['seconds']} s)")
+    saved = f" and {args.out}/" if args.out else ""
+    print(f"saved {Path(args.run_dir) / RESULTS_FILE}{saved}")
     return 0
 
 

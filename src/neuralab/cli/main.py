@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from neuralab import __version__
 from neuralab.cli.evaluate import add_evaluate, add_predict, add_report, add_summary
+from neuralab.cli.explain import add_explain
 from neuralab.cli.export import add_export
 from neuralab.cli.listing import add_compare, add_listings, add_runs
 from neuralab.cli.lrfind import add_lr_find
@@ -32,6 +33,7 @@ VERBS = (
     add_train,
     add_evaluate,
     add_predict,
+    add_explain,
     add_report,
     add_runs,
     add_compare,

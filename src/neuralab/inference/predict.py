@@ -55,6 +55,23 @@ def predict_logits(
         return task.predict(model, inputs)
 
 
+def test_subset(
+    predictor: Predictor, count: int, seed: int | None, data: str | None, data_dir: str | None
+) -> tuple[object, torch.Tensor, str]:
+    """The run's test split (or `data`'s), the indices of `count` of its examples (the first
+    ones, or a seeded shuffle's with `seed`) and the dataset's name: what attacks and
+    faithfulness scores run on."""
+    if count < 1:
+        raise DataError(f"the number of test examples must be ≥ 1, got {count}")
+    dataset = predictor.meta.data.load(data, data_dir)
+    predictor.check_classes(dataset.classes, dataset.name)
+    total = len(dataset.test)
+    order = torch.arange(total)
+    if seed is not None:
+        order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+    return dataset.test, order[: min(count, total)], dataset.name
+
+
 class Predictor:
     """A trained model plus its metadata, its modality (how inputs are prepared) and its task.
 
