@@ -139,6 +139,58 @@ class ScheduleConfig(Section):
     final_lr_fraction: float = Field(0.0, ge=0.0)  # end lr / peak lr (`cosine`, `onecycle`)
 
 
+class AdversarialConfig(Section):
+    """Adversarial (robust) training of image classifiers (adversarial/training.py): every
+    training batch is replaced by adversarial examples in the L∞ ball of radius `eps` around
+    its pixels (pixel units: 0.3 on MNIST, 8/255 = 0.0314 on CIFAR-10).
+
+    - fgsm-rs (Wong, Rice & Kolter 2020, "Fast is better than free"): a uniform random start in
+      the ball, then one signed-gradient step of `step_size` (default 1.25 · eps): 2 forward/
+      backward passes per batch.
+    - pgd (Madry et al. 2018): `steps` signed steps of `step_size` (default 2.5 · eps / steps)
+      from a random start: steps + 1 passes per batch.
+
+    Each epoch ends with a PGD check (`check_steps` steps, `check_restarts` restarts) on
+    `check_count` validation (else training) examples, logged as `pgd_accuracy`; with
+    `early_stop`, a fall of more than 20 points below the best (catastrophic overfitting)
+    stops the run on the best epoch's weights.
+    """
+
+    method: Literal["off", "fgsm-rs", "pgd"] = "off"
+    eps: float | None = Field(None, gt=0.0, le=1.0)  # pixel units; required unless method=off
+    step_size: float | None = Field(None, gt=0.0, le=1.0)  # pixel units; None: see above
+    steps: int = Field(7, ge=1)  # pgd only
+    check_steps: int = Field(10, ge=1)
+    check_restarts: int = Field(1, ge=1)
+    check_count: int = Field(1000, ge=1)
+    early_stop: bool = True
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def off_from_yaml(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare `off` as false; take it back."""
+        return "off" if value is False else value
+
+    @model_validator(mode="after")
+    def eps_when_on(self) -> AdversarialConfig:
+        # The other fields may stay set with method=off: `--set train.adversarial.method=off`
+        # turns a robust recipe into its plain counterpart.
+        if self.method != "off" and self.eps is None:
+            raise ValueError(
+                f"train.adversarial.method={self.method} needs train.adversarial.eps, the L∞ "
+                "radius in pixel units (0 < eps ≤ 1; e.g. 0.3 for MNIST, 0.0314 for CIFAR-10)"
+            )
+        return self
+
+    @property
+    def step(self) -> float:
+        """The attack's step in pixel units: step_size, else 1.25 · eps (fgsm-rs, Wong et al.)
+        or 2.5 · eps / steps (pgd, Madry et al.)."""
+        if self.step_size is not None:
+            return self.step_size
+        return 1.25 * self.eps if self.method == "fgsm-rs" else 2.5 * self.eps / self.steps
+
+
 class TrainConfig(Section):
     epochs: float = Field(10, gt=0)  # fractional epochs allowed: training stops mid-epoch
     batch_size: int = Field(64, ge=1)  # global: split evenly over the processes (torchrun)
@@ -193,6 +245,8 @@ class TrainConfig(Section):
     # Discriminative learning rates: the first layer group trains at lr / lr_mult, the head
     # at lr, the groups between spaced geometrically (fastai's fine_tune: 100). 1 = one rate.
     lr_mult: float = Field(1.0, ge=1.0)
+    # Adversarial (robust) training of image classifiers: see AdversarialConfig.
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
 
     @model_validator(mode="after")
     def one_weight_average(self) -> TrainConfig:

@@ -42,7 +42,8 @@ def new_figure(width: float, height: float) -> Any:
 
 
 def history_figure(history: list[dict], path: Path) -> Path:
-    """Loss, accuracy (train and, when present, validation) and learning rate per epoch."""
+    """Loss, accuracy (train and, when present, validation and adversarial training's PGD
+    check) and learning rate per epoch."""
     figure = new_figure(11, 3.2)
     epochs = [row["epoch"] for row in history]
     panels = figure.subplots(1, 3)
@@ -51,6 +52,9 @@ def history_figure(history: list[dict], path: Path) -> Path:
         validation = [row.get(f"val_{metric}") for row in history]
         if any(v is not None for v in validation):
             axis.plot(epochs, validation, "s-", label="validation")
+        robust = [row.get("pgd_accuracy") for row in history]  # adversarial training's check
+        if metric == "accuracy" and any(v is not None for v in robust):
+            axis.plot(epochs, robust, "^-", label="PGD (check set)")
         axis.set(title=metric, xlabel="epoch")
         axis.grid(alpha=0.3)
         axis.legend()

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from neuralab.adversarial.training import AdversarialTraining
 from neuralab.checkpoint.format import load_training_state, unwrap
 from neuralab.checkpoint.meta import RunMeta, load_run_checkpoint
 from neuralab.config import RunConfig, dump_config, resolve_config
@@ -125,11 +126,13 @@ def build_run(
         log(describe_subset(config, inputs))
     if described:  # a forward pass: only when it is shown
         log(describe_model(config, model, inputs, device))
-    task = build_task(config)
+    task = build_task(config, inputs)
     if getattr(task, "episodic", False):  # batches are episodes: the task line says how
         log(f"task   {task.describe(model)}")
     else:
         log(distributed.describe_batch(settings.batch_size, settings.grad_accumulation))
+    if isinstance(task, AdversarialTraining):
+        log(f"adv    {task.describe()}")
     has_val = inputs.dataset.val is not None
     check_monitor(config, has_val)
     finetune.freeze_layers(config, model, log)  # before the run directory: a typo leaves none

@@ -46,5 +46,9 @@ def range_test_parts(config: RunConfig) -> RangeTestParts:
     loaders = build_loaders(config, inputs, Engine(device, None, False, "lr-find"))
     described = {"optimizer": config.optim.name, "batch_size": config.train.batch_size}
     return RangeTestParts(
-        model, partial(build_optimizer, config), build_task(config), loaders["train"], described
+        model,
+        partial(build_optimizer, config),
+        build_task(config, inputs),
+        loaders["train"],
+        described,
     )

@@ -7,10 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from neuralab.adversarial.training import PgdCheck
 from neuralab.checkpoint.meta import DataRef, ModelRef, RunMeta, TaskRef
 from neuralab.config import RunConfig
 from neuralab.modalities import Inputs
-from neuralab.run.settings import task_arguments
+from neuralab.run.settings import check_attack, task_arguments
 from neuralab.run.tracking import BestCheckpoint, RunWriter, tensorboard_callbacks
 from neuralab.train.callbacks import Callback, EarlyStopping
 from neuralab.train.engine import Engine, engine_choice
@@ -74,5 +75,25 @@ def build_callbacks(
         )
     if monitor.keep_best and has_val:
         callbacks.append(BestCheckpoint(run_dir, monitor.metric, meta, files, monitor.min_delta))
+    if settings.adversarial.method != "off":
+        callbacks.append(pgd_check(config, inputs, log))
     callbacks += tensorboard_callbacks(settings.tensorboard, run_dir, inputs, engine.device, log)
     return callbacks
+
+
+def pgd_check(config: RunConfig, inputs: Inputs, log: Log) -> PgdCheck:
+    """Adversarial training's per-epoch PGD check on the first `check_count` validation
+    examples, or training examples when the run has no validation split."""
+    settings, dataset = config.train.adversarial, inputs.dataset
+    has_val = dataset.val is not None
+    split, name = (dataset.val, "validation") if has_val else (dataset.train, "training")
+    count = min(settings.check_count, len(split.labels))
+    attack = check_attack(config)
+    log(f"check  {attack.describe()} after each epoch on the first {count} {name} examples"
+        f"{'' if name == 'validation' else ' (no validation split)'}; early stop on a "
+        f"collapse: {'on' if settings.early_stop else 'off'}")  # fmt: skip
+    modality = inputs.modality
+    return PgdCheck(
+        split.images[:count], split.labels[:count], attack, settings.early_stop,
+        modality.mean, modality.std, config.train.eval_batch_size,
+    )  # fmt: skip

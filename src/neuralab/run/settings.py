@@ -7,8 +7,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neuralab.adversarial.attacks import AttackSettings
+from neuralab.adversarial.training import AdversarialTraining, TrainingAttack
 from neuralab.config import RunConfig, explicit_fields
 from neuralab.data.dataset import DataError
+from neuralab.errors import ConfigError
+from neuralab.modalities import Inputs
 from neuralab.modalities.episodes import EpisodeSettings
 from neuralab.models import MODELS
 from neuralab.tasks import TASKS, Task
@@ -102,8 +106,41 @@ def build_schedule(config: RunConfig, optimizer, steps_per_epoch: int):
     return make_scheduler(optimizer, name, steps_per_epoch, total, **settings)
 
 
-def build_task(config: RunConfig) -> Task:
+def build_task(config: RunConfig, inputs: Inputs) -> Task:
     """What is learned: classification (scored with the run's loss and test-time
-    augmentation) or a few-shot task."""
+    augmentation), wrapped in adversarial training when train.adversarial is on, or a
+    few-shot task."""
     name, arguments = task_arguments(config)
-    return TASKS.build(name, **arguments)
+    task = TASKS.build(name, **arguments)
+    attack = training_attack(config, inputs)
+    if attack is None:
+        return task
+    modality = inputs.modality
+    return AdversarialTraining(task, attack, modality.mean, modality.std)
+
+
+def training_attack(config: RunConfig, inputs: Inputs) -> TrainingAttack | None:
+    """The attack of adversarial training (None: train.adversarial.method=off), checked
+    against the run: image classification only."""
+    settings = config.train.adversarial
+    if settings.method == "off":
+        return None
+    if inputs.modality.kind != "image":
+        raise ConfigError(
+            f"train.adversarial works on image runs; {config.data.name} is "
+            f"{inputs.modality.kind}: set train.adversarial.method=off"
+        )
+    if config.task.name != "classification":
+        raise ConfigError(
+            f"train.adversarial trains classifiers; task {config.task.name} learns from "
+            "episodes: set train.adversarial.method=off or task.name=classification"
+        )
+    return TrainingAttack(settings.method, settings.eps, settings.step, settings.steps)
+
+
+def check_attack(config: RunConfig) -> AttackSettings:
+    """The per-epoch PGD check of adversarial training (step 2.5 · eps / steps)."""
+    settings = config.train.adversarial
+    return AttackSettings(
+        "pgd", settings.eps, "linf", settings.check_steps, None, settings.check_restarts
+    )

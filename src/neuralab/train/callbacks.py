@@ -112,6 +112,8 @@ def epoch_line(trainer: Trainer, logs: dict) -> str:
     ]
     if prefixed(logs, "val_"):
         parts.append(f"val {format_metrics(prefixed(logs, 'val_'))}")
+    if logs.get("pgd_accuracy") is not None:  # adversarial training's per-epoch check
+        parts.append(f"pgd acc {logs['pgd_accuracy']:.2%}")
     parts.append(f"lr {logs['lr']:.3g}")
     parts.append(f"{logs['seconds']:.1f}s ({logs['examples_per_second']:.0f} examples/s)")
     return " · ".join(parts)
