@@ -1,8 +1,12 @@
 """Screenshots of `neuralab serve`'s page for the README: a digit drawn on the canvas of an
-MNIST model and a review typed for a text model, taken with headless Chromium (Selenium).
+MNIST model (with its heat map), a photo given to a colour model and a review typed for a text
+model, taken with headless Chromium (Selenium).
 
     python -m benchmarks.serve_screenshot --image-run /work/demo-runs/mnist-best \\
         --text-run /work/demo-runs/imdb-ngram       # writes docs/serve.png and docs/serve-text.png
+    python -m benchmarks.serve_screenshot --heatmap-run /tmp/r/mnist-fast  # serve-heatmap.png
+    python -m benchmarks.serve_screenshot --photo-run /tmp/r/cifar10-fast \\
+        --photo cat.png                             # serve-photo.png (a CIFAR test image if none)
     python -m benchmarks.serve_screenshot --agent-run runs/CartPole-v1-dqn-…  # serve-agent.png
 """
 
@@ -19,7 +23,7 @@ from pathlib import Path
 from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from benchmarks.serve_load import server
 
@@ -109,6 +113,59 @@ def digit_screenshot(run: str, out: Path) -> str:
     return predicted
 
 
+def wait_for_heatmap(driver, method: str | None = None) -> str:
+    """The method of the heat map the page shows once it is in for the input on show."""
+
+    def shown(driver) -> str | None:
+        found = driver.find_element(By.ID, "heatmap")
+        sent = driver.find_element(By.ID, "result").get_attribute("data-input")
+        if found.get_attribute("src") and found.get_attribute("data-input") == sent:
+            shown_method = found.get_attribute("data-method")
+            return shown_method if method in (None, shown_method) else None
+        return None
+
+    return WebDriverWait(driver, 60).until(shown)
+
+
+def heatmap_screenshot(run: str, out: Path, method: str | None) -> str:
+    """A drawn 3 with the heat map of `method` (the model's default when None)."""
+    with server(run) as url, chromium() as driver:
+        open_page(driver, url)
+        if method:
+            Select(driver.find_element(By.ID, "method")).select_by_value(method)
+        draw(driver, three())
+        predicted = wait_for_prediction(driver)
+        shown = wait_for_heatmap(driver, method)
+        driver.save_screenshot(str(out))
+    return f"{predicted} ({shown})"
+
+
+def photo_screenshot(run: str, out: Path, photo: Path | None) -> str:
+    """A photo chosen with the file button (a CIFAR-10 test image when `photo` is None)."""
+    with tempfile.TemporaryDirectory() as folder:
+        photo = photo or cifar_test_photo(Path(folder))
+        with server(run) as url, chromium(1000, 760) as driver:
+            open_page(driver, url)
+            driver.find_element(By.ID, "file").send_keys(str(photo.resolve()))
+            predicted = wait_for_prediction(driver)
+            shown = wait_for_heatmap(driver)
+            driver.save_screenshot(str(out))
+    return f"{predicted} ({shown})"
+
+
+def cifar_test_photo(folder: Path, index: int = 3) -> Path:
+    """A CIFAR-10 test image (index 3: an aeroplane), enlarged 4x as a photo would come."""
+    from PIL import Image
+
+    from neuralab.data import load_dataset
+
+    image = load_dataset("cifar10").test.images[index]  # uint8 (3, 32, 32)
+    path = folder / "photo.png"
+    picture = Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB")
+    picture.resize((128, 128), Image.Resampling.BICUBIC).save(path)
+    return path
+
+
 def text_screenshot(run: str, out: Path) -> str:
     with server(run) as url, chromium() as driver:
         open_page(driver, url)
@@ -147,6 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="screenshots of neuralab serve's page")
     parser.add_argument("--image-run", help="an MNIST run: draws a 3 → docs/serve.png")
     parser.add_argument("--text-run", help="a sentiment run: types a review → docs/serve-text.png")
+    parser.add_argument("--heatmap-run", help="an MNIST run: draws a 3 → docs/serve-heatmap.png")
+    parser.add_argument("--method", help="the heat map method of --heatmap-run (its default)")
+    parser.add_argument("--photo-run", help="a colour-image run: a photo → docs/serve-photo.png")
+    parser.add_argument("--photo", type=Path, help="the photo of --photo-run (a CIFAR image)")
     parser.add_argument("--agent-run", help="an agent's run (neuralab rl) → docs/serve-agent.png")
     parser.add_argument("--out-dir", type=Path, default=DOCS)
     options = parser.parse_args(argv)
@@ -156,6 +217,14 @@ def main(argv: list[str] | None = None) -> None:
     if options.text_run:
         out = options.out_dir / "serve-text.png"
         print(f"typed a review, the page shows {text_screenshot(options.text_run, out)!r}: {out}")
+    if options.heatmap_run:
+        out = options.out_dir / "serve-heatmap.png"
+        shown = heatmap_screenshot(options.heatmap_run, out, options.method)
+        print(f"drew a 3, the page shows {shown}: {out}")
+    if options.photo_run:
+        out = options.out_dir / "serve-photo.png"
+        shown = photo_screenshot(options.photo_run, out, options.photo)
+        print(f"chose a photo, the page shows {shown}: {out}")
     if options.agent_run:
         out = options.out_dir / "serve-agent.png"
         print(f"asked for an action, the page chose {agent_screenshot(options.agent_run, out)}")

@@ -1,7 +1,8 @@
 """The web page of `neuralab serve` in a real browser: headless Chromium (Selenium) against a real
-uvicorn server on a free loopback port. Drawing a digit or typing a text must show the same
-prediction the API gives for the same input. Skipped without Chromium, chromedriver or Selenium
-(a failure under CI=true: see tests/ci_rules.py)."""
+uvicorn server on a free loopback port. Drawing a digit, choosing a photo or typing a text must
+show the same prediction the API gives for the same input, with its heat map or word weights;
+small grey-scale models get the drawing canvas, colour models the photo panel. Skipped without
+Chromium, chromedriver or Selenium (a failure under CI=true: see tests/ci_rules.py)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from neuralab.serve.app import create_app  # noqa: E402
-from test_serve import train_image_run, train_text_run  # noqa: E402
+from test_serve import train_colour_run, train_image_run, train_text_run  # noqa: E402
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -129,12 +130,28 @@ def digits_run(tmp_path_factory) -> Path:
     return train_image_run(tmp_path_factory.mktemp("browser") / "digits-mlp")
 
 
+def shown_heatmap(driver) -> str | None:
+    """The method of the heat map on show, once it is the one of the input on show."""
+    heatmap = driver.find_element(By.ID, "heatmap")
+    if heatmap.get_attribute("src") and heatmap.get_attribute("data-input") == shown_input(driver):
+        return heatmap.get_attribute("data-method")
+    return None
+
+
+def visible(driver, element_id: str) -> bool:
+    return driver.find_element(By.ID, element_id).is_displayed()
+
+
 def test_drawn_digit_shows_what_the_api_predicts(digits_run: Path, tmp_path: Path) -> None:
     with live_server(digits_run) as url, chromium(tmp_path / "profile") as driver:
         open_page(driver, url)
         assert driver.find_element(By.ID, "text-input").get_attribute("hidden") is not None
+        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-input") == "draw"
+        assert visible(driver, "canvas") and not visible(driver, "photo")
+        assert driver.find_element(By.ID, "image-title").text == "Draw a digit"
         draw_seven(driver)
         sent = wait(driver).until(shown_input)
+        method = wait(driver).until(shown_heatmap)  # the MLP has no convolution: saliency
         shown, probability = shown_prediction(driver)
         answer = httpx.post(f"{url}/predict?top_k=10", json={"image": sent}, timeout=30).json()
         bars = driver.find_elements(By.CSS_SELECTOR, "#bars .bar-row")
@@ -142,10 +159,33 @@ def test_drawn_digit_shows_what_the_api_predicts(digits_run: Path, tmp_path: Pat
     best = answer["predictions"][0]
     assert shown == best["class"] and probability == pytest.approx(best["probability"])
     assert len(bars) == 10  # every digit's bar
+    assert method == "saliency"
     picture = Image.open(io.BytesIO(base64.b64decode(sent.partition(",")[2]))).convert("L")
     assert picture.size == (8, 8)  # prepared at the model's own size, as MNIST-style digits
     ink = np.asarray(picture, dtype=np.float64) / 255  # (8, 8), 1 = white stroke
     assert 0 < ink.mean() < 0.8  # a digit on a mostly black background
+
+
+def test_colour_model_gets_the_photo_panel_and_a_heat_map(tmp_path: Path) -> None:
+    run = train_colour_run(tmp_path / "colours")
+    photo = tmp_path / "red.jpg"
+    Image.new("RGB", (300, 200), (215, 35, 30)).save(photo)  # a 'photo' larger than the model's
+    with live_server(run) as url, chromium(tmp_path / "profile") as driver:
+        open_page(driver, url)
+        assert driver.find_element(By.TAG_NAME, "body").get_attribute("data-input") == "photo"
+        assert visible(driver, "photo") and not visible(driver, "canvas")
+        assert visible(driver, "camera-button")
+        assert driver.find_element(By.ID, "camera").get_attribute("capture") == "environment"
+        driver.find_element(By.ID, "file").send_keys(str(photo))
+        sent = wait(driver).until(shown_input)
+        method = wait(driver).until(shown_heatmap)
+        shown, probability = shown_prediction(driver)
+        answer = httpx.post(f"{url}/predict?top_k=2", json={"image": sent}, timeout=30).json()
+    assert method == "grad-cam"  # the convnet's default
+    best = answer["predictions"][0]
+    assert shown == best["class"] and probability == pytest.approx(best["probability"])
+    picture = Image.open(io.BytesIO(base64.b64decode(sent.partition(",")[2])))
+    assert picture.size == (16, 16)  # resized in the page to the model's size before sending
 
 
 def test_typed_text_shows_prediction_and_word_weights(tmp_path: Path) -> None:
@@ -156,6 +196,10 @@ def test_typed_text_shows_prediction_and_word_weights(tmp_path: Path) -> None:
         driver.find_element(By.ID, "text").send_keys(text)
         wait(driver).until(lambda d: shown_input(d) == text)
         wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#highlights .word")))
+        methods = [
+            o.get_attribute("value")
+            for o in driver.find_elements(By.CSS_SELECTOR, "#text-method option")
+        ]
         shown, probability = shown_prediction(driver)
         words = driver.find_elements(By.CSS_SELECTOR, "#highlights .word")
         weights = {w.text: float(w.get_attribute("data-weight")) for w in words}
@@ -163,4 +207,5 @@ def test_typed_text_shows_prediction_and_word_weights(tmp_path: Path) -> None:
     best = answer["predictions"][0]
     assert shown == best["class"] == "neg" and probability == pytest.approx(best["probability"])
     assert len(words) == len(text.split())
+    assert methods == ["occlusion"]  # the n-gram model has no token embedding
     assert max(weights, key=lambda word: abs(weights[word])) == "awful"

@@ -7,9 +7,11 @@ import asyncio
 import base64
 import io
 import re
+import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -43,8 +45,37 @@ def train_image_run(out: Path) -> Path:
     return out
 
 
-def train_text_run(folder: Path) -> Path:
-    """An ngram model on toy reviews: filler words plus one word that gives the label away."""
+def train_colour_run(folder: Path) -> Path:
+    """A small convnet telling red from blue 16x16 colour images (one epoch, seconds)."""
+    generator = np.random.default_rng(0)
+    for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+        (folder / "colours" / name).mkdir(parents=True)
+        for index in range(6):
+            noise = generator.integers(-30, 30, (20, 20, 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "RGB").save(folder / "colours" / name / f"{index}.png")
+    neuralab.train(
+        data=f"folder:{folder / 'colours'}",
+        data_dir=str(folder / "data"),
+        model="cnn",
+        epochs=1,
+        out=str(folder / "run"),
+        verbose=False,
+        overrides=[
+            "train.precision=fp32",
+            "model.args.width=4",
+            "data.options.image_size=16",
+            "train.batch_size=4",
+        ],  # fmt: skip
+    )
+    return folder / "run"
+
+
+def train_text_run(
+    folder: Path, model: str = "ngram", model_args: tuple = ("embed_dim=8", "buckets=512")
+) -> Path:
+    """A text model (ngram by default) on toy reviews: filler words plus one word that gives
+    the label away."""
     lines = ["review,label"]
     for index in range(240):
         label, words = ("pos", GOOD) if index % 2 == 0 else ("neg", BAD)
@@ -54,9 +85,9 @@ def train_text_run(folder: Path) -> Path:
     (folder / "reviews.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     neuralab.train(
         data=f"csv:{folder / 'reviews.csv'}",
-        model="ngram",
+        model=model,
         epochs=4,
-        out=str(folder / "run"),
+        out=str(folder / model),
         verbose=False,
         overrides=[
             "data.options.text_field=review",
@@ -64,11 +95,10 @@ def train_text_run(folder: Path) -> Path:
             "optim.name=adam",
             "optim.lr=0.05",
             "train.batch_size=16",
-            "model.args.embed_dim=8",
-            "model.args.buckets=512",
+            *(f"model.args.{argument}" for argument in model_args),
         ],
     )
-    return folder / "run"
+    return folder / model
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +109,18 @@ def image_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory) -> Path:
     return train_text_run(tmp_path_factory.mktemp("serve-text"))
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory) -> Path:
+    return train_colour_run(tmp_path_factory.mktemp("serve-colour"))
+
+
+@pytest.fixture(scope="module")
+def embedding_text_run(tmp_path_factory) -> Path:
+    """A GRU (it has a token embedding table: integrated gradients fit it)."""
+    folder = tmp_path_factory.mktemp("serve-gru")
+    return train_text_run(folder, "gru", ("embed_dim=8", "hidden=8"))
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +194,9 @@ def test_health_info_and_page(image_run: Path) -> None:
         assert info["preprocessing"]["channels"] == 1
         page = client.get("/")
         assert page.status_code == 200 and "<canvas" in page.text
+        assert 'capture="environment"' in page.text  # the photo panel's camera button
         assert "default-src 'self'" in page.headers["content-security-policy"]
-        for asset in ("app.js", "style.css"):
+        for asset in ("app.js", "common.js", "draw.js", "images.js", "results.js", "style.css"):
             assert client.get(f"/static/{asset}").status_code == 200
 
 
@@ -191,11 +234,121 @@ def test_texts_predict_what_the_predictor_predicts(text_run: Path) -> None:
 def test_explain_weighs_each_word_and_the_sentiment_word_most(text_run: Path) -> None:
     with client_for(text_run) as client:
         answer = client.post("/explain", json={"text": "the plot was awful and the film"}).json()
-    assert answer["class"] == "neg"
+    assert answer["class"] == "neg" and answer["method"] == "occlusion"
     assert answer["words"] == ["the", "plot", "was", "awful", "and", "the", "film"]
     assert len(answer["weights"]) == len(answer["words"])
     strongest = max(range(len(answer["words"])), key=lambda i: abs(answer["weights"][i]))
     assert answer["words"][strongest] == "awful" and answer["weights"][strongest] > 0
+
+
+def test_explain_with_integrated_gradients_and_occlusion(embedding_text_run: Path) -> None:
+    text = "it was superb"
+    with client_for(embedding_text_run) as client:
+        info = client.get("/info").json()
+        answers = {
+            method: client.post("/explain", json={"text": text, "method": method}).json()
+            for method in ("integrated-gradients", "occlusion")
+        }
+        default = client.post("/explain", json={"text": text}).json()
+    assert info["explain_methods"] == ["occlusion", "integrated-gradients"]
+    assert (
+        default["method"] == "occlusion" and default["weights"] == answers["occlusion"]["weights"]
+    )
+    for method, answer in answers.items():
+        assert answer["method"] == method and answer["class"] == "pos"
+        assert answer["words"] == text.split() and answer["truncated"] == [False] * 3
+        strongest = max(range(3), key=lambda i: abs(answer["weights"][i]))
+        assert answer["words"][strongest] == "superb" and answer["weights"][strongest] > 0
+
+
+def test_text_explain_refuses_unknown_and_unfit_methods(text_run: Path) -> None:
+    with client_for(text_run) as client:
+        assert client.get("/info").json()["explain_methods"] == ["occlusion"]
+        unknown = client.post("/explain", json={"text": "a dull film", "method": "lime"})
+        unfit = client.post(
+            "/explain", json={"text": "a dull film", "method": "integrated-gradients"}
+        )
+    assert unknown.status_code == 422
+    assert unknown.json()["detail"] == (
+        "unknown method 'lime'; text models take: integrated-gradients, occlusion"
+    )
+    assert unfit.status_code == 422 and "needs a token embedding table" in unfit.json()["detail"]
+
+
+def decode_png(data_url: str) -> Image.Image:
+    assert data_url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(data_url.partition(",")[2])))
+
+
+def test_explain_image_returns_a_heat_map_of_the_model_size(colour_run: Path) -> None:
+    red = Image.new("RGB", (40, 30), (210, 40, 30))
+    buffer = io.BytesIO()
+    red.save(buffer, "PNG")
+    png = buffer.getvalue()
+    predictor = neuralab.load(colour_run)
+    with client_for(colour_run) as client:
+        info = client.get("/info").json()
+        default = client.post("/explain?top_k=2", files={"file": ("red.png", png)})
+        as_json = client.post(
+            "/explain?method=saliency", json={"image": base64.b64encode(png).decode()}
+        )
+    assert info["explain_methods"][0] == "grad-cam" and info["explain_note"] is None
+    assert default.status_code == as_json.status_code == 200
+    answer = default.json()
+    assert answer["method"] == "grad-cam" and answer["size"] == [16, 16]
+    assert [t["class"] for t in answer["top"]] == [c for c, _ in predictor.predict([red], 2)[0]]
+    heatmap = decode_png(answer["heatmap"])
+    assert heatmap.size == (16, 16) and heatmap.mode == "RGB"
+    values = np.array(answer["values"])
+    assert values.shape == (16, 16) and np.isfinite(values).all()
+    saliency = as_json.json()
+    assert saliency["method"] == "saliency" and decode_png(saliency["heatmap"]).size == (16, 16)
+    assert np.array(saliency["values"]).min() >= 0  # a magnitude
+
+
+@pytest.mark.parametrize(
+    "query, reason",
+    [
+        ("?method=lime", "unknown method 'lime'; image runs take: saliency, smoothgrad, "
+                         "integrated-gradients, grad-cam, occlusion"),
+        ("?method=grad-cam", "grad-cam needs a convolutional layer and"),
+    ],
+)  # fmt: skip
+def test_explain_image_refuses_unknown_and_unfit_methods(image_run, digit_pngs, query, reason):
+    with client_for(image_run) as client:
+        info = client.get("/info").json()
+        answer = client.post(f"/explain{query}", files={"file": ("d.png", digit_pngs[0])})
+    assert info["explain_methods"] == [
+        "saliency", "smoothgrad", "integrated-gradients", "occlusion"
+    ]  # fmt: skip
+    assert answer.status_code == 422 and reason in answer.json()["detail"]
+
+
+def test_explain_takes_one_image(image_run: Path, digit_pngs) -> None:
+    with client_for(image_run) as client:
+        files = [("file", (f"{i}.png", png)) for i, png in enumerate(digit_pngs[:2])]
+        answer = client.post("/explain", files=files)
+    assert answer.status_code == 422
+    assert answer.json()["detail"] == "/explain explains one image per request, got 2"
+
+
+def test_without_captum_explain_names_the_extra_and_predict_works(
+    image_run: Path, text_run: Path, digit_pngs, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "captum", None)  # makes captum unimportable
+    with client_for(image_run) as client:
+        info = client.get("/info").json()
+        refused = client.post("/explain", files={"file": ("d.png", digit_pngs[0])})
+        predicted = client.post("/predict", files={"file": ("d.png", digit_pngs[0])})
+    assert (
+        info["explain_methods"] == [] and "pip install 'neuralab[explain]'" in info["explain_note"]
+    )
+    assert refused.status_code == 501
+    assert "pip install 'neuralab[explain]'" in refused.json()["detail"]
+    assert predicted.status_code == 200
+    with client_for(text_run) as client:  # occlusion only runs the model: no Captum needed
+        words = client.post("/explain", json={"text": "a dull film"})
+    assert words.status_code == 200 and words.json()["method"] == "occlusion"
 
 
 def test_metrics_count_requests_latencies_and_forward_passes(image_run: Path, digit_pngs) -> None:

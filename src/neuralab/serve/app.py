@@ -1,11 +1,12 @@
 """`neuralab serve RUN`: an HTTP prediction service (FastAPI + uvicorn) and its web page.
 
 Endpoints: `POST /predict` (image uploads, base64 images or texts; several per request),
-`POST /explain` (text models: which words pushed the decision), `GET /health`, `GET /info`,
-`GET /metrics` (Prometheus text) and the page at `/`. Concurrent requests are merged into
-shared forward passes (batching.py). Limits answer with their proper status: 413 body too
-large (refused before it is read), 415/422 bad payload, 503 overloaded (with Retry-After),
-504 prediction timeout.
+`POST /explain` (a heat map of one image, or one weight per word of a text: see explain.py),
+`GET /health`, `GET /info`, `GET /metrics` (Prometheus text) and the page at `/`.
+Concurrent requests are merged into shared forward passes (batching.py). Limits answer with
+their proper status: 413 body too large (refused before it is read), 415/422 bad payload,
+501 an explanation that needs a missing package, 503 overloaded (with Retry-After), 504
+prediction timeout.
 
 Example:
     >>> from fastapi.testclient import TestClient
@@ -16,24 +17,37 @@ Example:
 
 # No `from __future__ import annotations`: FastAPI reads the routes' `request: fastapi.Request`
 # annotations at runtime, and fastapi is imported lazily (a local name, not a module global).
+import asyncio
 import contextlib
 import importlib.util
 import ipaddress
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from neuralab.attribution import texts
+from neuralab.attribution.images import AttributionError
 from neuralab.errors import ConfigError
 from neuralab.inference.predict import Predictor
 from neuralab.serve.batching import Batcher, Overloaded, PredictionTimeout
+from neuralab.serve.explain import (
+    ExplainUnavailable,
+    captum_missing,
+    explain_image,
+    explain_text_gradients,
+    map_json,
+    methods_for,
+    needs_captum,
+    text_to_explain,
+)
 from neuralab.serve.middleware import BodyLimit, BodyTooLarge, Metrics, RecordMetrics
 from neuralab.serve.payloads import (
     PayloadError,
-    clean_texts,
     is_text_model,
-    json_items,
     parse_json,
     read_inputs,
 )
@@ -100,11 +114,21 @@ class Service:
             batching=settings.batching,
         )
         self.metrics = Metrics(ROUTES)
+        # Gradient explanations hook into the model's layers: they and the forward passes of
+        # predictions take turns (model_lock); explanations run one at a time in their thread.
+        self.model_lock = threading.Lock()
+        self.explainer = ThreadPoolExecutor(1, thread_name_prefix="neuralab-explain")
+        self.explain_methods = methods_for(predictor)  # the default first
+        self.captum_note = captum_missing()
 
     def forward(self, inputs: list) -> torch.Tensor:
         """Probabilities (N, classes); runs in the batcher's thread."""
-        with torch.inference_mode():  # no autograd graph: faster and less memory
+        with self.model_lock, torch.inference_mode():  # no autograd graph: faster, less memory
             return self.predictor.probabilities(inputs)
+
+    async def close(self) -> None:
+        await self.batcher.stop()
+        self.explainer.shutdown(wait=False, cancel_futures=True)
 
     async def predict(self, request) -> dict:
         """`POST /predict`: top classes of every input in the request."""
@@ -129,41 +153,66 @@ class Service:
         return {"class": top[0]["class"], "probability": top[0]["probability"], "top": top}
 
     async def explain(self, request) -> dict:
-        """`POST /explain` (text models): occlusion weights, one per whitespace-separated word.
+        """`POST /explain`: a heat map of one image, or one weight per word of a text."""
+        if self.text:
+            return await self.explain_text(request)
+        return await self.explain_image(request)
 
-        A word's weight is how much the predicted class's log-odds, log(p / (1 - p)), drop
-        when the word is removed: positive words pushed towards the prediction, negative ones
-        against it. Log-odds rather than probabilities, because a confident prediction's
-        probability barely moves (0.9995 → 0.999) while its log-odds still do (7.6 → 6.9).
-        The text and all its one-word-less variants go through one forward pass.
-        """
-        words = self.words_to_explain(parse_json(await request.body()))
-        variants = [" ".join(words)]
-        variants += [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
-        probabilities = await self.batcher.submit(variants)  # (1 + words, classes)
-        best = int(probabilities[0].argmax())
-        odds = log_odds(probabilities[:, best])
-        # A model may give NaN for an empty variant (a one-word text): count that word as 0.
-        weights = torch.nan_to_num(odds[0] - odds[1:])
-        result = self.top_classes(probabilities[0], self.settings.top_k)
-        return {**result, "words": words, "weights": [round(w, 6) for w in weights.tolist()]}
+    async def explain_image(self, request) -> dict:
+        """One image's top classes and the attribution map of its predicted class
+        (`?method=`, default: explain_methods[0]), as a PNG and as values (explain.py)."""
+        method = request.query_params.get("method", self.explain_methods[0])
+        self.check_available(method)
+        top_k = self.top_k(request)
+        inputs = await read_inputs(request, self.predictor, self.settings.max_items)
+        if len(inputs) != 1:
+            raise PayloadError(f"/explain explains one image per request, got {len(inputs)}")
 
-    def words_to_explain(self, payload: dict) -> list[str]:
-        """The words of an /explain payload `{"text": ...}`, within the server's limits."""
-        if not self.text:
-            raise PayloadError("/explain explains text models; this one classifies images")
-        if set(payload) != {"text"}:
-            found = sorted(payload)
-            raise PayloadError(f'/explain takes one text: send {{"text": "..."}}, got {found}')
-        field, values = json_items(payload, True, 1)
-        words = clean_texts(values, field)[0].split()
+        def explain() -> dict:
+            probabilities, values = explain_image(self.predictor, inputs[0], method)
+            return {**self.top_classes(probabilities, top_k), **map_json(method, values)}
+
+        return await self.with_model(explain)
+
+    async def explain_text(self, request) -> dict:
+        """`{"text": ..., "method": ...}` → the top classes and one weight per word for the
+        predicted class (positive: pushed towards it); occlusion's variants use the batcher."""
         limit = min(self.settings.max_explain_words, self.settings.max_queue - 1)
-        if len(words) > limit:
-            raise PayloadError(
-                f"{len(words)} words is more than /explain takes ({limit}: the text and one "
-                "variant per word must fit --max-queue); explain a shorter passage"
-            )
-        return words
+        payload = parse_json(await request.body())
+        text, method = text_to_explain(payload, self.explain_methods[0], limit)
+        self.check_available(method)
+        probabilities = (await self.batcher.submit([text]))[0]  # (classes,)
+        target = int(probabilities.argmax())
+        if method == "occlusion":
+            loop = asyncio.get_running_loop()
+
+            def probabilities_of(variants: list[str]) -> torch.Tensor:  # in a worker thread
+                submitted = asyncio.run_coroutine_threadsafe(self.batcher.submit(variants), loop)
+                return submitted.result()
+
+            found = await asyncio.to_thread(texts.occlusion, probabilities_of, text, target)
+        else:
+            found = await self.with_model(explain_text_gradients, self.predictor, text, target)
+        return {
+            **self.top_classes(probabilities, self.settings.top_k),
+            "method": method,
+            "words": found.words,
+            "weights": [round(weight, 6) for weight in found.weights],
+            "truncated": found.truncated,
+        }
+
+    def check_available(self, method: str) -> None:
+        if not self.runs_here(method):
+            raise ExplainUnavailable(self.captum_note)
+
+    async def with_model(self, function, *args):
+        """`function(*args)` in the explanation thread, while no prediction runs the model."""
+
+        def locked():
+            with self.model_lock:
+                return function(*args)
+
+        return await asyncio.get_running_loop().run_in_executor(self.explainer, locked)
 
     def info(self) -> dict:
         """`GET /info`: the model, its classes and preprocessing, and the server's limits."""
@@ -175,20 +224,19 @@ class Service:
             "kind": self.predictor.modality.kind,
             "classes": self.predictor.classes,
             "preprocessing": self.predictor.modality.describe(),
+            "explain_methods": [m for m in self.explain_methods if self.runs_here(m)],
+            "explain_note": self.captum_note,  # null, or why some methods cannot run here
             "settings": asdict(self.settings),
         }
+
+    def runs_here(self, method: str) -> bool:
+        return not (self.captum_note and needs_captum(self.predictor.modality.kind, method))
 
     def metrics_text(self) -> str:
         """`GET /metrics`: request counts, latencies and batching counters (Prometheus)."""
         values = {"waiting": self.batcher.waiting, **asdict(self.batcher.stats)}
         extra = [(name, kind, text, values[key]) for name, kind, text, key in BATCH_METRICS]
         return self.metrics.render(extra)
-
-
-def log_odds(probabilities: torch.Tensor) -> torch.Tensor:
-    """log(p / (1 - p)) in float64, with p kept 1e-7 (float32's resolution near 1) from 0 and 1."""
-    p = probabilities.double().clamp(1e-7, 1 - 1e-7)
-    return p.log() - (1 - p).log()
 
 
 def create_app(predictor: Predictor, settings: ServeSettings | None = None):
@@ -213,7 +261,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        await service.batcher.stop()
+        await service.close()
 
     app = fastapi.FastAPI(title="neuralab", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
@@ -267,6 +315,12 @@ def add_error_handlers(app, responses) -> None:
         detail = f"server overloaded: {error}; retry in {RETRY_AFTER_S} s"
         return reply(503, detail, {"retry-after": str(RETRY_AFTER_S)})
 
+    async def unfit(request, error: AttributionError):  # unknown method, grad-cam on an MLP
+        return reply(422, str(error))
+
+    async def unavailable(request, error: ExplainUnavailable):
+        return reply(501, str(error))
+
     async def timeout(request, error: PredictionTimeout):
         return reply(504, f"prediction timed out: {error}; retry later with fewer inputs")
 
@@ -280,6 +334,8 @@ def add_error_handlers(app, responses) -> None:
     app.add_exception_handler(BodyTooLarge, too_large)
     app.add_exception_handler(Overloaded, overloaded)
     app.add_exception_handler(PredictionTimeout, timeout)
+    app.add_exception_handler(AttributionError, unfit)
+    app.add_exception_handler(ExplainUnavailable, unavailable)
 
 
 def import_serving():
