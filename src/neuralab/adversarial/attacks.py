@@ -176,7 +176,8 @@ def apgd_checkpoints(steps: int) -> list[int]:
     fractions = [0.0, 0.22]
     while fractions[-1] < 1.0:
         fractions.append(fractions[-1] + max(fractions[-1] - fractions[-2] - 0.03, 0.06))
-    return sorted({math.ceil(p * steps) for p in fractions if 0 < math.ceil(p * steps) < steps})
+    iterations = {math.ceil(round(p * steps, 9)) for p in fractions}  # round: 0.41 + 0.16
+    return sorted(i for i in iterations if 0 < i < steps)
 
 
 def apgd_once(

@@ -154,6 +154,7 @@ def normalised_example(pixels: torch.Tensor, mean: tuple, std: tuple) -> torch.T
 
 def gradient_method(attr, forward: Forward, method: str, pixels, targets) -> torch.Tensor:
     """Saliency, SmoothGrad or integrated gradients for one chunk → (B, H, W)."""
+    pixels = pixels.detach().clone().requires_grad_(True)  # Captum warns when it must do this
     if method == "saliency":
         found = attr.Saliency(forward).attribute(pixels, target=targets, abs=True)
     elif method == "smoothgrad":

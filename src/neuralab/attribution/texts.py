@@ -81,11 +81,12 @@ def integrated_gradients(model, tokenizer, text: str, target: int) -> WordWeight
             n_steps=IG_STEPS,
             internal_batch_size=IG_STEPS,
         )  # (1, T, D)
-    per_token = found.detach().float().sum(-1)[0].cpu()  # (T,)
-    return merge(words, token_words(offsets, words), per_token, offsets)
+    # (T,); a model that pads short texts to its widest filter embeds trailing padding too
+    per_token = found.detach().float().sum(-1)[0, : len(ids)].cpu()
+    return merge(words, token_words(offsets, words), per_token)
 
 
-def merge(words, owners: list[int], per_token: torch.Tensor, offsets) -> WordWeights:
+def merge(words, owners: list[int], per_token: torch.Tensor) -> WordWeights:
     """Token weights summed per word; words without a kept token are flagged truncated."""
     weights = [0.0] * len(words)
     seen = [False] * len(words)
