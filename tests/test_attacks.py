@@ -165,3 +165,11 @@ def test_attacks_refuse_a_text_run(tmp_path) -> None:
                               "model.args.buckets=64"])  # fmt: skip
     with pytest.raises(AttackError, match="attacks perturb pixels: .* is a text run"):
         neuralab.evaluate(tmp_path / "run", attack="fgsm", eps=0.1)
+
+
+def test_report_gains_a_robustness_section_once_the_run_was_attacked(digits_cnn) -> None:
+    neuralab.evaluate(digits_cnn, attack="fgsm", eps=[0.0, 0.2], count=30)
+    assert cli.main(["report", str(digits_cnn)]) == 0
+    page = (digits_cnn / "report.html").read_text()
+    assert "<h2>Robustness</h2>" in page and "fgsm L∞ eps 0.2" in page
+    assert (digits_cnn / "robustness.png").stat().st_size > 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from neuralab.checkpoint.format import write_text_atomic
-from neuralab.inference.plots import PLOTS_EXTRA, have_matplotlib, new_figure
+from neuralab.inference.plots import PLOTS_EXTRA, have_matplotlib, new_figure, robustness_figure
 
 
 def write_robustness(
@@ -24,32 +24,13 @@ def write_robustness(
     if not have_matplotlib():
         raise ImportError(f"the robustness figures are drawn with matplotlib: {PLOTS_EXTRA}")
     folder.mkdir(parents=True, exist_ok=True)
-    written = [curve_figure(report, folder / "curve.png")]
+    written = [robustness_figure(report, folder / "curve.png")]
     if images is not None and len(images):
         eps = report["points"][-1]["eps"]
         written.append(examples_figure(images, predicted, truth, eps, folder / "examples.png"))
     path = folder / "robustness.json"
     write_text_atomic(path, json.dumps(report, indent=2))
     return [str(p) for p in [*written, path]]
-
-
-def curve_figure(report: dict, path: Path) -> Path:
-    """Accuracy (%) against eps; the clean accuracy is the point at eps 0."""
-    figure = new_figure(5.2, 3.4)
-    axis = figure.subplots()
-    points = sorted(report["points"], key=lambda p: p["eps"])
-    radii = [0.0] + [p["eps"] for p in points if p["eps"] > 0]
-    accuracy = [report["clean_accuracy"]] + [p["accuracy"] for p in points if p["eps"] > 0]
-    axis.plot(radii, [100 * a for a in accuracy], "o-")
-    norm = "L∞" if report["norm"] == "linf" else "L2"
-    axis.set(
-        xlabel=f"eps ({norm}, pixel units)", ylabel="accuracy (%)", ylim=(0, 100),
-        title=f"{report['dataset']}: {points[-1]['attack'].split(' ')[0]} on "
-        f"{report['count']} test images",
-    )  # fmt: skip
-    axis.grid(alpha=0.3)
-    figure.savefig(path)
-    return path
 
 
 def examples_figure(

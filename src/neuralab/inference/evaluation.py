@@ -106,9 +106,20 @@ def write_report(run_dir: str | Path, data_dir: str | None = None) -> Path:
     figures.append(plots.confusion_figure(report, folder / "confusion.png"))
     shown, texts = predictor.modality.worst_examples(dataset.test, report["worst"], folder, plots)
     figures += shown
+    figures += robustness_figures(folder, plots)
     page = plots.report_page(folder, report, figures, texts)
     write_text_atomic(folder / "report.html", page)
     return folder / "report.html"
+
+
+def robustness_figures(folder: Path, plots) -> list[Path]:
+    """robustness.png: the latest eps sweep `neuralab evaluate --attack` recorded, if any."""
+    path = folder / "robustness.json"
+    if not path.exists():
+        return []
+    sweeps = [e for e in json.loads(path.read_text(encoding="utf-8")).values()
+              if len(e["points"]) > 1]  # fmt: skip
+    return [plots.robustness_figure(sweeps[-1], folder / "robustness.png")] if sweeps else []
 
 
 def write_few_shot_report(predictor: Predictor, folder: Path, data_dir: str | None, plots) -> Path:

@@ -3,6 +3,7 @@
     <run>/curves.png      loss and accuracy per epoch (train and validation), learning rate
     <run>/confusion.png   the test confusion matrix (rows: true class), by `neuralab report`
     <run>/worst.png       the worst-predicted test images (image runs), by `neuralab report`
+    <run>/robustness.png  accuracy against eps, when `neuralab evaluate --attack` swept eps
     <run>/report.html     one self-contained page: config, curves, metrics, figures
 
 matplotlib is an optional dependency (`pip install 'neuralab[plots]'`); without it the run
@@ -109,9 +110,43 @@ def worst_images_figure(images: torch.Tensor, worst: list[dict], path: Path) -> 
     return path
 
 
+def robustness_figure(report: dict, path: Path) -> Path:
+    """Accuracy (%) against eps; the clean accuracy is the point at eps 0."""
+    figure = new_figure(5.2, 3.4)
+    axis = figure.subplots()
+    points = sorted(report["points"], key=lambda p: p["eps"])
+    radii = [0.0] + [p["eps"] for p in points if p["eps"] > 0]
+    accuracy = [report["clean_accuracy"]] + [p["accuracy"] for p in points if p["eps"] > 0]
+    axis.plot(radii, [100 * a for a in accuracy], "o-")
+    norm = "L∞" if report["norm"] == "linf" else "L2"
+    axis.set(
+        xlabel=f"eps ({norm}, pixel units)", ylabel="accuracy (%)", ylim=(0, 100),
+        title=f"{report['dataset']}: {points[-1]['attack'].split(' ')[0]} on "
+        f"{report['count']} test images",
+    )  # fmt: skip
+    axis.grid(alpha=0.3)
+    figure.savefig(path)
+    return path
+
+
 def embedded(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+def robustness_table(entries: dict) -> str:
+    """`<run>/robustness.json` (what `neuralab evaluate --attack` recorded) as an HTML table."""
+    rows = "".join(
+        f"<tr><td>{html.escape(point['attack'])}</td><td>{entry['count']}</td>"
+        f"<td>{entry['clean_accuracy']:.2%}</td><td>{point['accuracy']:.2%}</td></tr>"
+        for entry in entries.values()
+        for point in entry["points"]
+    )
+    return (
+        "<h2>Robustness</h2><p>Accuracy under attack (`neuralab evaluate --attack`), eps in "
+        "pixel units.</p><table><tr><th>attack</th><th>examples</th><th>clean</th>"
+        f"<th>under attack</th></tr>{rows}</table>"
+    )
 
 
 def report_page(run_dir: Path, report: dict, figures: list[Path], texts: list[str]) -> str:
@@ -155,6 +190,11 @@ engine: {escape(str(metrics.get("engine", "?")))}.</p>
 <h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>
 <th>support</th></tr>{rows}</table>
 {worst}
+{
+        robustness_table(json.loads((run_dir / "robustness.json").read_text()))
+        if (run_dir / "robustness.json").exists()
+        else ""
+    }
 <h2>Configuration</h2><pre>{escape(config)}</pre>
 </body></html>
 """
