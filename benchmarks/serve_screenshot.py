@@ -153,8 +153,8 @@ def photo_screenshot(run: str, out: Path, photo: Path | None) -> str:
     return f"{predicted} ({shown})"
 
 
-def cifar_test_photo(folder: Path, index: int = 3) -> Path:
-    """A CIFAR-10 test image (index 3: an aeroplane), enlarged 4x as a photo would come."""
+def cifar_test_photo(folder: Path, index: int = 11) -> Path:
+    """A CIFAR-10 test image (index 11: a truck), enlarged 4x as a photo would come."""
     from PIL import Image
 
     from neuralab.data import load_dataset
