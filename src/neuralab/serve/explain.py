@@ -22,11 +22,9 @@ import torch
 from PIL import Image
 
 from neuralab.attribution import texts
+from neuralab.attribution.explain import methods_for as fitting_methods
 from neuralab.attribution.images import (
-    IMAGE_METHODS,
-    AttributionError,
     attribute_images,
-    grad_cam_layer,
 )
 from neuralab.inference.predict import Predictor
 from neuralab.serve.payloads import PayloadError, clean_texts, json_items
@@ -52,32 +50,13 @@ def captum_missing() -> str | None:
     return None
 
 
-def image_methods(predictor: Predictor) -> tuple[str, ...]:
-    """The image methods that fit the model, its default first (grad-cam if it can run)."""
-    channels, (height, width) = predictor.modality.channels, predictor.modality.image_size
-    example = torch.zeros(1, channels, height, width, device=predictor.device)
-    others = tuple(method for method in IMAGE_METHODS if method != "grad-cam")
-    try:
-        grad_cam_layer(predictor.model.eval(), example, None)
-    except AttributionError:  # no convolution with a spatial map (an MLP, a perceptron)
-        return others
-    return ("grad-cam", *others)
-
-
-def text_methods(predictor: Predictor) -> tuple[str, ...]:
-    """The text methods that fit the model, occlusion (the default) first."""
-    try:
-        texts.token_embedding(predictor.model, predictor.modality.tokenizer.vocab_size)
-    except AttributionError:  # n-gram models hash n-grams: no table indexed by token ids
-        return (TEXT_DEFAULT,)
-    return (TEXT_DEFAULT, "integrated-gradients")
-
-
 def methods_for(predictor: Predictor) -> tuple[str, ...]:
-    """The methods `/explain` takes for this model, its default first."""
+    """The methods `/explain` takes for this model (the library's), its default first: for
+    text, occlusion (fast, and it needs no Captum) rather than the library's default."""
+    methods = fitting_methods(predictor)
     if predictor.modality.kind == "text":
-        return text_methods(predictor)
-    return image_methods(predictor)
+        return (TEXT_DEFAULT, *(method for method in methods if method != TEXT_DEFAULT))
+    return methods
 
 
 def needs_captum(kind: str, method: str) -> bool:
