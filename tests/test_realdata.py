@@ -96,3 +96,28 @@ def test_imdb_ngram_short_run(tmp_path: Path) -> None:
     predictor = run.load()
     (top,) = predictor.predict(["A wonderful film, beautifully acted. I loved it."], top_k=1)
     assert top[0][0] == "pos"
+
+
+def test_mnist_attacks_break_a_standard_net_and_adversarial_training_resists(tmp_path) -> None:
+    """Issue 21 on real MNIST, cut short: PGD at eps 0.3 breaks a standard net, a net trained
+    on PGD examples (eps 0.1, a third of an epoch) holds far better at eps 0.1, and the
+    attributions of the standard net pass deletion and the sanity check."""
+    pytest.importorskip("captum", reason="attributions need Captum: pip install -e '.[test]'")
+    root = data_root("mnist")
+    standard = train(tmp_path / "standard", "mnist-fast", epochs=0.3, data_dir=root)
+    assert standard.metrics["accuracy"] >= 0.97  # measured 0.985
+    broken = neuralab.evaluate(standard.run_dir, attack="pgd", eps=[0.1, 0.3], steps=10,
+                               count=200, save=False)["points"]  # fmt: skip
+    assert broken[1]["accuracy"] <= 0.05  # measured 0.0 (0.305 at eps 0.1)
+    robust = train(tmp_path / "robust", "mnist-fast", epochs=0.3, data_dir=root,
+                   overrides=["train.adversarial.method=pgd", "train.adversarial.eps=0.1",
+                              "train.adversarial.steps=3", "train.label_smoothing=0"])  # fmt: skip
+    held = neuralab.evaluate(robust.run_dir, attack="pgd", eps=0.1, steps=10, count=200,
+                             save=False)["points"][0]  # fmt: skip
+    assert held["accuracy"] >= broken[0]["accuracy"] + 0.3  # measured 0.305 → 0.94
+    from neuralab.attribution.explain import faithfulness
+
+    deletion = faithfulness(standard.run_dir, method="integrated-gradients", count=100)
+    assert deletion["ratio"] <= 0.5  # measured 0.32
+    sanity = faithfulness(standard.run_dir, method="grad-cam", metric="sanity", count=100)
+    assert sanity["rank_correlation"] < 0.2  # measured 0.037
