@@ -228,3 +228,18 @@ def test_text_deletion_scores_against_random(runs) -> None:
     assert found["count"] == 30 and found["auc"] < found["random_auc"]
     with pytest.raises(AttributionError, match="--metric sanity is for image runs"):
         faithfulness(runs["ngram"], method="occlusion", metric="sanity", count=5)
+
+
+def test_few_shot_runs_are_refused_by_explain_and_attacks() -> None:
+    from types import SimpleNamespace
+
+    from neuralab.adversarial.attacks import AttackError
+    from neuralab.adversarial.robust import pixel_classifier
+    from neuralab.attribution.explain import refuse_few_shot
+
+    run = SimpleNamespace(task=SimpleNamespace(episodic=True),
+                          meta=SimpleNamespace(task=SimpleNamespace(name="protonet")))  # fmt: skip
+    with pytest.raises(AttributionError, match="protonet runs classify by example"):
+        refuse_few_shot(run)
+    with pytest.raises(AttackError, match="protonet runs classify by example"):
+        pixel_classifier(run)

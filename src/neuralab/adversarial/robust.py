@@ -22,6 +22,7 @@ import torch
 
 from neuralab.adversarial.attacks import AttackError, AttackSettings, Classify, attack
 from neuralab.checkpoint.format import write_text_atomic
+from neuralab.inference.fewshot import is_few_shot
 from neuralab.inference.predict import Predictor, test_subset
 from neuralab.models.tta import tta_logits
 
@@ -33,6 +34,9 @@ RESULTS_FILE = "robustness.json"
 def pixel_classifier(predictor: Predictor) -> Classify:
     """The run's prediction as a function of pixels in [0, 1] (B, C, H, W): normalisation
     and test-time augmentation inside, eval mode, float32. Text runs are refused."""
+    if is_few_shot(predictor):
+        raise AttackError(f"{predictor.meta.task.name} runs classify by example; attack a "
+                          "classifier run")  # fmt: skip
     if predictor.modality.kind != "image":
         raise AttackError(
             f"attacks perturb pixels: {predictor.meta.dataset} is a {predictor.modality.kind} "

@@ -27,6 +27,7 @@ from neuralab.attribution.images import (
     conv_layers,
     pixel_forward,
 )
+from neuralab.inference.fewshot import is_few_shot
 from neuralab.inference.predict import Predictor, test_subset
 
 
@@ -87,6 +88,15 @@ class Explanation:
         return {"run": self.run, "method": self.method, "kind": self.kind, "view": self.view,
                 "seconds": round(self.seconds, 3), "inputs": [i.to_dict() for i in self.items],
                 "files": self.files}  # fmt: skip
+
+
+def refuse_few_shot(predictor: Predictor) -> None:
+    """Few-shot runs answer by comparing with support examples, not with class logits."""
+    if is_few_shot(predictor):
+        raise AttributionError(
+            f"{predictor.meta.task.name} runs classify by example (no fixed classes to "
+            "explain); explain a classifier run"
+        )
 
 
 def methods_for(predictor: Predictor) -> tuple[str, ...]:
@@ -167,6 +177,7 @@ def explain(
         '7'
     """
     predictor = run_dir if isinstance(run_dir, Predictor) else Predictor.load(run_dir)
+    refuse_few_shot(predictor)
     kind = predictor.modality.kind
     given = texts if texts is not None else inputs
     if not given:
@@ -224,6 +235,11 @@ def explain_images(predictor, given: list, method, wanted, layer, seed) -> tuple
     return items, f"pixels in [0, 1], the run's normalisation inside, eval mode, {view}"
 
 
+def shortened(text: str, limit: int = 60) -> str:
+    """A text's name in listings: itself, or its first `limit` - 1 characters and '…'."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def explain_texts(predictor, given: list[str], method: str, wanted) -> list[Explained]:
     """Per-word weights for texts."""
     probabilities = predictor.probabilities(given)
@@ -238,7 +254,7 @@ def explain_texts(predictor, given: list[str], method: str, wanted) -> list[Expl
                 predictor.model.eval(), predictor.modality.tokenizer, text, target
             )
         items.append(Explained(
-            text[:60], classes[target], classes[predicted[index]],
+            shortened(text), classes[target], classes[predicted[index]],
             float(probabilities[index, predicted[index]]), float(probabilities[index, target]),
             words=found.words, weights=found.weights, truncated=found.truncated,
         ))  # fmt: skip
@@ -265,6 +281,7 @@ def faithfulness(
     if metric not in faith.METRICS:
         raise AttributionError(f"unknown metric {metric!r}; valid: {', '.join(faith.METRICS)}")
     predictor = Predictor.load(run_dir)
+    refuse_few_shot(predictor)
     method = check_method(predictor, method)
     split, index, dataset = test_subset(predictor, count, None, data, data_dir)
     started = time.perf_counter()

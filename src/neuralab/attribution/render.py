@@ -142,14 +142,15 @@ def page(explanation, blocks: list[str]) -> str:
         if explanation.method in SIGNED or explanation.kind == "text"
         else "bright: most important"
     )
-    title = html.escape(f"neuralab explain: {explanation.run}")
+    title = html.escape(f"neuralab explain: {Path(explanation.run).name}")
+    panels = "Panels: input | heat map | overlay. " if explanation.kind == "image" else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font:15px system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}}
 figure{{margin:1.5em 0}} img{{max-width:100%;image-rendering:pixelated}}
 .words span{{padding:1px 2px;border-radius:3px;line-height:1.9}}</style></head>
-<body><h1>{html.escape(explanation.method)}: {html.escape(explanation.run)}</h1>
-<p>{html.escape(explanation.view)}. Panels: input | heat map | overlay. {legend}.</p>
+<body><h1>{html.escape(explanation.method)}: {html.escape(Path(explanation.run).name)}</h1>
+<p>{html.escape(explanation.view)}. {panels}{legend}.</p>
 {"".join(blocks)}
 </body></html>
 """
