@@ -26,7 +26,9 @@ LABEL_WIDTH = 60  # characters of an input's name shown before its predictions
 
 def add_evaluate(commands) -> None:
     """Add `neuralab evaluate` to the CLI's subcommands."""
-    parser = commands.add_parser("evaluate", help="evaluate a saved run on its test split")
+    parser = commands.add_parser(
+        "evaluate", help="evaluate a saved run on its test split (--attack: under attack)"
+    )
     parser.add_argument("run_dir", metavar="RUN_DIR")
     parser.add_argument("--data", help="evaluate on another dataset with the same classes")
     parser.add_argument("--data-dir")

@@ -53,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The `neuralab` parser: every verb, its flags and its help text."""
     parser = argparse.ArgumentParser(
         prog="neuralab",
-        description="Train, evaluate and predict the classic neural networks, and train "
-        "reinforcement-learning agents (`neuralab rl`). `neuralab COMMAND --help` for details.",
+        description="Train, evaluate, predict, explain and attack the classic neural networks, "
+        "and train reinforcement-learning agents (`neuralab rl`). `neuralab COMMAND --help` "
+        "for details.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_verb in VERBS:
