@@ -36,8 +36,10 @@ def test_saliency_of_a_linear_model_is_its_weight_over_the_std() -> None:
     pixels = torch.rand(4, 1, 4, 4)
     targets = torch.tensor([0, 1, 2, 1])
     maps = attribute_images(model, pixels, targets, "saliency", mean=MEAN, std=STD)
-    expected = (model[1].weight[targets] / STD[0]).abs().view(4, 4, 4)
-    torch.testing.assert_close(maps, expected)
+    expected = (model[1].weight[targets] / STD[0]).view(4, 4, 4)
+    torch.testing.assert_close(maps, expected.abs())
+    signed = attribute_images(model, pixels, targets, "saliency", mean=MEAN, std=STD, signed=True)
+    torch.testing.assert_close(signed, expected)
 
 
 @pytest.mark.parametrize("tta", ["off", "flip"])

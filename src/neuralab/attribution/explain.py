@@ -304,7 +304,14 @@ def image_faithfulness(predictor, split, index, dataset, method, metric, layer, 
     maps = attribute_images(model, pixels, targets, method, **settings)
     if metric == "sanity":
         randomised = faith.randomised_copy(model, seed)
-        return faith.sanity(maps, attribute_images(randomised, pixels, targets, method, **settings))
+        found = faith.sanity(
+            maps, attribute_images(randomised, pixels, targets, method, **settings)
+        )
+        if method in ("saliency", "smoothgrad"):  # magnitudes: also compare the signed gradients
+            pair = [attribute_images(net, pixels, targets, method, signed=True, **settings)
+                    for net in (model, randomised)]  # fmt: skip
+            found["rank_correlation_signed"] = faith.sanity(*pair)["rank_correlation_signed"]
+        return found
 
     def probability_of(degraded: torch.Tensor) -> torch.Tensor:
         return batched_logits(run, degraded).softmax(1).gather(1, targets.view(-1, 1))[:, 0]

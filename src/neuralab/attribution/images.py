@@ -123,8 +123,11 @@ def attribute_images(
     tta: str = "off",
     layer: str | None = None,
     seed: int = 0,
+    signed: bool = False,
 ) -> torch.Tensor:
-    """Attribution maps (N, H, W) of `targets` (N,) for pixels (N, C, H, W) in [0, 1]."""
+    """Attribution maps (N, H, W) of `targets` (N,) for pixels (N, C, H, W) in [0, 1].
+    `signed`: saliency and SmoothGrad keep the gradient's sign (the sanity check's
+    "no absolute value" variant) instead of its magnitude."""
     if method not in IMAGE_METHODS:
         raise AttributionError(f"unknown method {method!r}; image runs take: "
                                f"{', '.join(IMAGE_METHODS)}")  # fmt: skip
@@ -143,7 +146,7 @@ def attribute_images(
     maps = []
     for start in range(0, len(pixels), batch):
         chunk, target = pixels[start : start + batch], targets[start : start + batch]
-        maps.append(gradient_method(attr, forward, method, chunk, target))
+        maps.append(gradient_method(attr, forward, method, chunk, target, not signed))
     return torch.cat(maps)
 
 
@@ -152,17 +155,19 @@ def normalised_example(pixels: torch.Tensor, mean: tuple, std: tuple) -> torch.T
     return (pixels - shift) / scale
 
 
-def gradient_method(attr, forward: Forward, method: str, pixels, targets) -> torch.Tensor:
+def gradient_method(
+    attr, forward: Forward, method: str, pixels, targets, absolute: bool = True
+) -> torch.Tensor:
     """Saliency, SmoothGrad or integrated gradients for one chunk → (B, H, W)."""
     pixels = pixels.detach().clone().requires_grad_(True)  # Captum warns when it must do this
     if method == "saliency":
-        found = attr.Saliency(forward).attribute(pixels, target=targets, abs=True)
+        found = attr.Saliency(forward).attribute(pixels, target=targets, abs=absolute)
     elif method == "smoothgrad":
         tunnel = attr.NoiseTunnel(attr.Saliency(forward))
         found = tunnel.attribute(
             pixels, nt_type="smoothgrad", nt_samples=SMOOTHGRAD_SAMPLES,
             nt_samples_batch_size=max(1, PASS_BUDGET // len(pixels)),
-            stdevs=SMOOTHGRAD_NOISE, target=targets, abs=True,
+            stdevs=SMOOTHGRAD_NOISE, target=targets, abs=absolute,
         )  # fmt: skip
     else:
         found = attr.IntegratedGradients(forward).attribute(
