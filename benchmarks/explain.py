@@ -48,10 +48,9 @@ def run_faithfulness(runs: dict[str, str], count: int, methods: list[str]) -> No
     print("|---|---|---|---|---|---|---|---|")
     for name, run in runs.items():
         for method in methods:
-            found, seconds = {}, 0.0
-            for metric in ("deletion", "insertion", "sanity"):
-                result = faithfulness(run, method=method, metric=metric, count=count)
-                found[metric], seconds = result, seconds + result["seconds"]
+            result = faithfulness(run, method=method, count=count,
+                                  metric=["deletion", "insertion", "sanity"])  # fmt: skip
+            found, seconds = result["metrics"], result["seconds"]
             record({"kind": "faithfulness", "run": name, "path": run, "method": method,
                     "count": count, **{k: strip(v) for k, v in found.items()}})  # fmt: skip
             d, i, s = found["deletion"], found["insertion"], found["sanity"]

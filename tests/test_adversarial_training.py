@@ -59,6 +59,18 @@ def test_step_trains_on_inputs_inside_the_ball(attack: TrainingAttack) -> None:
     assert torch.allclose(output.loss, plain)
 
 
+def test_n_fgsm_steps_from_wider_noise_without_projecting_into_the_ball() -> None:
+    """N-FGSM: noise in the 2·eps ball plus one eps step: within 3·eps, beyond eps for some
+    pixels, and the step is the signed gradient at the noisy point."""
+    pixels, inputs, labels = tiny_batch()
+    inner = Recording()
+    task = AdversarialTraining(inner, TrainingAttack("n-fgsm", 0.1, 0.1), MEAN, STD)
+    task.step(tiny_model(), (inputs, labels))
+    moved = (inner.seen * STD[0] + MEAN[0]) - pixels
+    assert moved.abs().max() <= 0.3 + 1e-5 and moved.abs().max() > 0.1 + 1e-3
+    assert (pixels + moved).min() >= -1e-6 and (pixels + moved).max() <= 1 + 1e-6
+
+
 def test_attack_gradients_do_not_reach_the_parameters() -> None:
     _, inputs, labels = tiny_batch()
     inner = Recording()
@@ -114,7 +126,7 @@ def test_adversarial_training_on_text_is_refused() -> None:
     [
         (["train.adversarial.method=pgd", "train.adversarial.eps=1.5"], "less than or equal to 1"),
         (["train.adversarial.method=pgd", "train.adversarial.eps=0"], "greater than 0"),
-        (["train.adversarial.method=fgsm", "train.adversarial.eps=0.1"], "'off', 'fgsm-rs' or"),
+        (["train.adversarial.method=fgsm", "train.adversarial.eps=0.1"], "'off', 'fgsm-rs', 'n-fgsm' or"),
         (["train.adversarial.method=pgd"], "needs train.adversarial.eps"),
         (["train.adversarial.epsilon=0.3"], "Did you mean 'eps'"),
     ],

@@ -228,6 +228,9 @@ def test_cli_explain_writes_overlays_and_scores_faithfulness(runs, tmp_path, cap
 def test_text_deletion_scores_against_random(runs) -> None:
     found = faithfulness(runs["ngram"], method="occlusion", metric="deletion", count=30)
     assert found["count"] == 30 and found["auc"] < found["random_auc"]
+    both = faithfulness(runs["ngram"], method="occlusion", metric=["deletion", "insertion"],
+                        count=30)["metrics"]  # fmt: skip
+    assert both["deletion"]["auc"] == found["auc"] and both["insertion"]["metric"] == "insertion"
     with pytest.raises(AttributionError, match="--metric sanity is for image runs"):
         faithfulness(runs["ngram"], method="occlusion", metric="sanity", count=5)
 

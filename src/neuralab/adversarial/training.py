@@ -39,6 +39,7 @@ from neuralab.train.callbacks import Callback, Order, Trainer
 # an epoch. 20 points (accuracy units 0..1: 0.20) leaves room for the check's sampling noise
 # (±1.6 points at 1,000 examples) and ordinary epoch-to-epoch swings.
 COLLAPSE_DROP = 0.20
+NOISE_SCALE = 2.0  # N-FGSM's noise radius in units of eps (de Jorge et al.'s k = 2)
 
 
 def channel_view(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
@@ -59,8 +60,10 @@ def pixel_classifier(model: nn.Module, mean: torch.Tensor, std: torch.Tensor) ->
 class TrainingAttack:
     """The attack each training batch meets (run/settings.py builds it from train.adversarial).
 
-    method: `fgsm-rs` (a random start, then one step) or `pgd` (a random start, then `steps`
-        steps); eps: the L∞ radius and step: each step's size, both in pixel units.
+    method: `fgsm-rs` (a random start, then one step), `n-fgsm` (a start in the ball of
+        NOISE_SCALE · eps, one step, no projection into the eps-ball) or `pgd` (a random
+        start, then `steps` steps); eps: the L∞ radius and step: each step's size, both in
+        pixel units.
     """
 
     method: str
@@ -69,8 +72,8 @@ class TrainingAttack:
     steps: int = 1
 
     def __post_init__(self) -> None:
-        if self.method not in ("fgsm-rs", "pgd"):
-            raise ValueError(f"training attack {self.method!r}: expected fgsm-rs or pgd")
+        if self.method not in ("fgsm-rs", "n-fgsm", "pgd"):
+            raise ValueError(f"training attack {self.method!r}: expected fgsm-rs, n-fgsm or pgd")
 
     @property
     def iterations(self) -> int:
@@ -80,7 +83,7 @@ class TrainingAttack:
     def describe(self) -> str:
         """The train log's line, e.g. `pgd-7 L∞ eps 0.3, step 0.1 per batch (8 forward/backward
         passes per batch)`."""
-        name = f"pgd-{self.steps}" if self.method == "pgd" else "fgsm-rs"
+        name = f"pgd-{self.steps}" if self.method == "pgd" else self.method
         return (
             f"{name} L∞ eps {self.eps:.4g}, step {self.step:.4g} per batch "
             f"({self.iterations + 1} forward/backward passes per batch)"
@@ -150,11 +153,25 @@ class AdversarialTraining:
         start, then one step (fgsm-rs) or `steps` steps (pgd), projected after each. Training
         keeps the last iterate (the strongest), not the first that fools the model."""
         eps, step = self.attack.eps, self.attack.step
+        if self.attack.method == "n-fgsm":
+            return self.noisy_fgsm(classify, pixels, labels)
         current = random_start(pixels, eps, "linf", None)
         for _ in range(self.attack.iterations):
             _, gradient, _ = loss_and_gradient(classify, current, labels)
             current = project(pixels, current + step * direction(gradient, "linf"), eps, "linf")
         return current.detach()
+
+    def noisy_fgsm(
+        self, classify: Classify, pixels: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """N-FGSM (de Jorge et al. 2022): uniform noise in the ball of NOISE_SCALE · eps, one
+        signed step from there, clipped to [0, 1] only. The larger, unprojected perturbation
+        is what keeps single-step training from catastrophic overfitting."""
+        radius = NOISE_SCALE * self.attack.eps
+        noisy = random_start(pixels, radius, "linf", None)
+        _, gradient, _ = loss_and_gradient(classify, noisy, labels)
+        return project(pixels, noisy + self.attack.step * direction(gradient, "linf"),
+                       radius + self.attack.step, "linf").detach()  # fmt: skip
 
     def score(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.task.score(model, batch)

@@ -265,7 +265,7 @@ def faithfulness(
     run_dir: str | Path,
     *,
     method: str | None = None,
-    metric: str = "deletion",
+    metric: str | Sequence[str] = "deletion",
     count: int = 500,
     layer: str | None = None,
     seed: int = 0,
@@ -275,26 +275,36 @@ def faithfulness(
     """Score a method on `count` test examples: deletion or insertion AUC against a random
     order, or the model-randomisation sanity check (see faithfulness.py).
 
+    `metric` may be a list: the maps are then computed once, and the result holds one entry
+    per metric under "metrics" (what benchmarks/explain.py uses).
+
     Example:
         >>> neuralab.attribution.explain.faithfulness("runs/cifar10-best", method="grad-cam")
     """
-    if metric not in faith.METRICS:
-        raise AttributionError(f"unknown metric {metric!r}; valid: {', '.join(faith.METRICS)}")
+    wanted = [metric] if isinstance(metric, str) else list(metric)
+    for name in wanted:
+        if name not in faith.METRICS:
+            raise AttributionError(f"unknown metric {name!r}; valid: {', '.join(faith.METRICS)}")
     predictor = Predictor.load(run_dir)
     refuse_few_shot(predictor)
     method = check_method(predictor, method)
     split, index, dataset = test_subset(predictor, count, None, data, data_dir)
     started = time.perf_counter()
     if predictor.modality.kind == "image":
-        found = image_faithfulness(predictor, split, index, dataset, method, metric, layer, seed)
+        found = image_faithfulness(predictor, split, index, dataset, method, wanted, layer, seed)
     else:
-        found = text_faithfulness(predictor, [split.texts[i] for i in index], method, metric, seed)
-    return {"dataset": dataset, "count": len(index), "method": method, **found,
-            "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+        texts = [split.texts[i] for i in index]
+        found = text_faithfulness(predictor, texts, method, wanted, seed)
+    head = {"dataset": dataset, "count": len(index), "method": method}
+    seconds = {"seconds": round(time.perf_counter() - started, 2)}
+    if isinstance(metric, str):
+        return {**head, **found[metric], **seconds}
+    return {**head, "metrics": found, **seconds}
 
 
-def image_faithfulness(predictor, split, index, dataset, method, metric, layer, seed) -> dict:
-    """Deletion / insertion / sanity on test images."""
+def image_faithfulness(predictor, split, index, dataset, method, metrics, layer, seed) -> dict:
+    """{metric: result} for deletion / insertion / sanity on test images, from one set of
+    maps (and, for sanity, the randomised model's)."""
     images = predictor.modality.split_examples(split, index, dataset)
     pixels = images.float().div(255.0).to(predictor.device)
     modality, tta, model = predictor.modality, predictor.task.tta, predictor.model.eval()
@@ -302,30 +312,37 @@ def image_faithfulness(predictor, split, index, dataset, method, metric, layer, 
     targets = batched_logits(run, pixels).argmax(1)
     settings = dict(mean=modality.mean, std=modality.std, tta=tta, layer=layer, seed=seed)
     maps = attribute_images(model, pixels, targets, method, **settings)
-    if metric == "sanity":
-        randomised = faith.randomised_copy(model, seed)
-        found = faith.sanity(
-            maps, attribute_images(randomised, pixels, targets, method, **settings)
-        )
-        if method in ("saliency", "smoothgrad"):  # magnitudes: also compare the signed gradients
-            pair = [attribute_images(net, pixels, targets, method, signed=True, **settings)
-                    for net in (model, randomised)]  # fmt: skip
-            found["rank_correlation_signed"] = faith.sanity(*pair)["rank_correlation_signed"]
-        return found
+    found = {}
+    if "sanity" in metrics:
+        found["sanity"] = image_sanity(model, pixels, targets, method, maps, settings)
 
     def probability_of(degraded: torch.Tensor) -> torch.Tensor:
         return batched_logits(run, degraded).softmax(1).gather(1, targets.view(-1, 1))[:, 0]
 
     baseline = torch.tensor(modality.mean, device=pixels.device).view(1, -1, 1, 1)
-    insertion = metric == "insertion"
     generator = torch.Generator().manual_seed(seed)
     area = pixels.shape[-2] * pixels.shape[-1]
     shuffled = torch.stack([torch.randperm(area, generator=generator) for _ in range(len(pixels))])
-    curves = faith.image_curves(probability_of, pixels, faith.pixel_orders(maps).to(pixels.device),
-                                baseline, insertion)  # fmt: skip
-    chance = faith.image_curves(probability_of, pixels, shuffled.to(pixels.device), baseline,
-                                insertion)  # fmt: skip
-    return faith.summary(curves.cpu(), chance.cpu(), metric)
+    ordered = faith.pixel_orders(maps).to(pixels.device)
+    for metric in (m for m in metrics if m != "sanity"):
+        insertion = metric == "insertion"
+        curves = faith.image_curves(probability_of, pixels, ordered, baseline, insertion)
+        chance = faith.image_curves(probability_of, pixels, shuffled.to(pixels.device), baseline,
+                                    insertion)  # fmt: skip
+        found[metric] = faith.summary(curves.cpu(), chance.cpu(), metric)
+    return found
+
+
+def image_sanity(model, pixels, targets, method, maps, settings) -> dict:
+    """Adebayo et al.'s check: the same method on a copy with every layer re-initialised;
+    for magnitudes (saliency, SmoothGrad) the signed gradients are compared too."""
+    randomised = faith.randomised_copy(model, settings["seed"])
+    found = faith.sanity(maps, attribute_images(randomised, pixels, targets, method, **settings))
+    if method in ("saliency", "smoothgrad"):
+        pair = [attribute_images(net, pixels, targets, method, signed=True, **settings)
+                for net in (model, randomised)]  # fmt: skip
+        found["rank_correlation_signed"] = faith.sanity(*pair)["rank_correlation_signed"]
+    return found
 
 
 @torch.no_grad()
@@ -334,9 +351,10 @@ def batched_logits(run, pixels: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat([run(pixels[start : start + batch]) for start in range(0, len(pixels), batch)])
 
 
-def text_faithfulness(predictor, given: list[str], method, metric, seed) -> dict:
-    """Deletion / insertion on test texts (words removed or inserted in weight order)."""
-    if metric == "sanity":
+def text_faithfulness(predictor, given: list[str], method, metrics, seed) -> dict:
+    """{metric: result} for deletion / insertion on test texts (words removed or inserted in
+    weight order)."""
+    if "sanity" in metrics:
         raise AttributionError("--metric sanity is for image runs; text runs take deletion "
                                "or insertion")  # fmt: skip
     explained = explain_texts(predictor, given, method, None)
@@ -351,7 +369,10 @@ def text_faithfulness(predictor, given: list[str], method, metric, seed) -> dict
         probabilities = predictor.probabilities(texts)
         return probabilities.gather(1, torch.tensor(owners).view(-1, 1))[:, 0]
 
-    insertion = metric == "insertion"
-    curves = faith.word_curves(probability_of, words, orders, targets, insertion)
-    chance = faith.word_curves(probability_of, words, shuffled, targets, insertion)
-    return faith.summary(curves, chance, metric)
+    found = {}
+    for metric in metrics:
+        insertion = metric == "insertion"
+        curves = faith.word_curves(probability_of, words, orders, targets, insertion)
+        chance = faith.word_curves(probability_of, words, shuffled, targets, insertion)
+        found[metric] = faith.summary(curves, chance, metric)
+    return found
