@@ -9,7 +9,8 @@
 order) / the model-randomisation sanity check, on the first `count` test images.
 `speed`: integrated gradients (50 steps) for 100 images, Grad-CAM for 1,000, and one image's
 Grad-CAM and saliency (the page's heat map), wall time.
-`robust`: clean, FGSM, PGD (steps × restarts) and APGD-CE accuracy per run.
+`robust`: clean, FGSM, PGD (steps × restarts) and APGD-CE (100 steps) accuracy per run
+(`--attacks` picks some of them).
 Each row is appended to benchmarks/results/explain.jsonl with the machine line; nothing else
 should run on the machine meanwhile (the times are wall clock).
 """
@@ -94,23 +95,23 @@ def run_speed(runs: dict[str, str]) -> None:
 
 
 def run_robust(runs: dict[str, str], args: argparse.Namespace) -> None:
-    print("| run | clean | FGSM | PGD | APGD-CE | seconds (FGSM / PGD / APGD) |")
+    print("| run | attack | clean | under attack | images | seconds |")
     print("|---|---|---|---|---|---|")
     for name, run in runs.items():
-        common = {"count": args.count, "save": True}
-        fgsm = evaluate_robustness(run, "fgsm", args.eps, **common)
-        pgd = evaluate_robustness(run, "pgd", args.eps, steps=args.steps,
-                                  restarts=args.restarts, **common)  # fmt: skip
-        apgd = evaluate_robustness(run, "apgd-ce", args.eps, steps=100, count=args.apgd_count)
-        rows = {"fgsm": fgsm, "pgd": pgd, "apgd-ce": apgd}
-        record({"kind": "robust", "run": name, "path": run, "eps": args.eps,
-                **{k: {**v, "points": v["points"]} for k, v in rows.items()}})  # fmt: skip
-        point = {k: v["points"][0] for k, v in rows.items()}
-        print(f"| {name} | {fgsm['clean_accuracy']:.2%} | {point['fgsm']['accuracy']:.2%} | "
-              f"{point['pgd']['accuracy']:.2%} ({point['pgd']['attack']}) | "
-              f"{point['apgd-ce']['accuracy']:.2%} ({apgd['count']} images) | "
-              f"{point['fgsm']['seconds']} / {point['pgd']['seconds']} / "
-              f"{point['apgd-ce']['seconds']} |", flush=True)  # fmt: skip
+        for attack in args.attacks:
+            if attack == "fgsm":
+                found = evaluate_robustness(run, "fgsm", args.eps, count=args.count)
+            elif attack == "pgd":
+                found = evaluate_robustness(run, "pgd", args.eps, steps=args.steps,
+                                            restarts=args.restarts, count=args.count)  # fmt: skip
+            else:
+                found = evaluate_robustness(run, "apgd-ce", args.eps, steps=100,
+                                            count=args.apgd_count)  # fmt: skip
+            record({"kind": "robust", "run": name, "path": run, **found})
+            point = found["points"][0]
+            print(f"| {name} | {point['attack']} | {found['clean_accuracy']:.2%} | "
+                  f"{point['accuracy']:.2%} | {found['count']} | {point['seconds']} |",
+                  flush=True)  # fmt: skip
 
 
 def parse_runs(values: list[str]) -> dict[str, str]:
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--restarts", type=int, default=10)
     parser.add_argument("--apgd-count", type=int, default=1000)
+    parser.add_argument("--attacks", nargs="*", default=["fgsm", "pgd", "apgd-ce"])
     args = parser.parse_args()
     runs = parse_runs(args.run)
     print(machine_line(machine_info()), flush=True)
