@@ -63,10 +63,15 @@ value_strategy = st.one_of(
 
 
 def names_a_key(message: str, keys: list[str]) -> bool:
-    """Whether `message` names one of the dotted `keys`, whole or its unknown part in quotes
-    (an unknown section is refused by its own name: 'trian' of 'trian.epochs')."""
+    """Whether `message` names one of the dotted `keys`, whole, or its unknown part or a dotted
+    prefix of it in quotes (an unknown section is refused by its own name: 'trian' of
+    'trian.epochs'; an unknown field by its path: 'data._' of 'data._._')."""
     parts = {part for key in keys for part in key.split(".")}
-    return any(key in message for key in keys) or any(f"'{part}'" in message for part in parts)
+    prefixes = {
+        ".".join(key.split(".")[:end]) for key in keys for end in range(1, key.count(".") + 2)
+    }
+    named = parts | prefixes
+    return any(key in message for key in keys) or any(f"'{part}'" in message for part in named)
 
 
 @SETTINGS
