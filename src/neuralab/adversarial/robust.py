@@ -85,6 +85,24 @@ def accuracy_under(
     return correct / len(pixels), shown, predicted[:keep]
 
 
+def sweep(
+    classify: Classify, pixels: torch.Tensor, labels: torch.Tensor, settings: list
+) -> tuple[list[dict], torch.Tensor | None, list[int]]:
+    """One point per attack setting ({"eps", "accuracy", "seconds", "attack"}), plus the
+    last setting's first EXAMPLES_SHOWN adversarial images and their predicted classes."""
+    points, shown, predicted = [], None, []
+    for setting in settings:
+        started = time.perf_counter()
+        keep = EXAMPLES_SHOWN if setting is settings[-1] else 0
+        accuracy, images, classes = accuracy_under(classify, pixels, labels, setting, 0, keep)
+        seconds = time.perf_counter() - started
+        points.append({"eps": setting.eps, "accuracy": accuracy, "seconds": round(seconds, 2),
+                       "attack": setting.describe()})  # fmt: skip
+        if keep:
+            shown, predicted = images, classes
+    return points, shown, predicted
+
+
 def evaluate_robustness(
     run_dir: str | Path,
     attack: str = "pgd",
@@ -127,16 +145,7 @@ def evaluate_robustness(
     pixels, labels, dataset = test_pixels(predictor, count, seed, data, data_dir)
     pixels, labels = pixels.to(predictor.device), labels.to(predictor.device)
     clean, _, _ = accuracy_under(classify, pixels, labels, replace(base, eps=0.0), 0)
-    points, shown, predicted = [], None, []
-    for setting in settings:
-        started = time.perf_counter()
-        keep = EXAMPLES_SHOWN if setting is settings[-1] else 0
-        accuracy, images, classes = accuracy_under(classify, pixels, labels, setting, 0, keep)
-        seconds = time.perf_counter() - started
-        points.append({"eps": setting.eps, "accuracy": accuracy, "seconds": round(seconds, 2),
-                       "attack": setting.describe()})  # fmt: skip
-        if keep:
-            shown, predicted = images, classes
+    points, shown, predicted = sweep(classify, pixels, labels, settings)
     report = {
         "dataset": dataset, "count": len(labels), "clean_accuracy": clean, "attack": attack,
         "norm": norm, "steps": steps if attack != "fgsm" else 1, "step_size": step_size,
