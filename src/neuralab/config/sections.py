@@ -196,6 +196,22 @@ class AdversarialConfig(Section):
         return 1.25 * self.eps if self.method == "fgsm-rs" else 2.5 * self.eps / self.steps
 
 
+class DistillConfig(Section):
+    """Knowledge distillation (Hinton, Vinyals & Dean 2015; tasks/distillation.py): the run
+    learns from a trained `teacher` run's softened outputs as well as the labels,
+
+        loss = (1 - weight) · hard + weight · T² · KL(softmax(teacher / T) ‖ softmax(student / T))
+
+    where `hard` is the run's own loss on the labels (train.loss, train.label_smoothing) and T
+    is `temperature`. The teacher's classes must be the run's; an image teacher sees the same
+    pixels through its own normalisation, a text teacher's tokenizer is the run's.
+    """
+
+    teacher: str | None = None  # a run directory (or checkpoint folder); None: no distillation
+    temperature: float = Field(4.0, gt=0.0, le=100.0)  # T; Hinton et al. used 1..20
+    weight: float = Field(0.5, ge=0.0, le=1.0)  # of the soft (teacher) term; 0: labels only
+
+
 class TrainConfig(Section):
     epochs: float = Field(10, gt=0)  # fractional epochs allowed: training stops mid-epoch
     batch_size: int = Field(64, ge=1)  # global: split evenly over the processes (torchrun)
@@ -252,6 +268,8 @@ class TrainConfig(Section):
     lr_mult: float = Field(1.0, ge=1.0)
     # Adversarial (robust) training of image classifiers: see AdversarialConfig.
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    # Knowledge distillation from a trained teacher run: see DistillConfig.
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @model_validator(mode="after")
     def one_weight_average(self) -> TrainConfig:

@@ -28,7 +28,7 @@ from neuralab.inference.summary import summarize
 from neuralab.modalities import Inputs, inputs_for
 from neuralab.modalities.episodes import EpisodeInputs
 from neuralab.models import build_model
-from neuralab.run import finetune
+from neuralab.run import distill, finetune
 from neuralab.run.defaults import fill_defaults
 from neuralab.run.records import build_callbacks, build_meta
 from neuralab.run.rundir import new_run_dir
@@ -41,6 +41,7 @@ from neuralab.run.settings import (  # the settings half of the builder (run/set
     is_episodic,
 )
 from neuralab.tasks import Task
+from neuralab.tasks.distillation import Distillation
 from neuralab.train import distributed
 from neuralab.train.allocator import current as allocator_state
 from neuralab.train.allocator import reused_memory
@@ -126,13 +127,13 @@ def build_run(
         log(describe_subset(config, inputs))
     if described:  # a forward pass: only when it is shown
         log(describe_model(config, model, inputs, device))
-    task = build_task(config, inputs)
+    task = build_task(config, inputs, device)
     if getattr(task, "episodic", False):  # batches are episodes: the task line says how
         log(f"task   {task.describe(model)}")
     else:
         log(distributed.describe_batch(settings.batch_size, settings.grad_accumulation))
-    if isinstance(task, AdversarialTraining):
-        log(f"adv    {task.describe()}")
+    if isinstance(task, (AdversarialTraining, Distillation)):  # what replaces the loss
+        log(f"{'adv' if isinstance(task, AdversarialTraining) else 'distil':<6} {task.describe()}")
     has_val = inputs.dataset.val is not None
     check_monitor(config, has_val)
     finetune.freeze_layers(config, model, log)  # before the run directory: a typo leaves none
@@ -171,6 +172,9 @@ def checked_config(
         config, notes = finetune.adopt_source(config, source)
         for note in notes:
             log(f"init   {note}")
+    config, notes = distill.adopt_teacher_tokenizer(config)
+    for note in notes:
+        log(note)
     check_settings(config)
     finetune.check_fine_tuning(config)
     return config, source
@@ -237,6 +241,7 @@ def build_inputs_and_model(
         if source is not None:
             finetune.check_kind(source, dataset.kind, dataset.name)
             trained = getattr(source.modality, "tokenizer", None)
+        trained = distill.teacher_tokenizer(config, trained)
         inputs = inputs_for(dataset, tokenizer, config.tokenizer.cache, trained)
     if is_episodic(config):
         if dataset.kind != "image":
@@ -284,6 +289,9 @@ def absolute_paths(config: RunConfig) -> RunConfig:
         config.data.data_dir = str(Path(config.data.data_dir).expanduser().resolve())
     if config.train.init_from:
         config.train.init_from = str(Path(config.train.init_from).expanduser().resolve())
+    if config.train.distill.teacher:
+        teacher = str(Path(config.train.distill.teacher).expanduser().resolve())
+        config.train.distill.teacher = teacher
     return config
 
 

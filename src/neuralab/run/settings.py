@@ -15,6 +15,7 @@ from neuralab.errors import ConfigError
 from neuralab.modalities import Inputs
 from neuralab.modalities.episodes import EpisodeSettings
 from neuralab.models import MODELS
+from neuralab.run.distill import distillation
 from neuralab.tasks import TASKS, Task
 from neuralab.train import distributed
 from neuralab.train.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler
@@ -106,15 +107,21 @@ def build_schedule(config: RunConfig, optimizer, steps_per_epoch: int):
     return make_scheduler(optimizer, name, steps_per_epoch, total, **settings)
 
 
-def build_task(config: RunConfig, inputs: Inputs) -> Task:
+def build_task(config: RunConfig, inputs: Inputs, device: torch.device | None = None) -> Task:
     """What is learned: classification (scored with the run's loss and test-time
-    augmentation), wrapped in adversarial training when train.adversarial is on, or a
-    few-shot task."""
+    augmentation), wrapped in adversarial training when train.adversarial is on or in
+    distillation when train.distill.teacher is set (its teacher on `device`, None: the CPU),
+    or a few-shot task."""
     name, arguments = task_arguments(config)
     task = TASKS.build(name, **arguments)
     attack = training_attack(config, inputs)
+    if attack is not None and config.train.distill.teacher is not None:
+        raise ConfigError(
+            "train.adversarial and train.distill.teacher both replace the training loss; "
+            "set one (train.adversarial.method=off or train.distill.teacher=null)"
+        )
     if attack is None:
-        return task
+        return distillation(config, inputs, task, device or torch.device("cpu"))
     modality = inputs.modality
     return AdversarialTraining(task, attack, modality.mean, modality.std)
 
