@@ -6,11 +6,13 @@ Example:
     >>> neuralab.load(run.run_dir).predict(["digit.png"], top_k=3)
     >>> neuralab.explain(run.run_dir, ["digit.png"], method="integrated-gradients")
     >>> neuralab.evaluate(run.run_dir, attack="pgd", eps=0.3, steps=40)["points"]
+    >>> small = neuralab.distill(run.run_dir, "mnist-fast")  # a student taught by the run
+    >>> neuralab.prune(run.run_dir, sparsity=0.8, finetune=1)["accuracy"]
     >>> agent = neuralab.rl.train("cartpole-dqn")      # reinforcement learning (neuralab.rl)
 """
 
 from neuralab import rl
-from neuralab.api import Run, evaluate, load, resume, train
+from neuralab.api import Run, distill, evaluate, load, prune, resume, train
 from neuralab.attribution.explain import Explanation, explain
 from neuralab.config import RunConfig, resolve_config
 from neuralab.data import DATASETS, load_dataset
@@ -31,12 +33,14 @@ __all__ = [
     "RunConfig",
     "build_model",
     "classify_by_example",
+    "distill",
     "evaluate",
     "explain",
     "export",
     "load",
     "load_dataset",
     "lr_find",
+    "prune",
     "resolve_config",
     "resume",
     "rl",

@@ -1,6 +1,6 @@
-"""The Python API: `train`, `resume`, `summary`, `load`, `evaluate`. The CLI is a thin layer
-over these functions with the same names; the run builder (run/build.py) turns the config
-into objects."""
+"""The Python API: `train`, `resume`, `summary`, `load`, `evaluate`, `distill`, `prune`. The
+CLI is a thin layer over these functions with the same names; the run builder (run/build.py)
+turns the config into objects."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ import torch
 
 from neuralab.adversarial.robust import evaluate_robustness
 from neuralab.checkpoint.format import recover_interrupted_save
-from neuralab.config import RunConfig, config_from
-from neuralab.errors import UserError
+from neuralab.config import SHORTCUTS, RunConfig, config_from, resolve_config
+from neuralab.errors import ConfigError, UserError
 from neuralab.inference import evaluation
 from neuralab.inference.predict import Predictor
 from neuralab.inference.summary import ModelSummary, summarize
 from neuralab.run import build
+from neuralab.run import prune as pruning
 from neuralab.run.build import RunParts, build_run
 from neuralab.run.probe import model_for
 from neuralab.run.resume import resumable_run
@@ -27,6 +28,7 @@ from neuralab.run.rundir import last_good
 from neuralab.run.tracking import draw_curves, write_text_atomic
 from neuralab.train import allocator, distributed
 from neuralab.train.callbacks import Callback, progress_callbacks
+from neuralab.train.pruning import KeepPruned, check_sparsity
 from neuralab.train.trainer import Trainer, score_loader
 
 
@@ -258,3 +260,104 @@ def evaluate(
         run_dir, attack, eps, norm=norm, steps=steps, step_size=step_size, restarts=restarts,
         count=count, seed=seed, out=out, data=data, data_dir=data_dir, save=save,
     )  # fmt: skip
+
+
+def distill_config(
+    teacher: str | Path,
+    recipe: str | None = None,
+    overrides: list[str] | None = None,
+    temperature: float | None = None,
+    weight: float | None = None,
+    **shortcuts: object,
+) -> RunConfig:
+    """The config of a student run taught by `teacher`: recipe ← shortcuts (config.SHORTCUTS
+    keywords) ← train.distill.* ← `overrides`."""
+    unknown = sorted(set(shortcuts) - set(SHORTCUTS))
+    if unknown:
+        raise TypeError(f"distill() got unknown keywords {unknown}; valid: {sorted(SHORTCUTS)}")
+    fields = {SHORTCUTS[name]: value for name, value in shortcuts.items()}
+    fields.update({"train.distill.teacher": str(teacher), "train.distill.temperature": temperature,
+                   "train.distill.weight": weight})  # fmt: skip
+    return resolve_config(recipe, overrides, **fields)
+
+
+def distill(
+    teacher: str | Path,
+    recipe: str | None = None,
+    *,
+    temperature: float | None = None,
+    weight: float | None = None,
+    overrides: list[str] | None = None,
+    verbose: bool = True,
+    callbacks: Sequence[Callback] = (),
+    progress: str = "auto",
+    **shortcuts: object,
+) -> Run:
+    """Train a student run taught by the `teacher` run (`train` with train.distill.teacher):
+    loss = (1 - weight) · the run's loss on the labels + weight · T² · KL(teacher ‖ student)
+    at temperature T (Hinton et al. 2015; defaults T 4, weight 0.5). The teacher must know
+    the student's classes; see run/distill.py for what else they share.
+
+    Args:
+        teacher: a trained run directory.
+        recipe, overrides, verbose, callbacks, progress: as `train`'s.
+        temperature, weight: train.distill.temperature and .weight (None: the recipe's).
+        shortcuts: `train`'s config keywords (data, model, epochs, batch_size, lr, seed,
+            data_dir, out, init_from, ...).
+
+    Example:
+        >>> student = neuralab.distill("runs/mnist-best", "mnist-fast", out="runs/small")
+    """
+    config = distill_config(teacher, recipe, overrides, temperature, weight, **shortcuts)
+    return train_config(config, verbose=verbose, callbacks=callbacks, progress=progress)
+
+
+def prune(
+    run: str | Path,
+    sparsity: float,
+    *,
+    finetune: float = 0,
+    out: str | Path | None = None,
+    overrides: list[str] | None = None,
+    verbose: bool = True,
+    progress: str = "auto",
+) -> dict:
+    """Global magnitude pruning of a saved run, then an optional fine-tune that keeps the
+    pruned weights at zero; the result is a normal run (plain weights with zeros: predict,
+    evaluate, export and serve load it) with its report in `<out>/pruning.json`.
+
+    Args:
+        run: a trained run directory.
+        sparsity: the fraction of Linear/Conv/Embedding weights set to zero, in [0, 1).
+        finetune: epochs of training afterwards with the run's own config (0: none).
+        out: the new run (default `<run>-pruned-<percent>` beside it).
+        overrides: `section.field=value` changes to the fine-tune's config (e.g. optim.lr).
+
+    Returns:
+        The report: per-layer and total sparsity, test accuracy before and after pruning
+        and after the fine-tune, one batch's latency dense vs pruned (no speed-up: dense
+        tensors with zeros cost the same on a CPU).
+
+    Example:
+        >>> neuralab.prune("runs/mnist-best", 0.8, finetune=1)["accuracy"]
+    """
+    sparsity = check_sparsity(sparsity)
+    if not finetune >= 0:
+        raise ConfigError(f"finetune is a number of epochs ≥ 0 (0: none), got {finetune!r}")
+    source = pruning.source_run(run)
+    out = Path(out) if out else pruning.default_out(source, sparsity)
+    if (out / "checkpoint").exists() or (out / "metrics.json").exists():
+        raise FileExistsError(f"{out} already holds a run; choose another --out or delete it")
+    config = None  # the fine-tune's, checked before any work
+    if finetune:
+        config = pruning.finetune_config(source, out / "pruned", finetune, out, overrides or [])
+    pruned = pruning.prune_run(source, sparsity, out / "pruned" if finetune else out)
+    metrics = None
+    if config is not None:
+        kept = [KeepPruned(pruned.masks)]
+        metrics = train_config(config, verbose, callbacks=kept, progress=progress).metrics
+    report = {**pruned.report, "run": str(out), "fine_tune_epochs": finetune}
+    report = pruning.finish_report(report, out, metrics)
+    for line in pruning.describe(report):
+        say(verbose, line)
+    return report

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from neuralab import __version__
+from neuralab.cli.compress import add_distill, add_prune
 from neuralab.cli.evaluate import add_evaluate, add_predict, add_report, add_summary
 from neuralab.cli.explain import add_explain
 from neuralab.cli.export import add_export
@@ -42,6 +43,8 @@ VERBS = (
     add_listings,  # models, datasets, recipes
     add_serve,
     add_export,
+    add_distill,
+    add_prune,
     add_rl,
 )
 
