@@ -375,3 +375,22 @@ def test_cli_exports_a_digits_run_checked_on_its_test_split(
 def test_cli_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["export", str(tmp_path / "nowhere")]) == 2
     assert "is not a neuralab run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("format", ["onnx", "torchscript"])
+def test_compact_ngram_tables_export_with_their_binary_search(
+    tmp_path: Path, tokenizer: TextTokenizer, format: str
+) -> None:
+    """A model whose tables were sized to its training texts: the export looks rows up with a
+    traced binary search (ONNX has no searchsorted) and folds r * w into one table."""
+    spec = TextSpec(tokenizer.vocab_size, 3, MAX_LENGTH)
+    model = built("ngram", spec)
+    texts = [torch.tensor(row) for row in tokenizer.encode(sentences(30, seed=3))]
+    ids = torch.nn.utils.rnn.pad_sequence(texts, batch_first=True)[:, :MAX_LENGTH]
+    model.initialize_from_texts([(ids, torch.arange(30) % 3)])
+    with torch.no_grad():
+        model.nb_weight.weight.normal_()
+    assert 0 < len(model.kept_rows) < model.hashed_rows
+    run_dir = save_run(tmp_path / "run", "ngram", tokenizer, model_object=model)
+    result = neuralab.export(run_dir, format, check_examples=40, check_data="random")
+    assert result.top1_agreement == 1.0 and result.max_abs_diff <= result.tolerance

@@ -153,7 +153,7 @@ def test_nb_ratios_match_naive_bayes_counts_by_hand() -> None:
     with p = 1 + texts of the class holding the word, q = 1 + other texts holding it (0 for
     words no text holds)."""
     spec = TextSpec(vocab_size=6, num_classes=2, max_length=5)
-    model = build_model("ngram", spec, embed_dim=2, ngrams=1, binary=True, nb=True)
+    model = build_model("ngram", spec, embed_dim=2, ngrams=1, binary=True, nb=True, compact=False)
     ids = torch.tensor([[2, 3, 3, 0], [2, 4, 0, 0], [5, 4, 4, 4], [3, 0, 0, 0]])
     labels = torch.tensor([0, 0, 1, 1])
     model.initialize_from_texts([(ids[:2], labels[:2]), (ids[2:], labels[2:])])
@@ -174,8 +174,9 @@ def test_nb_term_is_scaled_ratio_times_weight_and_ignores_rare_features() -> Non
     than nb_min_count texts get r = 0."""
     spec = TextSpec(vocab_size=6, num_classes=2, max_length=5)
     model = build_model(
-        "ngram", spec, embed_dim=2, ngrams=1, binary=True, nb=True, nb_scale=0.5, nb_min_count=2
-    )
+        "ngram", spec, embed_dim=2, ngrams=1, binary=True, nb=True, nb_scale=0.5, nb_min_count=2,
+        compact=False,
+    )  # fmt: skip
     ids = torch.tensor([[2, 3, 0], [4, 3, 5]])  # 3 is in both texts; 2, 4 and 5 in one
     model.initialize_from_texts([(ids, torch.tensor([0, 1]))])
     assert model.nb_ratio[[0, 2, 4, 5]].abs().sum() == 0 and model.nb_ratio[3].abs().sum() > 0
@@ -237,3 +238,87 @@ def test_recurrent_layers_match_packed_bidirectional_pytorch(cell: str, pooling:
     model.classifier.register_forward_hook(lambda m, inputs, out: ours.append(inputs[0]))
     model(ids)
     torch.testing.assert_close(ours[0], pooled_expected, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------- tables sized to the training data
+
+
+def ngram_pair(embed_dim: int) -> tuple[NgramBag, NgramBag, torch.Tensor, torch.Tensor]:
+    """A full-table model and a compact one with the same weights, both initialised from the
+    same 40 texts (ids (40, 12) with padding, labels of 3 classes)."""
+    torch.manual_seed(0)
+    spec = TextSpec(vocab_size=50, num_classes=3, max_length=12)
+    args = {"embed_dim": embed_dim, "ngrams": 3, "buckets": 97, "binary": True, "nb": True,
+            "nb_min_count": 2}  # fmt: skip
+    full = build_model("ngram", spec, compact=False, **args)
+    compact = build_model("ngram", spec, **args)
+    compact.load_state_dict(full.state_dict())
+    ids = torch.randint(1, 50, (40, 12))
+    ids[::3, 8:] = 0
+    labels = torch.randint(0, 3, (40,))
+    full.initialize_from_texts([(ids[:25], labels[:25]), (ids[25:], labels[25:])])
+    compact.initialize_from_texts([(ids[:25], labels[:25]), (ids[25:], labels[25:])])
+    with torch.no_grad():  # trained-looking NB weights, the same for the kept rows
+        full.nb_weight.weight.normal_()
+        kept = torch.cat([torch.zeros(1, dtype=torch.long), compact.kept_rows.long()])
+        compact.nb_weight.weight.copy_(full.nb_weight.weight[kept])
+    return full.eval(), compact.eval(), ids, labels
+
+
+def test_compact_tables_keep_exactly_the_rows_the_training_texts_hold() -> None:
+    """The kept rows are the features in >= nb_min_count texts (NB alone) and the compact
+    model's logits equal the full table's on any text: the rows it drops carry r = 0."""
+    full, compact, ids, _ = ngram_pair(embed_dim=0)
+    counts = torch.zeros(full.hashed_rows)
+    for text in full.features(ids):
+        counts[text[text != 0].unique()] += 1
+    expected = (counts >= 2).nonzero().squeeze(1)
+    assert torch.equal(compact.kept_rows.long(), expected)
+    assert compact.nb_ratio.shape == (len(expected) + 1, 3) < full.nb_ratio.shape
+    unseen = torch.randint(1, 50, (9, 12), generator=torch.Generator().manual_seed(5))
+    for texts in (ids, unseen):
+        torch.testing.assert_close(compact(texts), full(texts), rtol=0, atol=1e-6)
+
+
+def test_compact_tables_with_embeddings_drop_only_never_seen_features() -> None:
+    """With embeddings, every feature seen once is kept: the logits on the training texts
+    equal the full table's (a test text's unseen n-grams would read untrained rows there)."""
+    full, compact, ids, _ = ngram_pair(embed_dim=4)
+    torch.testing.assert_close(compact(ids), full(ids), rtol=0, atol=1e-6)
+    assert (compact.table_rows(ids) > 0).sum() == (full.table_rows(ids) > 0).sum()
+
+
+def test_compact_checkpoint_loads_into_a_fresh_model_and_old_full_ones_still_load(
+    tmp_path: Path,
+) -> None:
+    full, compact, ids, _ = ngram_pair(embed_dim=4)
+    save_file(compact.state_dict(), str(tmp_path / "compact.safetensors"))
+    fresh = build_model("ngram", TextSpec(50, 3, 12), embed_dim=4, ngrams=3, buckets=97,
+                        binary=True, nb=True, nb_min_count=2)  # fmt: skip
+    fresh.load_state_dict(load_file(str(tmp_path / "compact.safetensors")))
+    torch.testing.assert_close(fresh.eval()(ids), compact(ids), rtol=0, atol=0)
+    old = {k: v for k, v in full.state_dict().items() if k != "kept_rows"}  # before compaction
+    again = build_model("ngram", TextSpec(50, 3, 12), embed_dim=4, ngrams=3, buckets=97,
+                        binary=True, nb=True, nb_min_count=2)  # fmt: skip
+    again.load_state_dict(old)
+    torch.testing.assert_close(again.eval()(ids), full(ids), rtol=0, atol=0)
+
+
+def test_traced_binary_search_equals_searchsorted() -> None:
+    from neuralab.models.kept_rows import traced_count_at_most
+
+    generator = torch.Generator().manual_seed(1)
+    for size in (1, 2, 7, 8, 500):
+        kept = torch.randperm(10_000, generator=generator)[:size].sort().values + 1
+        kept = kept.to(torch.int32)
+        query = torch.randint(0, 10_100, (5, 600), generator=generator, dtype=torch.int32)
+        query[0, :size] = kept  # every kept id is asked for too
+        expected = torch.searchsorted(kept, query, right=True)
+        assert torch.equal(traced_count_at_most(kept, query), expected)
+
+
+def test_compaction_that_keeps_nothing_names_nb_min_count() -> None:
+    model = build_model("ngram", TextSpec(10, 2, 4), embed_dim=0, ngrams=1, nb=True,
+                        nb_min_count=5)  # fmt: skip
+    with pytest.raises(ValueError, match="lower nb_min_count"):
+        model.initialize_from_texts([(torch.tensor([[2, 3, 0, 0]]), torch.tensor([1]))])

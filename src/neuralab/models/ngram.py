@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from neuralab.models import training
+from neuralab.models.kept_rows import compact_rows, select_rows
 from neuralab.models.registry import MODELS, TextSpec
 from neuralab.models.sequence import PAD_ID
 from neuralab.registry import InvalidArgumentError
@@ -34,6 +35,11 @@ class NgramBag(nn.Module):
     move the logits faster than uninformative ones; `nb_scale` sets this term's step size
     relative to the embeddings' under scale-free optimizers such as Adagrad (the linear term
     overfits IMDB within one epoch at the embeddings' learning rate).
+
+    With `compact=True`, `initialize_from_texts` also shrinks the tables to the rows of the
+    features the training texts hold (models/kept_rows.py): those in at least `nb_min_count`
+    texts for NB alone (the others' r is 0, so they add nothing), in at least one text when
+    there are embeddings. The kept ids are the buffer `kept_rows` (empty: the full table).
     """
 
     def __init__(
@@ -48,12 +54,16 @@ class NgramBag(nn.Module):
         nb: bool = False,
         nb_scale: float = 1.0,
         nb_min_count: int = 1,
+        compact: bool = False,
     ) -> None:
         super().__init__()
         self.nb_scale, self.nb_min_count = nb_scale, nb_min_count
         self.vocab_size, self.ngrams, self.buckets = spec.vocab_size, ngrams, buckets
-        self.binary = binary
+        self.binary, self.compact, self.num_classes = binary, compact, spec.num_classes
         rows = spec.vocab_size + (buckets if ngrams > 1 else 0)
+        self.hashed_rows = rows  # ids features() gives: 0 .. rows - 1
+        # (K,) int32: sorted ids of the rows kept (compact=True, once initialised); empty = all.
+        self.register_buffer("kept_rows", torch.zeros(0, dtype=torch.int32))
         self.bag: nn.EmbeddingBag | None = None  # embed_dim=0: no fastText part (NB-LR alone)
         if embed_dim:
             self.bag = nn.EmbeddingBag(
@@ -99,37 +109,99 @@ class NgramBag(nn.Module):
 
     @torch.no_grad()
     def initialize_from_texts(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Set the naive-Bayes log-count ratios from the training texts (nb=True only).
+        """Set the naive-Bayes log-count ratios from the training texts (nb=True), and keep
+        only the rows of the features they hold (compact=True).
 
         batches: (ids int64 (B, T), labels int64 (B,)) covering the training split once."""
-        if self.nb_weight is None:
+        if self.nb_weight is None and not self.compact:
             return
-        rows, classes = self.nb_ratio.shape
-        counts = torch.zeros(classes * rows, dtype=torch.float64, device=self.nb_ratio.device)
+        if len(self.kept_rows):
+            raise RuntimeError("initialize_from_texts: the tables are already compact")
+        per_class = self.texts_holding(batches)  # (rows, classes)
+        if self.nb_weight is not None:
+            self.nb_ratio.copy_(self.log_count_ratios(per_class))
+        if self.compact:
+            needed = self.nb_min_count if self.bag is None else 1
+            seen = per_class.sum(1) >= needed  # (rows,)
+            seen[PAD_ID] = False
+            if not seen.any():
+                raise InvalidArgumentError(
+                    f"ngram: no word or n-gram is in {needed} training texts, so the model "
+                    "would have no features; lower nb_min_count or check the training data"
+                )
+            self.keep_rows(seen.nonzero().squeeze(1).to(torch.int32))
+
+    def texts_holding(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """(rows, classes) float64: how many texts of each class hold each feature."""
+        rows, classes = self.hashed_rows, self.num_classes
+        device = self.kept_rows.device
+        counts = torch.zeros(classes * rows, dtype=torch.float64, device=device)
         for ids, labels in batches:
             features = self.features(ids)  # already distinct when binary
             present = features if self.binary else distinct(features)  # (B, L): once per text
             cells = labels.unsqueeze(1) * rows + present  # (B, L) flat (class, row) index
             counts += torch.bincount(cells[present != PAD_ID], minlength=classes * rows)
-        per_class = counts.view(classes, rows).T  # (rows, classes) texts holding f, per class
+        return counts.view(classes, rows).T
+
+    def log_count_ratios(self, per_class: torch.Tensor) -> torch.Tensor:
+        """NBSVM's r (rows, classes) from the per-class text counts, float32."""
         inside = per_class + NB_SMOOTHING
         outside = per_class.sum(1, keepdim=True) - per_class + NB_SMOOTHING
         ratio = (inside / inside.sum(0)).log() - (outside / outside.sum(0)).log()
         ratio[PAD_ID] = 0.0
         # Features in fewer than nb_min_count texts say more about those texts than the class.
         ratio[per_class.sum(1) < self.nb_min_count] = 0.0
-        self.nb_ratio.copy_(ratio.float())
+        return ratio.float()
+
+    def keep_rows(self, kept: torch.Tensor) -> None:
+        """Shrink every table to the padding row and the `kept` rows (K,) int32, in order."""
+        self.kept_rows = kept
+        if self.bag is not None:
+            weight = select_rows(self.bag.weight.detach(), kept)
+            self.bag = nn.EmbeddingBag.from_pretrained(
+                weight, freeze=False, mode="mean", padding_idx=PAD_ID, sparse=self.bag.sparse
+            )
+        if self.nb_weight is not None:
+            weight = select_rows(self.nb_weight.weight.detach(), kept)
+            self.nb_weight = nn.Embedding.from_pretrained(
+                weight, freeze=False, sparse=self.nb_weight.sparse
+            )
+            self.nb_ratio = select_rows(self.nb_ratio, kept)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """A compact checkpoint resizes the tables before its values are copied in; one saved
+        before `kept_rows` existed holds full tables."""
+        kept = state_dict.setdefault(prefix + "kept_rows", torch.zeros(0, dtype=torch.int32))
+        if len(kept) and not len(self.kept_rows):
+            self.keep_rows(kept.to(self.kept_rows.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def table_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Each word's and n-gram's row in the tables: (B, T) → (B, T * ngrams), 0 = none."""
+        features = self.features(ids)
+        return compact_rows(self.kept_rows, features) if len(self.kept_rows) else features
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        features = self.features(ids)  # (B, L)
+        rows = self.table_rows(ids)  # (B, L)
         if self.bag is None:
             logits = self.bias.expand(len(ids), -1)
         else:
-            logits = self.classifier(self.dropout(self.bag_mean(features)))
+            logits = self.classifier(self.dropout(self.bag_mean(rows)))
         if self.nb_weight is not None:
-            weighted = self.nb_weight(features) * self.nb_ratio[features]  # (B, L, classes)
-            logits = logits + self.nb_scale * weighted.sum(1)
+            logits = logits + self.nb_term(rows)
         return logits
+
+    def nb_term(self, rows: torch.Tensor) -> torch.Tensor:
+        """nb_scale * sum over each text's features of r * w: (B, L) → (B, classes).
+
+        A traced export folds the three factors into one table (the exporter's constant
+        folding stores nb_scale * r * w once instead of r and w), equal up to float rounding.
+        """
+        if torch.jit.is_tracing():
+            folded = self.nb_scale * self.nb_weight.weight * self.nb_ratio  # (rows, classes)
+            return folded[rows].sum(1)
+        weighted = self.nb_weight(rows) * self.nb_ratio[rows]  # (B, L, classes)
+        return self.nb_scale * weighted.sum(1)
 
     def bag_mean(self, features: torch.Tensor) -> torch.Tensor:
         """Mean embedding of each row's features, padding left out: (B, L) → (B, E).
@@ -171,6 +243,7 @@ def ngram(
     nb: bool = False,
     nb_scale: float = 1.0,
     nb_min_count: int = 1,
+    compact: bool = True,
 ) -> nn.Module:
     """fastText: mean of word and hashed n-gram embeddings → linear (ngrams=2: uni+bigrams).
 
@@ -181,6 +254,8 @@ def ngram(
     word repeated ten times weighs no more than once.
     `nb=True` adds a logistic regression on NBSVM's naive-Bayes scaled features (see NgramBag),
     its steps scaled by `nb_scale`; features in fewer than `nb_min_count` texts get no weight.
+    `compact=True` keeps only the table rows of features the training texts hold (the run's
+    size then follows its data, not `buckets`); `false` keeps every bucket.
     """
     if ngrams < 1 or buckets < 1:
         raise InvalidArgumentError(
@@ -192,5 +267,6 @@ def ngram(
             f"logistic regression alone), got {embed_dim}"
         )
     return NgramBag(
-        spec, embed_dim, ngrams, buckets, dropout, sparse, binary, nb, nb_scale, nb_min_count
-    )
+        spec, embed_dim, ngrams, buckets, dropout, sparse, binary, nb, nb_scale, nb_min_count,
+        compact,
+    )  # fmt: skip
