@@ -126,14 +126,21 @@ def test_bad_settings_are_config_errors(teacher, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="train.distill.temperature"):
         resolve_config(None, ["train.distill.temperature=0"])
     with pytest.raises(ConfigError, match="set one"):
-        neuralab.distill(teacher.run_dir, data="digits", model="mlp", epochs=1, verbose=False,
-                         out=str(tmp_path / "adv"),
-                         overrides=["train.adversarial.method=pgd", "train.adversarial.eps=0.1"])
+        neuralab.distill(
+            teacher.run_dir,
+            data="digits",
+            model="mlp",
+            epochs=1,
+            verbose=False,
+            out=str(tmp_path / "adv"),
+            overrides=["train.adversarial.method=pgd", "train.adversarial.eps=0.1"],
+        )
     assert main(["distill", str(tmp_path / "missing"), "--data", "digits"]) == 2
 
 
 def test_a_text_student_takes_its_teachers_tokenizer(tmp_path: Path) -> None:
-    rows = ["label,text"] + [f"{'pos' if i % 2 else 'neg'},word{i % 7} film {'good' if i % 2 else 'bad'}"
+    words = ["bad", "good"]
+    rows = ["label,text"] + [f"{'pos' if i % 2 else 'neg'},word{i % 7} film {words[i % 2]}"
                              for i in range(60)]  # fmt: skip
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
     data = f"csv:{tmp_path / 't.csv'}"
@@ -144,11 +151,24 @@ def test_a_text_student_takes_its_teachers_tokenizer(tmp_path: Path) -> None:
     same = (teacher.run_dir / "checkpoint" / "tokenizer.json").read_text()
     assert (student.run_dir / "checkpoint" / "tokenizer.json").read_text() == same
     with pytest.raises(ConfigError, match="tokenizer.max_length=5.*differ from the teacher's"):
-        neuralab.distill(teacher.run_dir, data=data, epochs=1, verbose=False,
-                         out=str(tmp_path / "x"), overrides=["tokenizer.max_length=5"])
+        neuralab.distill(
+            teacher.run_dir,
+            data=data,
+            epochs=1,
+            verbose=False,
+            out=str(tmp_path / "x"),
+            overrides=["tokenizer.max_length=5"],
+        )
     with pytest.raises(DataError, match="learned from text data"):
-        neuralab.distill(teacher.run_dir, data="digits", model="mlp", epochs=1, verbose=False,
-                         out=str(tmp_path / "y"), overrides=["data.classes=[0,1]"])
+        neuralab.distill(
+            teacher.run_dir,
+            data="digits",
+            model="mlp",
+            epochs=1,
+            verbose=False,
+            out=str(tmp_path / "y"),
+            overrides=["data.classes=[0,1]"],
+        )
 
 
 def test_cli_distill_dry_run_sets_the_section(teacher, capsys) -> None:

@@ -14,6 +14,7 @@ from torch import nn
 import neuralab
 from neuralab.cli.main import main
 from neuralab.config import ConfigError
+from neuralab.train.callbacks import Callback
 from neuralab.train.pruning import (
     KeepPruned,
     check_sparsity,
@@ -122,3 +123,25 @@ def test_cli_prune_without_fine_tune_writes_a_run_beside_the_source(source, caps
     assert main(["prune", str(source.run_dir), "--sparsity", "0.5"]) == 2
     assert main(["prune", str(source.run_dir), "--sparsity", "1"]) == 2
     assert "sparsity 1.0" in capsys.readouterr().err
+
+
+class StopAfterFirstEpoch(Callback):
+    """An interruption once the first epoch is saved (user callbacks run after the writer)."""
+
+    def on_epoch_end(self, trainer, logs: dict) -> None:
+        if logs["epoch"] == 1:
+            raise KeyboardInterrupt
+
+
+def test_a_resumed_fine_tune_keeps_the_zeros(source, tmp_path: Path) -> None:
+    neuralab.prune(source.run_dir, sparsity=0.6, out=tmp_path / "start", verbose=False)
+    out = tmp_path / "tuned"
+    with pytest.raises(KeyboardInterrupt):
+        neuralab.train(data="digits", model="mlp", epochs=2, lr=0.1, verbose=False,
+                       out=str(out), init_from=tmp_path / "start",
+                       callbacks=[StopAfterFirstEpoch()],
+                       overrides=[*SEEDED, "train.keep_zeros=true"])  # fmt: skip
+    assert zero_fraction(neuralab.load(out).model) >= 0.6
+    run = neuralab.resume(out, verbose=False)  # its config.yaml says keep_zeros
+    assert run.metrics["epochs"] == 2
+    assert zero_fraction(neuralab.load(out).model) >= 0.6

@@ -14,6 +14,7 @@ import torch
 
 from neuralab.adversarial.robust import evaluate_robustness
 from neuralab.checkpoint.format import recover_interrupted_save
+from neuralab.checkpoint.sharing import describe_bytes, drop_resume_state, folder_bytes
 from neuralab.config import SHORTCUTS, RunConfig, config_from, resolve_config
 from neuralab.errors import ConfigError, UserError
 from neuralab.inference import evaluation
@@ -28,7 +29,7 @@ from neuralab.run.rundir import last_good
 from neuralab.run.tracking import draw_curves, write_text_atomic
 from neuralab.train import allocator, distributed
 from neuralab.train.callbacks import Callback, progress_callbacks
-from neuralab.train.pruning import KeepPruned, check_sparsity
+from neuralab.train.pruning import check_sparsity
 from neuralab.train.trainer import Trainer, score_loader
 
 
@@ -139,12 +140,21 @@ def train_on_device(
     if distributed.is_main_process():
         write_text_atomic(parts.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         say(verbose, draw_curves(parts.run_dir, trainer.history))
+        say(verbose, finish_run_directory(parts.run_dir))
     say(
         verbose,
         f"test   accuracy {metrics['accuracy']:.2%} · loss {metrics['loss']:.4f} · "
         f"trained in {train_seconds:.1f}s · run saved to {parts.run_dir}",
     )
     return Run(parts.run_dir, history, metrics)
+
+
+def finish_run_directory(run_dir: Path) -> str:
+    """A finished run cannot be resumed: its checkpoint drops the resume state (optimizer
+    moments, RNG). Returns the line that says so, with the run directory's size."""
+    freed = drop_resume_state(run_dir / "checkpoint")
+    note = f" (resume state dropped: {describe_bytes(freed)})" if freed else ""
+    return f"size   {describe_bytes(folder_bytes(run_dir))}{note}"
 
 
 def report_stop(trainer: Trainer, run_dir: Path, verbose: bool) -> None:
@@ -353,9 +363,8 @@ def prune(
         config = pruning.finetune_config(source, out / "pruned", finetune, out, overrides or [])
     pruned = pruning.prune_run(source, sparsity, out / "pruned" if finetune else out)
     metrics = None
-    if config is not None:
-        kept = [KeepPruned(pruned.masks)]
-        metrics = train_config(config, verbose, callbacks=kept, progress=progress).metrics
+    if config is not None:  # train.keep_zeros: KeepPruned keeps the pruned weights at zero
+        metrics = train_config(config, verbose, progress=progress).metrics
     report = {**pruned.report, "run": str(out), "fine_tune_epochs": finetune}
     report = pruning.finish_report(report, out, metrics)
     for line in pruning.describe(report):

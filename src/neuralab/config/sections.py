@@ -268,6 +268,10 @@ class TrainConfig(Section):
     lr_mult: float = Field(1.0, ge=1.0)
     # Adversarial (robust) training of image classifiers: see AdversarialConfig.
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    # Weights of Linear/Conv/Embedding layers that are exactly zero when training starts (a
+    # pruned run's, via init_from; a resumed run's own) stay zero after every step:
+    # `neuralab prune --finetune` sets it (train/pruning.py: KeepPruned).
+    keep_zeros: bool = False
     # Knowledge distillation from a trained teacher run: see DistillConfig.
     distill: DistillConfig = Field(default_factory=DistillConfig)
 

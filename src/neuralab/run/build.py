@@ -55,6 +55,7 @@ from neuralab.train.engine import (
     pick_engine,
     resumed_engine,
 )
+from neuralab.train.pruning import KeepPruned
 from neuralab.train.trainer import Trainer, finite_check
 
 Log = Callable[[str], None]
@@ -127,13 +128,7 @@ def build_run(
         log(describe_subset(config, inputs))
     if described:  # a forward pass: only when it is shown
         log(describe_model(config, model, inputs, device))
-    task = build_task(config, inputs, device)
-    if getattr(task, "episodic", False):  # batches are episodes: the task line says how
-        log(f"task   {task.describe(model)}")
-    else:
-        log(distributed.describe_batch(settings.batch_size, settings.grad_accumulation))
-    if isinstance(task, (AdversarialTraining, Distillation)):  # what replaces the loss
-        log(f"{'adv' if isinstance(task, AdversarialTraining) else 'distil':<6} {task.describe()}")
+    task = described_task(config, inputs, model, device, log)
     has_val = inputs.dataset.val is not None
     check_monitor(config, has_val)
     finetune.freeze_layers(config, model, log)  # before the run directory: a typo leaves none
@@ -153,12 +148,28 @@ def build_run(
     callbacks = [
         *build_callbacks(config, run_dir, meta, inputs, engine, has_val, log),
         *tuning,
+        *([KeepPruned()] if settings.keep_zeros else []),  # a pruned run's zeros stay zero
         *extra_callbacks,
     ]
     return RunParts(
         config, inputs, model, engine, loaders, optimizer, scheduler, task, callbacks,
         run_dir, meta, weights,
     )  # fmt: skip
+
+
+def described_task(
+    config: RunConfig, inputs: Inputs, model: nn.Module, device: torch.device, log: Log
+) -> Task:
+    """The run's task (its teacher, if any, on `device`) and its log lines: the batch or
+    the episodes, and what replaces the loss (adversarial training, distillation)."""
+    task, settings = build_task(config, inputs, device), config.train
+    if getattr(task, "episodic", False):  # batches are episodes: the task line says how
+        log(f"task   {task.describe(model)}")
+    else:
+        log(distributed.describe_batch(settings.batch_size, settings.grad_accumulation))
+    if isinstance(task, (AdversarialTraining, Distillation)):
+        log(f"{'adv' if isinstance(task, AdversarialTraining) else 'distil':<6} {task.describe()}")
+    return task
 
 
 def checked_config(

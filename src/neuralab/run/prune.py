@@ -28,7 +28,6 @@ from neuralab.inference.fewshot import is_few_shot
 from neuralab.inference.predict import Predictor, checkpoint_folder
 from neuralab.run.rundir import new_run_dir
 from neuralab.train.pruning import (
-    Masks,
     batch_latency,
     check_sparsity,
     magnitude_prune,
@@ -46,10 +45,9 @@ NO_SPEEDUP = (
 
 @dataclasses.dataclass
 class PrunedRun:
-    """A run pruned in memory and written: where, its masks and the report so far."""
+    """A run pruned in memory and written: where, and the report so far."""
 
     run_dir: Path
-    masks: Masks
     report: dict
 
 
@@ -77,7 +75,7 @@ def prune_run(run: str | Path, sparsity: float, out: Path) -> PrunedRun:
         )
     before, dataset, _ = evaluate_with_data(run_dir, predictor=predictor)
     dense = copy.deepcopy(predictor.model)
-    masks = magnitude_prune(predictor.model, sparsity)
+    magnitude_prune(predictor.model, sparsity)
     after, _, _ = evaluate_with_data(run_dir, predictor=predictor)
     loader = predictor.modality.eval_loader(dataset.test, LATENCY_BATCH, predictor.device)
     batch = next(iter(loader))  # (inputs, labels)
@@ -90,7 +88,7 @@ def prune_run(run: str | Path, sparsity: float, out: Path) -> PrunedRun:
         "accuracy": {"before": before["accuracy"], "pruned": after["accuracy"]},
         "latency": latency,
     }  # fmt: skip
-    return PrunedRun(write_pruned(predictor, run_dir, out, after, sparsity), masks, report)
+    return PrunedRun(write_pruned(predictor, run_dir, out, after, sparsity), report)
 
 
 def write_pruned(
@@ -114,12 +112,13 @@ def finetune_config(
     run_dir: Path, start: Path, epochs: float, out: Path, overrides: list[str]
 ) -> RunConfig:
     """The source run's config, trained `epochs` more from `start`'s (pruned) weights into
-    `out`; its tokenizer section left out (a fine-tuned text run takes its source's), head
-    first off, then `overrides` (`section.field=value`)."""
+    `out` with its zeros kept (train.keep_zeros, so a resumed fine-tune keeps them too); its
+    tokenizer section left out (a fine-tuned text run takes its source's), head first off,
+    then `overrides` (`section.field=value`)."""
     raw = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     raw.pop("tokenizer", None)
     fields = {"out": str(out), "train.epochs": epochs, "train.init_from": str(start),
-              "train.fine_tune_epochs": 0}  # fmt: skip
+              "train.fine_tune_epochs": 0, "train.keep_zeros": True}  # fmt: skip
     for key, value in fields.items():
         apply_override(raw, key.split("."), value)
     for text in overrides:

@@ -117,18 +117,25 @@ def batch_latency(model: nn.Module, inputs: torch.Tensor, repeats: int = 20) -> 
     return statistics.median(times)
 
 
+def zero_masks(model: nn.Module) -> Masks:
+    """The masks of the prunable weights that are not exactly zero now."""
+    return {name: layer.weight.detach() != 0 for name, layer in prunable_layers(model).items()}
+
+
 class KeepPruned(Callback):
     """Keeps pruned weights at zero while training: the masks are applied when training
     starts and after every optimizer step, to the trained model and to the evaluated one
     (the EMA, when there is one), so momentum and weight decay cannot regrow them.
 
     Args:
-        masks: {parameter name: bool mask} as `magnitude_prune` returns them.
+        masks: {parameter name: bool mask} as `magnitude_prune` returns them; None: the
+            prunable weights that are zero when training starts (a pruned run's, loaded by
+            train.init_from, or a resumed run's) stay zero (`train.keep_zeros`).
     """
 
     order = Order.WEIGHTS
 
-    def __init__(self, masks: Masks) -> None:
+    def __init__(self, masks: Masks | None = None) -> None:
         self.masks = masks
 
     def apply(self, trainer: Trainer) -> None:
@@ -138,6 +145,8 @@ class KeepPruned(Callback):
             apply_masks(trainer.eval_model, self.masks)
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        if self.masks is None:
+            self.masks = zero_masks(getattr(trainer.model, "module", trainer.model))
         self.apply(trainer)
 
     def on_step_end(self, trainer: Trainer) -> None:
