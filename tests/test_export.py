@@ -377,20 +377,24 @@ def test_cli_user_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "is not a neuralab run directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("embed_dim", [0, 8])
 @pytest.mark.parametrize("format", ["onnx", "torchscript"])
 def test_compact_ngram_tables_export_with_their_binary_search(
-    tmp_path: Path, tokenizer: TextTokenizer, format: str
+    tmp_path: Path, tokenizer: TextTokenizer, format: str, embed_dim: int
 ) -> None:
     """A model whose tables were sized to its training texts: the export looks rows up with a
-    traced binary search (ONNX has no searchsorted) and folds r * w into one table."""
+    traced binary search (ONNX has no searchsorted) and folds r * w into one table; with
+    embed_dim=0 (imdb-best: NB alone) too."""
     spec = TextSpec(tokenizer.vocab_size, 3, MAX_LENGTH)
-    model = built("ngram", spec)
+    model = build_model("ngram", spec, **{**MODEL_KWARGS["ngram"], "embed_dim": embed_dim})
     texts = [torch.tensor(row) for row in tokenizer.encode(sentences(30, seed=3))]
     ids = torch.nn.utils.rnn.pad_sequence(texts, batch_first=True)[:, :MAX_LENGTH]
     model.initialize_from_texts([(ids, torch.arange(30) % 3)])
     with torch.no_grad():
         model.nb_weight.weight.normal_()
     assert 0 < len(model.kept_rows) < model.hashed_rows
-    run_dir = save_run(tmp_path / "run", "ngram", tokenizer, model_object=model)
+    args = {**MODEL_KWARGS["ngram"], "embed_dim": embed_dim}
+    run_dir = save_run(tmp_path / "run", "ngram", tokenizer, model_object=model,
+                       model={"name": "ngram", "args": args})  # fmt: skip
     result = neuralab.export(run_dir, format, check_examples=40, check_data="random")
     assert result.top1_agreement == 1.0 and result.max_abs_diff <= result.tolerance

@@ -60,8 +60,10 @@ def describe_contract(predictor: Predictor, format: str) -> dict:
 
 def graph_module(model: nn.Module, contract: dict) -> nn.Module:
     """The module an export holds: the model behind its modality's graph (images are
-    normalised, and TTA-averaged, inside it)."""
-    return MODALITIES[contract["kind"]].export_graph(model, contract)
+    normalised, and TTA-averaged, inside it). A model with a `for_export` method gives the
+    copy to trace (e.g. ngram folds its naive-Bayes tables into one)."""
+    exported = model.for_export() if hasattr(model, "for_export") else model
+    return MODALITIES[contract["kind"]].export_graph(exported, contract)
 
 
 class TraceableSelfAttention(nn.MultiheadAttention):

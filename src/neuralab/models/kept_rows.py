@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import torch
 
-INT32_MAX = 2**31 - 1  # sorts after every real row id: the padding of the traced search
-
 
 def compact_rows(kept: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Each feature's row in the compact table: (B, L) hashed row ids → (B, L) int64.
@@ -32,17 +30,17 @@ def compact_rows(kept: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
 def traced_count_at_most(kept: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """How many of the sorted `kept` ids are <= each query, with gathers and comparisons only.
 
-    The branchless binary search decides the answer one bit at a time from the highest: with
-    `kept` padded to 2^depth - 1 entries, adding 2^bit to the count is right exactly when the
-    entry at (count + 2^bit) - 1 is still <= the query. depth = K.bit_length() steps.
+    The branchless binary search decides the answer one bit at a time from the highest:
+    adding 2^bit to the count is right exactly when that many entries exist and the entry at
+    (count + 2^bit) - 1 is still <= the query. depth = K.bit_length() steps; `kept` is read
+    in place (a padded copy would be stored in the export a second time).
     """
-    depth = max(1, len(kept).bit_length())
-    padding = torch.full(((1 << depth) - 1 - len(kept),), INT32_MAX, dtype=kept.dtype)
-    padded = torch.cat([kept, padding.to(kept.device)])  # (2^depth - 1,)
+    size = len(kept)
     count = torch.zeros_like(query)
-    for bit in reversed(range(depth)):
+    for bit in reversed(range(max(1, size.bit_length()))):
         probe = count + (1 << bit)
-        count = torch.where(padded[probe - 1] <= query, probe, count)
+        entry = kept[(probe - 1).clamp_max(size - 1)]
+        count = torch.where((probe <= size) & (entry <= query), probe, count)
     return count
 
 

@@ -3,6 +3,7 @@ naive-Bayes logistic-regression term."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -64,6 +65,7 @@ class NgramBag(nn.Module):
         self.hashed_rows = rows  # ids features() gives: 0 .. rows - 1
         # (K,) int32: sorted ids of the rows kept (compact=True, once initialised); empty = all.
         self.register_buffer("kept_rows", torch.zeros(0, dtype=torch.int32))
+        self.folded_nb: torch.Tensor | None = None  # set on the copy for_export makes
         self.bag: nn.EmbeddingBag | None = None  # embed_dim=0: no fastText part (NB-LR alone)
         if embed_dim:
             self.bag = nn.EmbeddingBag(
@@ -183,25 +185,28 @@ class NgramBag(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         rows = self.table_rows(ids)  # (B, L)
-        if self.bag is None:
-            logits = self.bias.expand(len(ids), -1)
-        else:
-            logits = self.classifier(self.dropout(self.bag_mean(rows)))
+        if self.bag is None:  # NB-weighted logistic regression alone (embed_dim=0 needs nb)
+            return self.nb_term(rows) + self.bias  # no len(ids): a trace would freeze it
+        logits = self.classifier(self.dropout(self.bag_mean(rows)))
         if self.nb_weight is not None:
             logits = logits + self.nb_term(rows)
         return logits
 
     def nb_term(self, rows: torch.Tensor) -> torch.Tensor:
-        """nb_scale * sum over each text's features of r * w: (B, L) → (B, classes).
-
-        A traced export folds the three factors into one table (the exporter's constant
-        folding stores nb_scale * r * w once instead of r and w), equal up to float rounding.
-        """
-        if torch.jit.is_tracing():
-            folded = self.nb_scale * self.nb_weight.weight * self.nb_ratio  # (rows, classes)
-            return folded[rows].sum(1)
+        """nb_scale * sum over each text's features of r * w: (B, L) → (B, classes)."""
+        if self.folded_nb is not None:  # a copy made by for_export
+            return self.folded_nb[rows].sum(1)
         weighted = self.nb_weight(rows) * self.nb_ratio[rows]  # (B, L, classes)
         return self.nb_scale * weighted.sum(1)
+
+    def for_export(self) -> NgramBag:
+        """A copy to trace: nb_scale * r * w folded into one table (rows, classes), so an
+        export stores it once instead of r and w. Equal up to float rounding; the state_dict
+        is unchanged (the folded table is a plain attribute, a constant to the tracer)."""
+        exported = copy.deepcopy(self)
+        if self.nb_weight is not None:
+            exported.folded_nb = self.nb_scale * self.nb_weight.weight.detach() * self.nb_ratio
+        return exported
 
     def bag_mean(self, features: torch.Tensor) -> torch.Tensor:
         """Mean embedding of each row's features, padding left out: (B, L) → (B, E).

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import shutil
 import warnings
 from collections.abc import Callable
@@ -22,8 +21,9 @@ from typing import Any
 
 import torch
 
-from neuralab.checkpoint.format import MANIFEST, save_checkpoint, write_text_atomic
+from neuralab.checkpoint.format import save_checkpoint, write_text_atomic
 from neuralab.checkpoint.meta import RunMeta
+from neuralab.checkpoint.sharing import linked_folder, share_identical_files
 from neuralab.train.callbacks import Callback, MetricWatch, Order
 from neuralab.train.distributed import is_main_process
 
@@ -100,6 +100,9 @@ class RunWriter(Callback):
         save_checkpoint(
             self.run_dir / "checkpoint", trainer.eval_model, meta.to_dict(), state, self.files
         )
+        # best/ (written just before, by BestCheckpoint) holds the same weights when this
+        # epoch is the best one: one copy on disk.
+        share_identical_files(self.run_dir / "checkpoint", self.run_dir / "best")
 
 
 SNAPSHOT_FILES = ("model.safetensors", "meta.json", "tokenizer.json")
@@ -109,22 +112,8 @@ def keep_epoch_snapshot(run_dir: Path, epoch: int, keep: int) -> Path:
     """Link the fresh checkpoint's weights into <run>/epochs/epoch-NNNN/ and drop all but the
     newest `keep` snapshots. Hard links cost no copy: a later save renames a new checkpoint
     folder into place, so the linked files are never overwritten in place."""
-    source, folder = run_dir / "checkpoint", run_dir / "epochs" / f"epoch-{epoch:04d}"
-    staging = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    linked = [name for name in SNAPSHOT_FILES if (source / name).exists()]
-    for name in linked:
-        try:
-            os.link(source / name, staging / name)
-        except OSError:  # file systems without hard links: a plain copy
-            shutil.copy2(source / name, staging / name)
-    # The same bytes as the checkpoint's: its manifest entries hold for them (no re-hashing).
-    manifest = json.loads((source / MANIFEST).read_text(encoding="utf-8"))
-    manifest["files"] = {name: manifest["files"][name] for name in linked}
-    write_text_atomic(staging / MANIFEST, json.dumps(manifest, indent=2) + "\n")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(staging, folder)
+    folder = run_dir / "epochs" / f"epoch-{epoch:04d}"
+    linked_folder(run_dir / "checkpoint", folder, SNAPSHOT_FILES)
     snapshots = sorted(p for p in folder.parent.glob("epoch-*") if p.is_dir())
     for old in snapshots[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
