@@ -105,7 +105,7 @@ def test_a_small_student_learns_from_the_teacher_and_records_it(
                                out=str(tmp_path / "student"), temperature=2.0, weight=0.9,
                                overrides=[*SEEDED, "model.args.width=8"])  # fmt: skip
     log = capsys.readouterr().out
-    assert f"distil from {teacher.run_dir.name}" in log and "T 2" in log
+    assert f"distil from {teacher.run_dir.resolve()} (mlp on digits" in log and "T 2" in log
     assert student.metrics["accuracy"] > 0.6  # ten classes: chance is 0.1
     config = (student.run_dir / "config.yaml").read_text()
     assert str(teacher.run_dir.resolve()) in config and "temperature: 2.0" in config

@@ -97,7 +97,7 @@ def distillation(config: RunConfig, inputs: Inputs, task: Task, device: torch.de
     view = teacher_view(teacher, inputs)
     meta = teacher.meta
     description = (
-        f"from {Path(settings.teacher).name} ({meta.model.name} on {meta.dataset}, epoch "
+        f"from {settings.teacher} ({meta.model.name} on {meta.dataset}, epoch "
         f"{meta.epoch}): loss = {1 - settings.weight:g}·hard + {settings.weight:g}·T²·KL, "
         f"T {settings.temperature:g}"
     )
