@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 
+from neuralab.errors import ConfigError
 from neuralab.rl.runs import is_agent_run
 from neuralab.serve.agent import serve_agent
-from neuralab.serve.app import ServeSettings, serve
+from neuralab.serve.app import ServeSettings
+from neuralab.serve.backends import BACKENDS
+from neuralab.serve.launch import serve
 
 MEBIBYTE = 2**20  # --max-body-mb is in MiB; ServeSettings counts bytes
 
@@ -21,11 +24,21 @@ def add_serve(commands) -> None:
         "with the action and Q-values of an observation, and its page plays an episode. "
         "Binds to 127.0.0.1 unless --host says otherwise.",
     )
-    defaults = ServeSettings()
     parser.add_argument("run_dir", metavar="RUN", help="run directory (or its checkpoint folder)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="default 8000")
     parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+    add_limits(parser)
+    add_scaling(parser)
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    parser.set_defaults(handler=run_serve)
+
+
+def add_limits(parser: argparse.ArgumentParser) -> None:
+    """Batching and the limits (ServeSettings)."""
+    defaults = ServeSettings()
     parser.add_argument(
         "--max-batch", type=int, default=defaults.max_batch, help="most inputs per forward pass"
     )
@@ -59,16 +72,36 @@ def add_serve(commands) -> None:
     parser.add_argument(
         "--max-items", type=int, default=defaults.max_items, help="most inputs in one request"
     )
+
+
+def add_scaling(parser: argparse.ArgumentParser) -> None:
+    """Threads, worker processes and the backend."""
     parser.add_argument(
         "--threads",
         type=int,
-        help="torch intra-op threads for the forward passes (default: one per core); on a "
-        "machine shared with other busy processes 1 can be much faster",
+        help="intra-op threads for each worker's forward passes (default: the faster of 1 and "
+        "cores // workers, timed at startup and printed)",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes behind the one port, each with its own model, batcher and "
+        "limits (--max-queue and --max-batch hold per worker); /metrics sums them (default 1)",
     )
-    parser.set_defaults(handler=run_serve)
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="what runs the forward passes: torch, or onnx (onnxruntime on the run's export; "
+        "/explain still uses torch) (default torch)",
+    )
+    parser.add_argument(
+        "--onnx",
+        metavar="PATH",
+        help="the ONNX file for --backend onnx (default <run>/export/<model name>.onnx, as "
+        "`neuralab export RUN --format onnx` writes it; an int8 .int8.onnx works the same)",
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -83,10 +116,15 @@ def run_serve(args: argparse.Namespace) -> int:
         max_items=args.max_items,
     )
     if is_agent_run(args.run_dir):  # an agent: POST an observation, get its action
+        if args.workers != 1 or args.backend != "torch" or args.onnx:
+            raise ConfigError(
+                "an agent's run is served by one process with PyTorch: drop --workers, "
+                "--backend and --onnx"
+            )
         serve_agent(args.run_dir, args.host, args.port, settings, args.log_level, args.threads)
     else:
         serve(
             args.run_dir, args.host, args.port, settings, args.device, args.log_level,
-            args.threads,
+            args.threads, args.workers, args.backend, args.onnx,
         )  # fmt: skip
     return 0

@@ -19,14 +19,10 @@ import torch
 
 from neuralab.rl.evaluate import FINAL_SEEDS, record_episode
 from neuralab.rl.runs import env_from_meta, load_agent_network, result_folder
-from neuralab.serve.app import (
-    ServeSettings,
-    add_error_handlers,
-    import_serving,
-    need_uvicorn,
-    serve_app,
-)
-from neuralab.serve.middleware import BodyLimit, Metrics, RecordMetrics
+from neuralab.serve.app import ServeSettings, add_error_handlers, import_serving
+from neuralab.serve.launch import need_uvicorn, serve_app
+from neuralab.serve.metrics import Metrics
+from neuralab.serve.middleware import BodyLimit, RecordMetrics
 from neuralab.serve.payloads import PayloadError, parse_json
 
 STATIC = Path(__file__).parent / "static"

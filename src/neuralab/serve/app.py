@@ -3,8 +3,11 @@
 Endpoints: `POST /predict` (image uploads, base64 images or texts; several per request),
 `POST /explain` (a heat map of one image, or one weight per word of a text: see explain.py),
 `GET /health`, `GET /info`, `GET /metrics` (Prometheus text) and the page at `/`.
-Concurrent requests are merged into shared forward passes (batching.py). Limits answer with
-their proper status: 413 body too large (refused before it is read), 415/422 bad payload,
+The event loop only accepts requests and answers them: bodies are parsed and images decoded
+in a thread pool (payloads.py), and concurrent requests are merged into shared forward passes
+run by a backend (PyTorch or onnxruntime: backends.py) in the batcher's thread (batching.py).
+Launching, with one process or several workers: launch.py. Limits answer with their proper
+status: 413 body too large (refused before it is read), 415/422 bad payload,
 501 an explanation that needs a missing package, 503 overloaded (with Retry-After), 504
 prediction timeout.
 
@@ -20,8 +23,7 @@ Example:
 import asyncio
 import contextlib
 import importlib.util
-import ipaddress
-import sys
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -33,6 +35,7 @@ from neuralab.attribution import texts
 from neuralab.attribution.images import AttributionError
 from neuralab.errors import ConfigError
 from neuralab.inference.predict import Predictor
+from neuralab.serve.backends import Backend, TorchBackend
 from neuralab.serve.batching import Batcher, Overloaded, PredictionTimeout
 from neuralab.serve.explain import (
     ExplainUnavailable,
@@ -44,7 +47,8 @@ from neuralab.serve.explain import (
     needs_captum,
     text_to_explain,
 )
-from neuralab.serve.middleware import BodyLimit, BodyTooLarge, Metrics, RecordMetrics
+from neuralab.serve.metrics import Metrics
+from neuralab.serve.middleware import BodyLimit, BodyTooLarge, RecordMetrics
 from neuralab.serve.payloads import (
     PayloadError,
     is_text_model,
@@ -56,14 +60,9 @@ SERVE_EXTRA = "pip install 'neuralab[serve]'"
 STATIC = Path(__file__).parent / "static"
 ROUTES = ("/", "/predict", "/explain", "/health", "/info", "/metrics")
 RETRY_AFTER_S = 1  # what a 503 tells clients to wait: about one batch's worth of work
-# (name, Prometheus type, help, key in Service.metrics_text's values) of the batching metrics.
-BATCH_METRICS = (
-    ("neuralab_queue_inputs", "gauge", "Inputs waiting for a forward pass.", "waiting"),
-    ("neuralab_forward_passes_total", "counter", "Forward passes run.", "forward_passes"),
-    ("neuralab_predicted_inputs_total", "counter", "Inputs predicted.", "inputs"),
-    ("neuralab_forward_seconds_total", "counter", "Seconds in forward passes.", "forward_seconds"),
-    ("neuralab_largest_batch", "gauge", "Most inputs in one forward pass.", "largest_batch"),
-)
+# Threads that parse bodies and decode images, per worker. The GIL runs one at a time in
+# Python code; a second overlaps Pillow's decoding, which releases it.
+PREPARE_THREADS = 2
 # The page's scripts and styles come only from this server (no CDN, no inline code).
 PAGE_HEADERS = {
     "content-security-policy": "default-src 'self'; img-src 'self' data: blob:",
@@ -73,7 +72,9 @@ PAGE_HEADERS = {
 
 @dataclass
 class ServeSettings:
-    """Batching and limits of the prediction server (`neuralab serve --help` documents each)."""
+    """Batching and limits of the prediction server (`neuralab serve --help` documents each).
+    With `--workers N` every worker applies them to its own requests: N × max_queue inputs may
+    wait in the whole server, each worker's queue holding at most max_queue."""
 
     max_batch: int = 32
     max_wait_ms: float = 5.0
@@ -100,11 +101,27 @@ class ServeSettings:
 
 
 class Service:
-    """What the endpoints do, on one predictor; `create_app` routes requests here."""
+    """What the endpoints do, on one predictor; `create_app` routes requests here.
 
-    def __init__(self, predictor: Predictor, settings: ServeSettings) -> None:
+    Args:
+        predictor: the run (model, modality, classes).
+        settings: batching and limits.
+        backend: what runs the forward passes (default: the predictor's PyTorch model).
+        metrics: where /metrics counts (default: this process's memory; a worker of several
+            gets a row of the server's shared table).
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        settings: ServeSettings,
+        backend: Backend | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.predictor, self.settings = predictor, settings
+        self.backend = backend or TorchBackend(predictor)
         self.text = is_text_model(predictor)
+        self.metrics = metrics or Metrics(ROUTES)
         self.batcher = Batcher(
             self.forward,
             max_batch=settings.max_batch,
@@ -112,8 +129,9 @@ class Service:
             max_queue=settings.max_queue,
             timeout_s=settings.timeout_s,
             batching=settings.batching,
+            metrics=self.metrics,
         )
-        self.metrics = Metrics(ROUTES)
+        self.preparer = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="neuralab-prepare")
         # Gradient explanations hook into the model's layers: they and the forward passes of
         # predictions take turns (model_lock); explanations run one at a time in their thread.
         self.model_lock = threading.Lock()
@@ -123,17 +141,18 @@ class Service:
 
     def forward(self, inputs: list) -> torch.Tensor:
         """Probabilities (N, classes); runs in the batcher's thread."""
-        with self.model_lock, torch.inference_mode():  # no autograd graph: faster, less memory
-            return self.predictor.probabilities(inputs)
+        with self.model_lock:
+            return self.backend.probabilities(inputs)
 
     async def close(self) -> None:
         await self.batcher.stop()
         self.explainer.shutdown(wait=False, cancel_futures=True)
+        self.preparer.shutdown(wait=False, cancel_futures=True)
 
     async def predict(self, request) -> dict:
         """`POST /predict`: top classes of every input in the request."""
         top_k = self.top_k(request)
-        inputs = await read_inputs(request, self.predictor, self.settings.max_items)
+        inputs = await read_inputs(request, self.predictor, self.settings.max_items, self.preparer)
         probabilities = await self.batcher.submit(inputs)
         return {"predictions": [self.top_classes(row, top_k) for row in probabilities]}
 
@@ -164,7 +183,7 @@ class Service:
         method = request.query_params.get("method", self.explain_methods[0])
         self.check_available(method)
         top_k = self.top_k(request)
-        inputs = await read_inputs(request, self.predictor, self.settings.max_items)
+        inputs = await read_inputs(request, self.predictor, self.settings.max_items, self.preparer)
         if len(inputs) != 1:
             raise PayloadError(f"/explain explains one image per request, got {len(inputs)}")
 
@@ -227,24 +246,33 @@ class Service:
             "explain_methods": [m for m in self.explain_methods if self.runs_here(m)],
             "explain_note": self.captum_note,  # null, or why some methods cannot run here
             "settings": asdict(self.settings),
+            "backend": self.backend.name,
+            "workers": self.metrics.counters.workers,
         }
 
     def runs_here(self, method: str) -> bool:
         return not (self.captum_note and needs_captum(self.predictor.modality.kind, method))
 
     def metrics_text(self) -> str:
-        """`GET /metrics`: request counts, latencies and batching counters (Prometheus)."""
-        values = {"waiting": self.batcher.waiting, **asdict(self.batcher.stats)}
-        extra = [(name, kind, text, values[key]) for name, kind, text, key in BATCH_METRICS]
-        return self.metrics.render(extra)
+        """`GET /metrics`: request counts, latencies and batching counters (Prometheus),
+        summed over every worker process."""
+        return self.metrics.render(batching=True)
 
 
-def create_app(predictor: Predictor, settings: ServeSettings | None = None):
+def create_app(
+    predictor: Predictor,
+    settings: ServeSettings | None = None,
+    backend: Backend | None = None,
+    metrics: Metrics | None = None,
+):
     """The ASGI app serving `predictor` (a FastAPI app wrapped in the size/metrics middleware).
 
     Args:
         predictor: a loaded model, e.g. `neuralab.load(run_dir)`.
         settings: batching and limits; defaults as `neuralab serve`.
+        backend: what runs the forward passes (backends.py); default PyTorch.
+        metrics: where /metrics counts; default this process's memory (launch.py gives each
+            worker of several its row of shared memory).
 
     Returns:
         A FastAPI app; `app.state.service` holds the Service (batcher, metrics).
@@ -256,7 +284,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None):
             "--support a/1.png b/1.png --query q.png` or neuralab.classify_by_example"
         )
     fastapi, responses, staticfiles = import_serving()
-    service = Service(predictor, settings or ServeSettings())
+    service = Service(predictor, settings or ServeSettings(), backend, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -281,7 +309,8 @@ def add_routes(app, service: Service, fastapi, responses) -> None:
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "queue_inputs": service.batcher.waiting}
+        # The worker's process id: with --workers N, which of them answered.
+        return {"status": "ok", "queue_inputs": service.batcher.waiting, "worker": os.getpid()}
 
     @app.get("/info")
     async def info() -> dict:
@@ -354,54 +383,3 @@ def import_serving():
             f"{SERVE_EXTRA}"
         ) from None
     return fastapi, fastapi.responses, fastapi.staticfiles
-
-
-def is_loopback(host: str) -> bool:
-    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: assume it may be reachable from elsewhere
-        return False
-
-
-def need_uvicorn() -> None:
-    try:
-        import uvicorn  # noqa: F401
-    except ImportError as error:
-        raise ImportError(f"neuralab serve needs uvicorn ({error}): {SERVE_EXTRA}") from None
-
-
-def serve(
-    run_dir: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    settings: ServeSettings | None = None,
-    device: str = "cpu",
-    log_level: str = "info",
-    threads: int | None = None,
-) -> None:
-    """Serve the model of `run_dir` over HTTP until interrupted (what `neuralab serve` runs).
-
-    `threads` sets torch's intra-op threads (default: torch's choice, one per core).
-    """
-    need_uvicorn()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    app = create_app(Predictor.load(run_dir, device=device), settings)
-    serve_app(app, run_dir, host, port, log_level)
-
-
-def serve_app(app, run_dir: str | Path, host: str, port: int, log_level: str) -> None:
-    """Run `app` under uvicorn until interrupted, warning when it is reachable from elsewhere."""
-    import uvicorn
-
-    if not is_loopback(host):
-        print(
-            f"warning: serving on {host}, reachable from other machines; the server has no "
-            "authentication, so anyone who can reach it can use the model",
-            file=sys.stderr,
-        )
-    print(f"serving {run_dir} on http://{host}:{port}/ (Ctrl+C to stop)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -13,10 +13,19 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 Forward = Callable[[list], torch.Tensor]  # inputs → probabilities (N, classes)
+
+
+class BatchMetrics(Protocol):
+    """Where a Batcher reports its forward passes and queue (serve/metrics.py's Metrics)."""
+
+    def record_batch(self, inputs: int, seconds: float) -> None: ...
+
+    def set_waiting(self, inputs: int) -> None: ...
 
 
 class Overloaded(Exception):
@@ -57,6 +66,7 @@ class Batcher:
             Overloaded.
         timeout_s: most seconds from submit() to the result; beyond it PredictionTimeout.
         batching: False runs every request in a forward pass of its own (for comparison).
+        metrics: also report forward passes and the queue length there (for /metrics).
 
     Example:
         >>> batcher = Batcher(predictor.probabilities, max_batch=32, max_wait_ms=5)
@@ -71,16 +81,28 @@ class Batcher:
         max_queue: int = 256,
         timeout_s: float = 10.0,
         batching: bool = True,
+        metrics: BatchMetrics | None = None,
     ) -> None:
-        self.forward = forward
+        self.forward, self.metrics = forward, metrics
         self.max_batch = max_batch if batching else 1
         self.max_wait_s = max_wait_ms / 1000 if batching else 0.0
         self.max_queue, self.timeout_s = max_queue, timeout_s
         self.stats = BatchStats()
-        self.waiting = 0  # inputs queued, not yet taken into a forward pass
+        self._waiting = 0  # inputs queued, not yet taken into a forward pass
         self.queue: asyncio.Queue[Job] | None = None
         self.worker: asyncio.Task | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Inputs queued, not yet taken into a forward pass."""
+        return self._waiting
+
+    @waiting.setter
+    def waiting(self, inputs: int) -> None:
+        self._waiting = inputs
+        if self.metrics is not None:
+            self.metrics.set_waiting(inputs)
 
     async def submit(self, inputs: Sequence) -> torch.Tensor:
         """Probabilities (len(inputs), classes) of `inputs`, predicted in a shared forward pass.
@@ -176,3 +198,5 @@ class Batcher:
         self.stats.inputs += inputs
         self.stats.forward_seconds += seconds
         self.stats.largest_batch = max(self.stats.largest_batch, inputs)
+        if self.metrics is not None:
+            self.metrics.record_batch(inputs, seconds)

@@ -1,5 +1,5 @@
 """ASGI middleware of the prediction server: a request-body size limit that refuses oversized
-bodies before reading them, and request counts and latencies in Prometheus' text format.
+bodies before reading them, and the timing of every request for /metrics (serve/metrics.py).
 
 Both are plain ASGI callables (no framework types), so they sit in front of any ASGI app.
 """
@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
+
+from neuralab.serve.metrics import Metrics
 
 Scope = dict
 Message = dict
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-# Upper bounds (seconds) of the latency histogram: Prometheus' default buckets, which span a
-# cached reply (1 ms) to a slow batch under load (10 s).
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class BodyTooLarge(Exception):
@@ -94,66 +91,6 @@ def header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1").strip()
     return None
-
-
-class Metrics:
-    """Request counts by route, method and status, and a latency histogram per route."""
-
-    def __init__(self, routes: Iterable[str]) -> None:
-        self.routes = set(routes)
-        self.requests: Counter[tuple[str, str, int]] = Counter()
-        self.buckets: dict[str, list[int]] = {}  # route → cumulative counts per LATENCY_BUCKETS
-        self.seconds: Counter[str] = Counter()
-        self.counts: Counter[str] = Counter()
-
-    def route(self, path: str) -> str:
-        """The label of a request path: a known route, "/static" or "other" (bounded labels)."""
-        if path in self.routes:
-            return path
-        return "/static" if path.startswith("/static/") else "other"
-
-    def observe(self, path: str, method: str, status: int, seconds: float) -> None:
-        route = self.route(path)
-        self.requests[route, method, status] += 1
-        counts = self.buckets.setdefault(route, [0] * len(LATENCY_BUCKETS))
-        for index, bound in enumerate(LATENCY_BUCKETS):
-            counts[index] += seconds <= bound
-        self.seconds[route] += seconds
-        self.counts[route] += 1
-
-    def render(self, extra: Iterable[tuple[str, str, str, float]] = ()) -> str:
-        """Prometheus text exposition format (version 0.0.4).
-
-        Args:
-            extra: (name, type, help, value) samples appended as they are (gauges, counters).
-        """
-        lines = [
-            "# HELP neuralab_requests_total HTTP requests by route, method and status code.",
-            "# TYPE neuralab_requests_total counter",
-        ]
-        for (route, method, status), count in sorted(self.requests.items()):
-            labels = f'route="{route}",method="{method}",status="{status}"'
-            lines.append(f"neuralab_requests_total{{{labels}}} {count}")
-        lines += [
-            "# HELP neuralab_request_duration_seconds Time from request to the last response byte.",
-            "# TYPE neuralab_request_duration_seconds histogram",
-        ]
-        for route in sorted(self.buckets):
-            lines += self.histogram_lines(route)
-        for name, kind, help_text, value in extra:
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value:g}"]
-        return "\n".join(lines) + "\n"
-
-    def histogram_lines(self, route: str) -> list[str]:
-        name, label = "neuralab_request_duration_seconds", f'route="{route}"'
-        lines = [
-            f'{name}_bucket{{{label},le="{bound:g}"}} {count}'
-            for bound, count in zip(LATENCY_BUCKETS, self.buckets[route], strict=True)
-        ]
-        lines.append(f'{name}_bucket{{{label},le="+Inf"}} {self.counts[route]}')
-        lines.append(f"{name}_sum{{{label}}} {self.seconds[route]:.6f}")
-        lines.append(f"{name}_count{{{label}}} {self.counts[route]}")
-        return lines
 
 
 class RecordMetrics:

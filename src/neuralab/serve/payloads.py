@@ -3,7 +3,8 @@
 `/predict` takes images as multipart file uploads or as base64 strings in JSON
 (`{"image": ...}` / `{"images": [...]}`, data URLs welcome: the web page sends its canvas that
 way), and texts as JSON (`{"text": ...}` / `{"texts": [...]}`). Images are decoded and resized
-exactly as training images were (`Predictor.to_tensor`).
+exactly as training images were (the run's modality). The event loop only receives a body's
+bytes: parsing (JSON, multipart) and decoding run in a thread pool (`read_inputs`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import base64
 import binascii
 import io
 import json
+from concurrent.futures import Executor
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from neuralab.inference.predict import Predictor
+from neuralab.serve.multipart import MultipartError, Part, parse_multipart
 
 # Most pixels an uploaded image may decode to: 40 megapixels covers phone photos while keeping
 # one decoded RGB image under ~120 MB (Pillow's own guard allows ~90 megapixels).
@@ -140,47 +143,67 @@ def json_image_blobs(field: str, values: list[str]) -> list[tuple[str, bytes]]:
     ]
 
 
-async def form_image_blobs(form, max_items: int) -> list[tuple[str, bytes]]:
+def form_image_blobs(parts: list[Part], max_items: int) -> list[tuple[str, bytes]]:
     """Uploaded files of a multipart form → (where, bytes) pairs; any field name is accepted."""
-    uploads = [(name, value) for name, value in form.multi_items() if hasattr(value, "read")]
+    uploads = [part for part in parts if part.filename is not None]
     if not uploads:
-        names = sorted({name for name, _ in form.multi_items()})
+        names = sorted({part.name for part in parts})
         raise PayloadError(
             f"the multipart body holds no file (fields: {names or 'none'}); upload the image as "
             "a file, e.g. `curl -F file=@digit.png URL/predict`"
         )
     check_count(len(uploads), max_items)
-    return [(f"file {upload.filename or name!r}", await upload.read()) for name, upload in uploads]
+    return [(f"file {part.filename or part.name!r}", bytes(part.data)) for part in uploads]
 
 
-async def read_inputs(request, predictor: Predictor, max_items: int) -> list:
-    """Texts, or decoded uint8 (C, H, W) images, from a JSON or multipart request body."""
-    text_model = is_text_model(predictor)
-    content_type = request.headers.get("content-type", "")
+def multipart_blobs(body: bytes, content_type: str, max_items: int) -> list[tuple[str, bytes]]:
+    """The uploaded files of a multipart/form-data body, as (where, bytes) pairs."""
+    try:  # one file more than allowed, so that check_count names the real limit
+        parts = parse_multipart(body, content_type, max_files=max_items + 1)
+    except MultipartError as error:
+        raise PayloadError(f"bad multipart body: {error}") from None
+    return form_image_blobs(parts, max_items)
+
+
+def body_kind(content_type: str) -> str:
+    """ "multipart" or "json" from a Content-Type header, else 415 naming both."""
     if content_type.startswith("multipart/form-data"):
+        return "multipart"
+    if content_type.startswith("application/json"):
+        return "json"
+    raise PayloadError(
+        f"unsupported Content-Type {content_type or 'none'!r}: send application/json "
+        "or multipart/form-data",
+        status=415,
+    )
+
+
+def parse_inputs(body: bytes, content_type: str, predictor: Predictor, max_items: int) -> list:
+    """A whole request body → texts, or decoded uint8 (C, H, W) images (CPU work: the server
+    runs it in its preparation threads, never on the event loop).
+
+    Texts stay strings here: the forward pass tokenises each batch in one call.
+    """
+    text_model = is_text_model(predictor)
+    if body_kind(content_type) == "multipart":
         if text_model:
             raise PayloadError('this model classifies texts: send JSON {"text": "..."}')
-        blobs = await form_image_blobs(await read_form(request, max_items), max_items)
-    elif content_type.startswith("application/json"):
-        field, values = json_items(parse_json(await request.body()), text_model, max_items)
+        blobs = multipart_blobs(body, content_type, max_items)
+    else:
+        field, values = json_items(parse_json(body), text_model, max_items)
         if text_model:
             return clean_texts(values, field)
         blobs = json_image_blobs(field, values)
-    else:
-        raise PayloadError(
-            f"unsupported Content-Type {content_type or 'none'!r}: send application/json "
-            "or multipart/form-data",
-            status=415,
-        )
-    # Decoding and resizing is CPU work: keep it off the event loop.
-    return await asyncio.to_thread(decode_images, blobs, predictor)
+    return decode_images(blobs, predictor)
 
 
-async def read_form(request, max_items: int):
-    """The parsed multipart form of a Starlette request."""
-    from starlette.exceptions import HTTPException
+async def read_inputs(request, predictor: Predictor, max_items: int, pool: Executor) -> list:
+    """Texts, or decoded uint8 (C, H, W) images, from a JSON or multipart request body.
 
-    try:  # one file more than allowed, so that check_count names the real limit
-        return await request.form(max_files=max_items + 1)
-    except HTTPException as error:  # Starlette's 400 for a malformed multipart body
-        raise PayloadError(f"bad multipart body: {error.detail}") from None
+    The event loop only receives the body's bytes; parsing and decoding run in `pool`.
+    """
+    content_type = request.headers.get("content-type", "")
+    body_kind(content_type)  # a 415 before the body is read
+    body = await request.body()
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(pool, parse_inputs, body, content_type, predictor, max_items)
