@@ -2,13 +2,22 @@
 the status codes of its limits (413, 422, 503, 504), against real uvicorn servers on loopback.
 
     python -m benchmarks.serve_load /work/demo-runs/mnist-best            # the measurement
+    python -m benchmarks.serve_load RUN --workers 2 --modes on            # 2 worker processes
     python -m benchmarks.serve_load RUN --requests 50 --duration-s 5      # a quick smoke run
+    python -m benchmarks.serve_load RUN --config "1 worker=--workers 1" \
+        --config "2 workers=--workers 2"                                  # side by side
+    python -m benchmarks.serve_load RUN --before benchmarks/results/serve_load.json  # vs. before
 
-For each mode (batching on, off) one server subprocess is started; an async httpx client then
-keeps 1, 16 and 64 requests in flight (each a multipart upload of one 28x28 PNG) until
-`--requests` have completed or `--duration-s` have passed. Requests/s counts completed requests
-over the wall time; latencies are client-side, per request. The client shares the machine with
-the server, so on a 2-core CPU the figures are a lower bound. Writes
+For each configuration and mode (batching on, off) one server subprocess is started; a client
+then keeps 1, 16, 64 and 256 requests in flight (each a multipart upload of one 28x28 PNG)
+until `--requests` have completed or `--duration-s` have passed. Requests/s counts completed
+requests over the wall time; latencies are client-side, per request. The client shares the
+machine with the server, so on a 2-core CPU the figures are a lower bound. The default client
+(`--client raw`) writes pre-built HTTP/1.1 requests on keep-alive sockets: httpx's async client
+spends ~14 ms of CPU per request at 64 connections (measured on the 2-core machine), more than
+the server, and would measure itself (`--client httpx` for the figures taken with it before).
+`--before FILE` adds the rows of an earlier results file (e.g. the one committed before a
+change, measured by the same script on the same run) as a configuration "before". Writes
 benchmarks/results/serve_load.json and prints a markdown table.
 """
 
@@ -113,19 +122,7 @@ async def load(
 
         await asyncio.gather(*(client_loop() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    done = sum(statuses.values())
-    milliseconds = np.array(latencies) * 1000
-    return {
-        "concurrency": concurrency,
-        "requests": done,
-        "failed": done - statuses[200],
-        "statuses": {str(key): count for key, count in statuses.items()},
-        "seconds": round(elapsed, 3),
-        "requests_per_s": round(done / elapsed, 1),
-        "p50_ms": round(float(np.percentile(milliseconds, 50)), 2),
-        "p99_ms": round(float(np.percentile(milliseconds, 99)), 2),
-        "retry_after": sorted(retry_after),
-    }
+    return summary(concurrency, statuses, latencies, elapsed, retry_after)
 
 
 def batch_counters(url: str) -> tuple[float, float]:
@@ -138,19 +135,112 @@ def batch_counters(url: str) -> tuple[float, float]:
     return passes, float(values["neuralab_predicted_inputs_total"])
 
 
-def measure(run: str, batching: bool, options: argparse.Namespace, pngs: list[bytes]) -> list[dict]:
+def multipart_request(png: bytes, port: int) -> bytes:
+    """A complete keep-alive HTTP/1.1 POST /predict uploading `png` as multipart."""
+    boundary = "neuralab-load-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    head = (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class RawConnection:
+    """One keep-alive connection that sends pre-built requests and reads each answer's status
+    and body (Content-Length framed, as uvicorn answers); reconnects after `connection: close`."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.reader, self.writer = port, None, None
+
+    async def send(self, request: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+        await self.reader.readexactly(int(headers.get("content-length", 0)))
+        if headers.get("connection") == "close":
+            self.close()
+        return int(lines[0].split()[1])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def raw_load(
+    url: str, pngs: list[bytes], concurrency: int, requests: int, seconds: float
+) -> dict:
+    """`load`, with RawConnection clients instead of httpx (a cheap load generator)."""
+    port = int(url.rsplit(":", 1)[1])
+    bodies = [multipart_request(png, port) for png in pngs]
+    latencies, statuses, issued = [], Counter(), 0
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def client_loop() -> None:
+        nonlocal issued
+        connection = RawConnection(port)
+        while issued < requests and time.perf_counter() < deadline:
+            request, issued = bodies[issued % len(bodies)], issued + 1
+            sent = time.perf_counter()
+            try:
+                statuses[await asyncio.wait_for(connection.send(request), REQUEST_TIMEOUT_S)] += 1
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError) as error:
+                statuses[type(error).__name__] += 1
+                connection.close()
+            latencies.append(time.perf_counter() - sent)
+        connection.close()
+
+    await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+    return summary(concurrency, statuses, latencies, time.perf_counter() - started, set())
+
+
+def summary(concurrency: int, statuses: Counter, latencies: list, elapsed: float, retry: set):
+    """A result row: counts, requests/s and latency percentiles (ms)."""
+    done = sum(statuses.values())
+    milliseconds = np.array(latencies or [0.0]) * 1000
+    return {
+        "concurrency": concurrency,
+        "requests": done,
+        "failed": done - statuses[200],
+        "statuses": {str(key): count for key, count in statuses.items()},
+        "seconds": round(elapsed, 3),
+        "requests_per_s": round(done / elapsed, 1),
+        "p50_ms": round(float(np.percentile(milliseconds, 50)), 2),
+        "p99_ms": round(float(np.percentile(milliseconds, 99)), 2),
+        "retry_after": sorted(retry),
+    }
+
+
+def measure(
+    run: str, batching: bool, options: argparse.Namespace, pngs: list[bytes], config: str = ""
+) -> list[dict]:
     """One server, every concurrency level; each row also gets the mean inputs per forward pass."""
-    rows = []
-    flags = options.serve_args + ([] if batching else ["--no-batching"])
+    rows, flags = [], options.serve_args + ([] if batching else ["--no-batching"])
+    flags += options.configs.get(config, [])
+    loader = raw_load if options.client == "raw" else load
     with server(run, *flags) as url:
-        asyncio.run(load(url, pngs, 1, 20, options.duration_s))  # warm-up, not recorded
+        asyncio.run(loader(url, pngs, 1, 20, options.duration_s))  # warm-up, not recorded
         for concurrency in options.concurrency:
             before = batch_counters(url)
-            row = asyncio.run(load(url, pngs, concurrency, options.requests, options.duration_s))
+            row = asyncio.run(loader(url, pngs, concurrency, options.requests, options.duration_s))
             passes, inputs = (a - b for a, b in zip(batch_counters(url), before, strict=True))
             row.update(batching=batching, mean_batch=round(inputs / max(passes, 1), 2))
+            row.update(config=config, client=options.client)
             rows.append(row)
-            print(f"batching={batching} concurrency={concurrency}: {row}", flush=True)
+            print(f"{config} batching={batching} concurrency={concurrency}: {row}", flush=True)
     return rows
 
 
@@ -195,16 +285,54 @@ def demonstrate_limits(run: str, png: bytes) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| batching | clients | requests | failed | requests/s | p50 ms | p99 ms | inputs/pass |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| config | batching | clients | requests | failed | requests/s | p50 ms | p99 ms "
+        "| inputs/pass |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         lines.append(
-            f"| {'on' if row['batching'] else 'off'} | {row['concurrency']} | {row['requests']} "
-            f"| {row['failed']} | {row['requests_per_s']} | {row['p50_ms']} | {row['p99_ms']} "
-            f"| {row['mean_batch']} |"
+            f"| {row.get('config') or '-'} | {'on' if row['batching'] else 'off'} "
+            f"| {row['concurrency']} | {row['requests']} | {row['failed']} "
+            f"| {row['requests_per_s']} | {row['p50_ms']} | {row['p99_ms']} | {row['mean_batch']} |"
         )
     return "\n".join(lines)
+
+
+def comparison(rows: list[dict]) -> str:
+    """Requests/s and p99 of every configuration side by side, per (batching, clients)."""
+    configs = list(dict.fromkeys(row.get("config") or "-" for row in rows))
+    keys = list(dict.fromkeys((row["batching"], row["concurrency"]) for row in rows))
+    found = {(row.get("config") or "-", row["batching"], row["concurrency"]): row for row in rows}
+    header = "| batching | clients | " + " | ".join(f"{c} req/s | {c} p99 ms" for c in configs)
+    lines = [header + " |", "| --- | --- |" + " --- | --- |" * len(configs)]
+    for batching, clients in keys:
+        cells = []
+        for config in configs:
+            row = found.get((config, batching, clients))
+            cells += [str(row["requests_per_s"]), str(row["p99_ms"])] if row else ["", ""]
+        lines.append(f"| {'on' if batching else 'off'} | {clients} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_configs(values: list[str]) -> dict[str, list[str]]:
+    """ "NAME=FLAGS" → {NAME: FLAGS split on spaces}; none given: one unnamed configuration."""
+    configs = {}
+    for value in values:
+        name, equals, flags = value.partition("=")
+        if not equals or not name:
+            raise SystemExit(
+                f"--config takes NAME=FLAGS, e.g. '2 workers=--workers 2'; got {value!r}"
+            )
+        configs[name] = flags.split()
+    return configs or {"": []}
+
+
+def before_rows(path: Path | None) -> list[dict]:
+    """The rows of an earlier results file, labelled "before"."""
+    if path is None:
+        return []
+    rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    return [{**row, "config": "before"} for row in rows]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -212,7 +340,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("run", help="run directory of the model to serve (e.g. mnist-best)")
     parser.add_argument("--requests", type=int, default=2000, help="per configuration")
     parser.add_argument("--duration-s", type=float, default=30.0, help="per configuration")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
+    parser.add_argument(
+        "--modes", nargs="+", choices=["on", "off"], default=["on", "off"], help="batching modes"
+    )
+    parser.add_argument("--workers", help="`neuralab serve --workers` of the measured servers")
+    parser.add_argument("--backend", help="`neuralab serve --backend` (torch, onnx)")
+    parser.add_argument(
+        "--config",
+        dest="config_values",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="a server configuration to measure, e.g. '2 workers=--workers 2'; repeatable: "
+        "each is measured in turn and the table compares them",
+    )
+    parser.add_argument(
+        "--before", type=Path, help="an earlier results file whose rows to compare with"
+    )
+    parser.add_argument(
+        "--client", choices=["raw", "httpx"], default="raw", help="load generator (see above)"
+    )
     parser.add_argument(
         "--serve-arg",
         dest="serve_args",
@@ -223,14 +371,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--serve-arg=--max-wait-ms --serve-arg=0; repeatable",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
-    return parser.parse_args(argv)
+    parser.add_argument("--skip-limits", action="store_true", help="no limit demonstrations")
+    options = parser.parse_args(argv)
+    for flag in ("workers", "backend"):
+        if getattr(options, flag):
+            options.serve_args += [f"--{flag}", getattr(options, flag)]
+    options.configs = parse_configs(options.config_values)
+    return options
 
 
 def main(argv: list[str] | None = None) -> None:
     options = parse_args(argv)
+    earlier = before_rows(options.before)  # read first: --out may be the same file
     pngs = [digit_png(seed) for seed in range(16)]
-    rows = measure(options.run, True, options, pngs) + measure(options.run, False, options, pngs)
-    limits = demonstrate_limits(options.run, pngs[0])
+    rows = [
+        row
+        for config in options.configs
+        for mode in options.modes
+        for row in measure(options.run, mode == "on", options, pngs, config)
+    ]
+    limits = {} if options.skip_limits else demonstrate_limits(options.run, pngs[0])
     info = machine_info()
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -238,12 +398,16 @@ def main(argv: list[str] | None = None) -> None:
         "machine": info,
         "run": options.run,
         "serve_args": options.serve_args,
+        "configs": options.configs,
+        "client": options.client,
         "rows": rows,
         "limits": limits,
     }
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"\n{machine_line(info)}\n\n{markdown(rows)}\n")
+    if earlier or len(options.configs) > 1:
+        print(f"{comparison(earlier + rows)}\n")
     print("limits: " + json.dumps(limits))
     print(f"wrote {options.out}")
 
