@@ -254,9 +254,21 @@ def saved_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip(
         "sklearn", reason="the digits dataset needs scikit-learn: pip install -e '.[test]'"
     )
+    import shutil
+
+    from neuralab.train.callbacks import Callback
+
     out = tmp_path_factory.mktemp("ckpt") / "run"
-    neuralab.train(data="digits", model="perceptron", epochs=1, out=str(out), verbose=False)
-    return out / "checkpoint"
+    kept = out.with_name("unfinished")
+
+    class KeepUnfinished(Callback):  # a finished run drops its resume state: copy it before
+        def on_fit_end(self, trainer) -> None:
+            shutil.copytree(out / "checkpoint", kept)
+
+    neuralab.train(data="digits", model="perceptron", epochs=1, out=str(out), verbose=False,
+                   callbacks=[KeepUnfinished()])  # fmt: skip
+    assert (kept / "training.safetensors").is_file()
+    return kept
 
 
 CHECKPOINT_FILES = [
