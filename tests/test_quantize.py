@@ -79,8 +79,8 @@ def test_a_model_without_an_int8_form_is_refused_naming_its_layers(tmp_path: Pat
                    out=str(tmp_path / "run"), verbose=False,
                    overrides=["data.options.text_field=review", "model.args.buckets=64",
                               "model.args.embed_dim=0", "model.args.nb=true"])  # fmt: skip
-    with pytest.raises(ExportError, match=r"no int8 form for any layer of model 'ngram' "
-                                          r"\(layers: Dropout, Embedding; their ONNX ops: .*Gather"):  # fmt: skip
+    named = r"no int8 form for any layer of model 'ngram' \(layers: Dropout, Embedding; .*Gather"
+    with pytest.raises(ExportError, match=named):
         quantize(tmp_path / "run")
     assert not (tmp_path / "run" / "export" / "ngram.int8.onnx").exists()
 

@@ -38,8 +38,10 @@ CALIBRATION_BATCH = 64
 EVALUATION_BATCH = 256
 # ONNX ops that hold an int8 computation once quantized (QDQ models keep float ops between
 # QuantizeLinear / DequantizeLinear pairs, which onnxruntime fuses when it loads the model).
-QUANTIZED_OPS = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-                 "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM", "DequantizeLinear"}  # fmt: skip
+QUANTIZED_OPS = {
+    "QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv",
+    "QLinearMatMul", "DynamicQuantizeLSTM", "DequantizeLinear",
+}  # fmt: skip
 
 
 @dataclass
