@@ -38,6 +38,8 @@ def test_runs_lists_every_run_with_its_figures(runs_folder: Path, capsys) -> Non
     assert set(rows) == {"short", "longer", "unfinished"}  # not-a-run has no config.yaml
     assert " 2/2 " in rows["longer"] and "%" in rows["longer"]
     assert "unfinished" in rows["unfinished"].split()[4]
+    assert lines[0].split()[-1] == "size" and rows["longer"].split()[-1] in ("kB", "MB")
+    assert rows["unfinished"].split()[-2:] != rows["longer"].split()[-2:]  # a config.yaml only
 
 
 def test_runs_on_a_missing_folder_says_so(tmp_path: Path, capsys) -> None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from neuralab.checkpoint.sharing import describe_bytes, folder_bytes
+
 
 @dataclass(frozen=True)
 class RunRow:
@@ -20,6 +22,7 @@ class RunRow:
     best_val_accuracy: float | None
     train_seconds: float | None
     final_return: float | None = None  # agents (neuralab rl): mean greedy return at the end
+    size_bytes: int = 0  # on disk, hard-linked files (best/, epochs/) counted once
 
 
 def read_run(folder: Path) -> RunRow | None:
@@ -42,6 +45,7 @@ def read_run(folder: Path) -> RunRow | None:
         metrics.get("accuracy"),
         max(validation) if validation else None,
         metrics.get("train_seconds"),
+        size_bytes=folder_bytes(folder),
     )
 
 
@@ -58,6 +62,7 @@ def agent_row(folder: Path, config: dict, history: list, metrics: dict) -> RunRo
         None,
         metrics.get("train_seconds"),
         final,
+        folder_bytes(folder),
     )
 
 
@@ -82,7 +87,7 @@ def format_runs(rows: list[RunRow]) -> str:
         return "—" if value is None else f"{value:.2%}"
 
     # result: test accuracy, or an agent's mean greedy return; data: an agent's environment.
-    header = ("run", "data", "model", "epochs", "result", "best val acc", "train time")
+    header = ("run", "data", "model", "epochs", "result", "best val acc", "train time", "size")
     table = [header] + [
         (
             row.path.name,
@@ -92,6 +97,7 @@ def format_runs(rows: list[RunRow]) -> str:
             result_text(row),
             percent(row.best_val_accuracy),
             "—" if row.train_seconds is None else f"{row.train_seconds:.1f} s",
+            describe_bytes(row.size_bytes),
         )
         for row in rows
     ]
