@@ -8,6 +8,7 @@ Example:
     >>> neuralab.evaluate(run.run_dir, attack="pgd", eps=0.3, steps=40)["points"]
     >>> small = neuralab.distill(run.run_dir, "mnist-fast")  # a student taught by the run
     >>> neuralab.prune(run.run_dir, sparsity=0.8, finetune=1)["accuracy"]
+    >>> neuralab.quantize(run.run_dir).accuracy_int8   # int8 ONNX, kept only if accurate
     >>> agent = neuralab.rl.train("cartpole-dqn")      # reinforcement learning (neuralab.rl)
 """
 
@@ -19,6 +20,7 @@ from neuralab.data import DATASETS, load_dataset
 from neuralab.inference.export import ExportResult, export
 from neuralab.inference.fewshot import classify_by_example
 from neuralab.inference.predict import Predictor
+from neuralab.inference.quantize import QuantizeResult, quantize
 from neuralab.models import MODELS, InputSpec, build_model
 from neuralab.run.lrfind import lr_find
 
@@ -29,6 +31,7 @@ __all__ = [
     "ExportResult",
     "InputSpec",
     "Predictor",
+    "QuantizeResult",
     "Run",
     "RunConfig",
     "build_model",
@@ -41,6 +44,7 @@ __all__ = [
     "load_dataset",
     "lr_find",
     "prune",
+    "quantize",
     "resolve_config",
     "resume",
     "rl",
