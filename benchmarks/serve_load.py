@@ -232,7 +232,9 @@ def measure(
     flags += options.configs.get(config, [])
     loader = raw_load if options.client == "raw" else load
     with server(run, *flags) as url:
-        asyncio.run(loader(url, pngs, 1, 20, options.duration_s))  # warm-up, not recorded
+        # Warm-up, not recorded: every worker, at the largest batch sizes.
+        most = max(options.concurrency)
+        asyncio.run(loader(url, pngs, most, 4 * most, options.duration_s))
         for concurrency in options.concurrency:
             before = batch_counters(url)
             row = asyncio.run(loader(url, pngs, concurrency, options.requests, options.duration_s))

@@ -122,6 +122,21 @@ def test_multipart_bodies_are_parsed_off_the_loop(image_run: Path, digit_pngs, m
     assert len(found) == 1 and seen == [False]
 
 
+def test_texts_are_tokenised_off_the_loop(text_run: Path, monkeypatch) -> None:
+    predictor, seen = neuralab.load(text_run), []
+    modality = type(predictor.modality)  # a frozen dataclass: patch its class
+    prepare = modality.prepare_all
+
+    def recording(self, texts):
+        seen.append(threading.current_thread() is threading.main_thread())
+        return prepare(self, texts)
+
+    monkeypatch.setattr(modality, "prepare_all", recording)
+    app = create_app(predictor, ServeSettings())
+    found = predictions(app, json={"texts": ["a wonderful film", "dull"]})
+    assert len(found) == 2 and seen == [False]  # one call: the whole batch, in the forward thread
+
+
 # ---------------------------------------------------------------------------- onnx backend
 
 

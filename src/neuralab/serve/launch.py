@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import importlib.util
 import ipaddress
 import sys
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from neuralab.serve.app import ROUTES, SERVE_EXTRA, ServeSettings, create_app, i
 from neuralab.serve.backends import load_backend
 from neuralab.serve.counters import SharedTable
 from neuralab.serve.metrics import Metrics, column_count
-from neuralab.serve.threads import choose_threads
+from neuralab.serve.threads import choose_threads, sample_inputs
 
 
 @dataclass
@@ -61,6 +62,16 @@ def need_uvicorn() -> None:
         raise ImportError(f"neuralab serve needs uvicorn ({error}): {SERVE_EXTRA}") from None
 
 
+def http_stack() -> str:
+    """Which HTTP parser and event loop uvicorn will use ("auto": the fast ones if installed)."""
+    found = {name: importlib.util.find_spec(name) is not None for name in ("httptools", "uvloop")}
+    if all(found.values()):
+        return "HTTP: httptools on uvloop"
+    missing = " ".join(name for name, present in found.items() if not present)
+    # Measured on 2 cores, 2 workers, 64 clients: ~1.6x the requests/s of h11 + asyncio.
+    return f"HTTP: uvicorn's pure-Python fallbacks (`pip install {missing}` serves more requests/s)"
+
+
 def serve(
     run_dir: str | Path,
     host: str = "127.0.0.1",
@@ -89,7 +100,8 @@ def serve(
     predictor = Predictor.load(run_dir, device=device)
     runner = load_backend(predictor, backend, onnx_path, run_dir)
     threads, note = pick_threads(runner, predictor, workers, threads)
-    print(f"forward passes: {backend} backend, {note}", flush=True)
+    warm_up(runner, predictor, settings.max_batch)
+    print(f"forward passes: {backend} backend, {note}; {http_stack()}", flush=True)
     if workers == 1:
         serve_app(create_app(predictor, settings, runner), run_dir, host, port, log_level)
         return
@@ -118,8 +130,16 @@ def build_worker_app(spec: WorkerSpec):
     torch.set_num_threads(spec.threads)
     predictor = Predictor.load(spec.run_dir, device=spec.device)
     runner = load_backend(predictor, spec.backend, spec.onnx_path, spec.run_dir, spec.threads)
+    warm_up(runner, predictor, spec.settings.max_batch)
     metrics = Metrics.shared(ROUTES, spec.table)
     return create_app(predictor, spec.settings, runner, metrics)
+
+
+def warm_up(runner, predictor: Predictor, max_batch: int) -> None:
+    """One forward pass at batch 1 and one at `max_batch` before the first request: the first
+    passes of a process allocate and pick kernels (tens of ms), which no client should wait for."""
+    for count in sorted({1, max_batch}):
+        runner.probabilities(sample_inputs(predictor, count))
 
 
 def warn_if_reachable(host: str) -> None:
