@@ -58,7 +58,7 @@ class TeacherView(nn.Module):
 
     Args:
         model: the teacher's network (eval mode, frozen).
-        predict: the teacher task's `predict` (its test-time augmentation, as `predict` runs it).
+        predict: (model, inputs) → logits; run/distill.py passes the plain view (no TTA).
         student, teacher: (mean, std) per channel of each run's normalisation; None: no change.
     """
 
