@@ -116,6 +116,8 @@ def test_the_cli_writes_int8_and_refuses_other_formats(digits_mlp: Path, capsys)
     assert "int8 ONNX" in out and "same top-1 as fp32" in out
     assert main(["export", str(digits_mlp), "--quantize", "int8", "--format", "torchscript"]) == 2
     assert "--quantize int8 writes ONNX" in capsys.readouterr().err
+    assert main(["export", str(digits_mlp), "--quantize", "int8", "--check-data", "random"]) == 2
+    assert "drop --check-data random" in capsys.readouterr().err
 
 
 def test_outlier_copy_is_really_unchanged_in_pytorch(digits_mlp: Path, tmp_path: Path) -> None:

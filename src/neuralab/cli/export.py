@@ -93,6 +93,11 @@ def run_quantize(args: argparse.Namespace) -> int:
     """`neuralab export RUN --quantize int8`: quantize, then print sizes and accuracies."""
     if args.format != "onnx":
         raise ConfigError(f"--quantize int8 writes ONNX; drop --format {args.format}")
+    if args.check_data != "test":
+        raise ConfigError(
+            "--quantize int8 calibrates on the run's training images and is judged on its "
+            "test split; drop --check-data random (pass --data-dir if the data moved)"
+        )
     result = quantize(
         args.run_dir,
         args.out,
