@@ -21,15 +21,13 @@ printed. Nothing else should run meanwhile: the times are wall clock.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.machine import machine_info, machine_line
+from benchmarks.machine import append_record, machine_info, machine_line
 from neuralab.errors import UserError
 from neuralab.inference.export import export
 from neuralab.inference.predict import Predictor, predict_logits
@@ -41,12 +39,7 @@ BATCH = 256
 
 
 def record(row: dict) -> dict:
-    row = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row,
-           "machine": machine_info()}  # fmt: skip
-    RESULTS.parent.mkdir(exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as file:
-        file.write(json.dumps(row) + "\n")
-    return row
+    return append_record(RESULTS, row)
 
 
 class TestSet:

@@ -18,14 +18,12 @@ should run on the machine meanwhile (the times are wall clock).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from benchmarks.machine import machine_info, machine_line
+from benchmarks.machine import append_record, machine_info, machine_line
 from neuralab.adversarial.robust import evaluate_robustness
 from neuralab.attribution.explain import faithfulness
 from neuralab.attribution.images import IMAGE_METHODS, attribute_images
@@ -35,12 +33,7 @@ RESULTS = Path(__file__).parent / "results" / "explain.jsonl"
 
 
 def record(row: dict) -> dict:
-    row = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row,
-           "machine": machine_info()}  # fmt: skip
-    RESULTS.parent.mkdir(exist_ok=True)
-    with RESULTS.open("a", encoding="utf-8") as file:
-        file.write(json.dumps(row) + "\n")
-    return row
+    return append_record(RESULTS, row)
 
 
 def run_faithfulness(runs: dict[str, str], count: int, methods: list[str]) -> None:

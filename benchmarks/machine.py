@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from datetime import datetime, timezone
+from pathlib import Path
 
 import torch
 
@@ -39,3 +42,13 @@ def machine_line(info: dict) -> str:
         f"torch {info['torch']}, {info['threads']} threads{gpu}"
         + (f", kernels held back by {limits}" if limits else "")
     )
+
+
+def append_record(path: Path, row: dict) -> dict:
+    """Append `row`, dated and with the machine, as one JSON line of `path`; returns it."""
+    row = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row,
+           "machine": machine_info()}  # fmt: skip
+    path.parent.mkdir(exist_ok=True)
+    with path.open("a", encoding="utf-8") as file:
+        file.write(json.dumps(row) + "\n")
+    return row

@@ -170,19 +170,28 @@ def check_batches(
 def test_examples(predictor: Predictor, count: int, data_dir: str | Path | None):
     """Up to `count` test examples spread evenly over the split (test splits are often sorted
     by class), as the run's modality prepares them (uint8 images, or token id lists)."""
-    data = predictor.meta.data
-    try:  # never the network
-        dataset = data.load(data_dir=str(data_dir) if data_dir else None, download=False)
-    except (DataError, FileNotFoundError, OSError) as error:
-        raise DataError(
-            f"the parity check reads the test split of {data.name!r}, which is not "
-            f"available ({error}); pass --data-dir (data_dir=) where it lives, or check on "
-            "random inputs with --check-data random (check_data='random')"
-        ) from None
-    predictor.check_classes(dataset.classes, dataset.name)
+    dataset = run_dataset(
+        predictor, data_dir, "the parity check reads its test split",
+        "or check on random inputs with --check-data random (check_data='random')",
+    )  # fmt: skip
     total = len(dataset.test)
     index = torch.linspace(0, total - 1, min(count, total)).round().long().unique()
     return predictor.modality.split_examples(dataset.test, index, dataset.name)
+
+
+def run_dataset(predictor: Predictor, data_dir: str | Path | None, why: str, other: str = ""):
+    """The run's own dataset, read from disk (never the network) and checked against the
+    run's classes; a DataError saying `why` it is needed, and where it was looked for."""
+    data = predictor.meta.data
+    try:
+        dataset = data.load(data_dir=str(data_dir) if data_dir else None, download=False)
+    except (DataError, FileNotFoundError, OSError) as error:
+        raise DataError(
+            f"{data.name!r} is not available ({error}), and {why}: pass --data-dir "
+            f"(data_dir=) where it lives{', ' + other if other else ''}"
+        ) from None
+    predictor.check_classes(dataset.classes, dataset.name)
+    return dataset
 
 
 def random_examples(predictor: Predictor, count: int, data_dir=None):

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-from neuralab.data.dataset import DataError
-from neuralab.inference.export import export, replace_atomically, staged
+from neuralab.inference.export import export, replace_atomically, run_dataset, staged
 from neuralab.inference.exporters import ExportError, require_onnx
 from neuralab.inference.predict import Predictor, checkpoint_folder
 
@@ -97,7 +96,9 @@ def quantize(
     require_onnx()
     predictor = Predictor.load(run_dir)
     destination = default_destination(run_dir, predictor, out)
-    dataset = load_dataset(predictor, data_dir)
+    dataset = run_dataset(
+        predictor, data_dir, "int8 calibrates on its training split and is judged on its test split"
+    )
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=destination.parent) as work:
         fp32 = export(run_dir, "onnx", Path(work) / "fp32.onnx", 200, data_dir=data_dir).path
         int8 = Path(work) / "int8.onnx"
@@ -132,21 +133,6 @@ def default_destination(run_dir: str | Path, predictor: Predictor, out) -> Path:
         destination = run / "export" / name
     destination.parent.mkdir(parents=True, exist_ok=True)
     return destination
-
-
-def load_dataset(predictor: Predictor, data_dir: str | Path | None):
-    """The run's dataset from disk (never the network): calibration and the accuracy gate."""
-    data = predictor.meta.data
-    try:
-        dataset = data.load(data_dir=str(data_dir) if data_dir else None, download=False)
-    except (DataError, FileNotFoundError, OSError) as error:
-        raise DataError(
-            f"int8 quantization calibrates on the training split of {data.name!r} and checks "
-            f"accuracy on its test split, which are not available ({error}); pass --data-dir "
-            "(data_dir=) where the dataset lives"
-        ) from None
-    predictor.check_classes(dataset.classes, dataset.name)
-    return dataset
 
 
 # ----------------------------------------------------------------------------- quantizing
