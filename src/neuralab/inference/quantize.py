@@ -4,8 +4,9 @@ The run is first exported to fp32 ONNX (with export's parity check), then quanti
 onnxruntime's tools (the well-kept toolchain; we write no quantizer of our own):
 
     image runs   static quantization: weights int8 per output channel, activations uint8 with
-                 ranges calibrated on `calibration` training images (QDQ format, which
-                 onnxruntime fuses into integer convolutions and matrix products)
+                 ranges calibrated on `calibration` training images, written as integer
+                 operators (QLinearConv, QLinearMatMul, ...: on cifar10-best 10% faster for
+                 one image than the QDQ format, which onnxruntime fuses when it loads it)
     text runs    dynamic quantization: int8 weights of matrix products, recurrent layers and
                  embedding / n-gram tables; activations quantized per batch at run time
 
@@ -36,10 +37,10 @@ DEFAULT_CALIBRATION = 512  # training images whose activations set the int8 rang
 CALIBRATION_BATCH = 64
 EVALUATION_BATCH = 256
 # ONNX ops that hold an int8 computation once quantized (QDQ models keep float ops between
-# QuantizeLinear / DequantizeLinear pairs, which onnxruntime fuses when it loads the model).
+# QuantizeLinear / DequantizeLinear pairs; integer-operator models have QLinear* ops).
 QUANTIZED_OPS = {
     "QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QLinearConv",
-    "QLinearMatMul", "DynamicQuantizeLSTM", "DequantizeLinear",
+    "QLinearMatMul", "DynamicQuantizeLSTM", "DequantizeLinear", "QGemm",
 }  # fmt: skip
 
 
@@ -150,10 +151,14 @@ def quantize_file(predictor: Predictor, dataset, fp32: Path, int8: Path, calibra
             prepared = fp32.with_name("prepared.onnx")  # shapes inferred, ops fused first
             quant_pre_process(str(fp32), str(prepared))
             quantize_static(
-                str(prepared), str(int8), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                str(prepared), str(int8), reader, quant_format=QuantFormat.QOperator,
+                per_channel=True,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             )  # fmt: skip
-            method = f"static (QDQ, per-channel int8 weights, {reader.count} calibration images)"
+            method = (
+                f"static (integer operators, per-channel int8 weights, {reader.count} "
+                "calibration images)"
+            )
         else:
             quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
             method = "dynamic (int8 weights, activations quantized per batch)"
