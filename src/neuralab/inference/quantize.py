@@ -167,12 +167,11 @@ def quantize_file(predictor: Predictor, dataset, fp32: Path, int8: Path, calibra
             f"onnxruntime cannot quantize model {name!r}: {str(error)[:400]}; nothing was "
             "written. Export it without --quantize (fp32 ONNX runs everywhere)"
         ) from None
-    require_quantized_layers(int8, fp32, predictor)
-    compact_graph(int8)
+    require_quantized_layers(compact_graph(int8), fp32, predictor)
     return method
 
 
-def compact_graph(path: Path) -> None:
+def compact_graph(path: Path) -> set[str]:
     """Store each distinct constant once and give the graph's inner values short names.
 
     A graph with test-time augmentation runs the model once per view, and the quantizer gives
@@ -210,6 +209,7 @@ def compact_graph(path: Path) -> None:
         node.output[:] = [named(name) for name in node.output]
     del graph.value_info[:]  # shapes of inner values: onnxruntime infers them again
     onnx.save(model, str(path))
+    return {node.op_type for node in graph.node}
 
 
 class CalibrationImages:
@@ -232,18 +232,17 @@ class CalibrationImages:
 
 
 def input_name(path: Path) -> str:
-    import onnx
+    """The export's input name, from the sidecar `export` wrote beside it (no model load)."""
+    sidecar = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
+    return sidecar["input"]["name"]
 
-    return onnx.load(str(path)).graph.input[0].name
 
-
-def require_quantized_layers(int8: Path, fp32: Path, predictor: Predictor) -> None:
+def require_quantized_layers(ops: set[str], fp32: Path, predictor: Predictor) -> None:
     """The quantizer skips ops it cannot take without saying so: a model with no integer op
     left is refused, naming its layers and their ONNX ops."""
     import onnx
 
-    ops = {node.op_type for node in onnx.load(str(int8)).graph.node}
-    if ops & QUANTIZED_OPS:
+    if ops & QUANTIZED_OPS:  # ops: the int8 graph's op types
         return
     model = predictor.model
     layers = sorted({type(m).__name__ for m in model.modules() if not list(m.children())})
