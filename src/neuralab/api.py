@@ -28,7 +28,7 @@ from neuralab.run.resume import resumable_run
 from neuralab.run.rundir import last_good
 from neuralab.run.tracking import draw_curves, write_text_atomic
 from neuralab.train import allocator, distributed
-from neuralab.train.callbacks import Callback, progress_callbacks
+from neuralab.train.callbacks import Callback, format_metrics, progress_callbacks
 from neuralab.train.pruning import check_sparsity
 from neuralab.train.trainer import Trainer, score_loader
 
@@ -141,12 +141,20 @@ def train_on_device(
         write_text_atomic(parts.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         say(verbose, draw_curves(parts.run_dir, trainer.history))
         say(verbose, finish_run_directory(parts.run_dir))
-    say(
-        verbose,
-        f"test   accuracy {metrics['accuracy']:.2%} · loss {metrics['loss']:.4f} · "
-        f"trained in {train_seconds:.1f}s · run saved to {parts.run_dir}",
-    )
+    say(verbose, f"test   {test_line(metrics, parts.task)} · trained in {train_seconds:.1f}s · "
+                 f"run saved to {parts.run_dir}")  # fmt: skip
     return Run(parts.run_dir, history, metrics)
+
+
+def test_line(metrics: dict, task) -> str:
+    """`accuracy 92.10% · loss 0.2263`, and each head's metrics in a multitask run."""
+    shown = [name for name in task.metric_names if name != "loss" and name in metrics]
+    parts = [f"accuracy {metrics['accuracy']:.2%}"] if "accuracy" in shown else []
+    parts.append(f"loss {metrics['loss']:.4f}")
+    if getattr(task, "name", "") == "multitask":
+        parts += [format_metrics({name: metrics[name]}) for name in shown if "_" in name
+                  and not name.endswith("_loss")]  # fmt: skip
+    return " · ".join(parts)
 
 
 def finish_run_directory(run_dir: Path) -> str:

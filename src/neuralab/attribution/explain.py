@@ -97,6 +97,12 @@ def refuse_few_shot(predictor: Predictor) -> None:
             f"{predictor.meta.task.name} runs classify by example (no fixed classes to "
             "explain); explain a classifier run"
         )
+    if predictor.heads:
+        raise AttributionError(
+            f"this run learned several label fields ({', '.join(h.name for h in predictor.heads)}"
+            "); attributions explain the classes of one label. Explain a run trained on one "
+            "label field"
+        )
 
 
 def methods_for(predictor: Predictor) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from neuralab.inference.fewshot import (
     is_few_shot,
     support_by_folder,
 )
+from neuralab.inference.multihead import format_heads
 from neuralab.rl.runs import is_agent_run
 from neuralab.tasks.metrics import format_report
 
@@ -73,8 +74,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return 0
     if "episodes" in report:  # a few-shot run's report
         return print_few_shot(report, args.run_dir)
-    classes = list(report["per_class"])
     print(f"{report['dataset']} test: {report['count']} examples")
+    if "heads" in report:  # several label fields
+        print(format_heads(report))
+        print(f"saved {report_path(args.run_dir, args.data)}")
+        return 0
+    classes = list(report["per_class"])
     print(format_report(report, classes))
     print(format_confusion(report, classes))
     print(f"saved {report_path(args.run_dir, args.data)}")
@@ -164,6 +169,8 @@ def run_predict(args: argparse.Namespace) -> int:
     else:
         inputs = predict_inputs(args, text_model=predictor.modality.kind == "text")
         results = predictor.predict(inputs, top_k=args.top_k)
+    if predictor.heads:  # several label fields: one dict of heads per input
+        return print_head_predictions(args, inputs, results)
     if args.json:
         print(
             json.dumps(
@@ -179,6 +186,29 @@ def run_predict(args: argparse.Namespace) -> int:
         if len(label) > LABEL_WIDTH:
             label = label[: LABEL_WIDTH - 3] + "..."
         print(f"{label}: " + ", ".join(f"{c} {p:.1%}" for c, p in top))
+    return 0
+
+
+def short_label(item: object) -> str:
+    label = str(item)
+    return label if len(label) <= LABEL_WIDTH else label[: LABEL_WIDTH - 3] + "..."
+
+
+def print_head_predictions(args: argparse.Namespace, inputs: list, results: list[dict]) -> int:
+    """Each input's heads: top classes (classification) or value (regression)."""
+    if args.json:
+        rows = [{"input": str(i), "heads": r} for i, r in zip(inputs, results, strict=True)]
+        print(json.dumps(rows))
+        return 0
+    for item, heads in zip(inputs, results, strict=True):
+        parts = []
+        for name, found in heads.items():
+            if "value" in found:
+                parts.append(f"{name} {found['value']:.4g}")
+            else:
+                top = ", ".join(f"{t['class']} {t['probability']:.1%}" for t in found["top"])
+                parts.append(f"{name} {top}")
+        print(f"{short_label(item)}: " + " · ".join(parts))
     return 0
 
 

@@ -301,8 +301,10 @@ class TrainConfig(Section):
 
 
 class TaskConfig(Section):
-    """What is learned (tasks/): `classification`, or few-shot learning from episodes:
-    `protonet` (prototypical networks), `maml` (second-order MAML) or `fomaml` (first-order).
+    """What is learned (tasks/): `classification`, `multitask` (several label fields, one
+    head each; chosen by the data when data.options.label_field lists several), or few-shot
+    learning from episodes: `protonet` (prototypical networks), `maml` (second-order MAML) or
+    `fomaml` (first-order).
 
     An episode is `ways` classes drawn from the split's classes, with `shots` support and
     `queries` query examples each; the classes of the train, val and test splits are disjoint.
@@ -332,6 +334,9 @@ class TaskConfig(Section):
     # stacks), instead of one at a time in a Python loop: the same numbers, faster on a CPU
     # (BENCHMARKS.md, "Meta-learning"). Other models always adapt one episode at a time.
     vectorize: bool = True
+    # multitask (data with several label fields, data.options.label_field: [a, b]): each
+    # head's loss weight by field name (missing: 1); the training loss is their weighted sum
+    head_weights: dict[str, float] | None = None
 
     @model_validator(mode="after")
     def settings_fit_the_task(self) -> TaskConfig:
@@ -347,6 +352,11 @@ class TaskConfig(Section):
         stray = [f"task.{key}" for key in explicit_fields(self) if key in adapting]
         if self.name == "protonet" and stray:
             raise ValueError(f"{', '.join(stray)} only apply to task.name=maml or fomaml")
+        if self.head_weights is not None and self.name not in ("classification", "multitask"):
+            raise ValueError(
+                "task.head_weights weighs the heads of data with several label fields "
+                f"(task multitask), not task.name={self.name}"
+            )
         if self.name in ("maml", "fomaml") and self.eval_ways not in (None, self.ways):
             raise ValueError(
                 f"MAML's head has task.ways={self.ways} outputs, so it is evaluated "

@@ -1,9 +1,9 @@
 """Datasets: the registry, `load_dataset`, and the built-in dataset families.
 
-Importing this package registers every built-in dataset (`vision`, `folder`, `text`).
+Importing this package registers every built-in dataset (`vision`, `folder`, `text`, `tables`).
 """
 
-from neuralab.data import folder, omniglot, text, vision  # noqa: F401  (imported for their registrations)
+from neuralab.data import folder, omniglot, tables, text, vision  # noqa: F401  (imported for their registrations)
 from neuralab.data.dataset import (
     DATASETS,
     DataError,

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import torch
 
+from neuralab.data.heads import Head, primary
 from neuralab.errors import UserError
 from neuralab.registry import Registry
 
@@ -85,7 +86,8 @@ class ImageDataset:
 
 @dataclass
 class TextSplit:
-    """One split held in memory: texts (N strings) and labels int64 (N,)."""
+    """One split held in memory: texts (N strings) and labels int64 (N,), or float32
+    (N, heads) for several label fields (see data/heads.py)."""
 
     texts: list[str]
     labels: torch.Tensor
@@ -93,7 +95,7 @@ class TextSplit:
     def __post_init__(self) -> None:
         if len(self.texts) != len(self.labels):
             raise DataError(f"{len(self.texts)} texts but {len(self.labels)} labels")
-        self.labels = self.labels.long()
+        self.labels = self.labels.float() if self.labels.ndim == 2 else self.labels.long()
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -104,7 +106,10 @@ class TextSplit:
 
 @dataclass
 class TextDataset:
-    """A text dataset's splits and class names (label i is `classes[i]`)."""
+    """A text dataset's splits and class names (label i is `classes[i]`).
+
+    With several label fields (or a regression one) `heads` describes them, the labels are
+    (N, heads) and `classes` names the model's output columns (data/heads.py)."""
 
     name: str
     train: TextSplit
@@ -113,7 +118,21 @@ class TextDataset:
     val: TextSplit | None = None
     info: dict = field(default_factory=dict)
     unlabelled: TextSplit | None = None  # as ImageDataset.unlabelled
+    heads: list[Head] | None = None
     kind: ClassVar[str] = "text"
+
+    def class_labels(self, split: TextSplit) -> tuple[torch.Tensor, list[str]]:
+        """The labels and class names per-class subsets go by: the first classification
+        head's with several heads."""
+        if not self.heads:
+            return split.labels, list(self.classes)
+        index = primary(self.heads)
+        if index is None:
+            raise DataError(
+                f"{self.name}: every label field is a regression, so there are no classes to "
+                "draw data.labelled_per_class from. Fix: add a classification label field"
+            )
+        return split.labels[:, index].long(), list(self.heads[index].classes)
 
 
 def default_data_dir() -> Path:
@@ -205,6 +224,12 @@ def keep_classes(
 
     Example: `keep_classes(cifar10, ["cat", "dog"])` is a 2-class set, 0 = cat, 1 = dog.
     """
+    if getattr(dataset, "heads", None):
+        raise DataError(
+            f"data.classes keeps classes of a single-label dataset, and {dataset.name} has "
+            "several label fields (data.options.label_field). Fix: drop data.classes or keep "
+            "one label field"
+        )
     chosen = [class_index(dataset, item) for item in classes]
     if len(set(chosen)) != len(chosen):
         raise DataError(f"data.classes names a class twice: {list(classes)}")
@@ -253,9 +278,13 @@ def labelled_subset(
 
     Raises DataError naming the smallest class when one has fewer than `per_class` examples.
     """
-    labels = dataset.train.labels
-    counts = torch.bincount(labels, minlength=len(dataset.classes))
-    short = [(dataset.classes[i], int(n)) for i, n in enumerate(counts.tolist()) if n < per_class]
+    labels, names = (
+        dataset.class_labels(dataset.train)
+        if isinstance(dataset, TextDataset)
+        else (dataset.train.labels, dataset.classes)
+    )
+    counts = torch.bincount(labels, minlength=len(names))
+    short = [(names[i], int(n)) for i, n in enumerate(counts.tolist()) if n < per_class]
     if short:
         listed = ", ".join(f"{name!r} has {n}" for name, n in short[:5])
         raise DataError(

@@ -1,35 +1,31 @@
-"""Text classification datasets: IMDB, `csv:`/`jsonl:` files (and .tsv) and `textfolder:` trees.
+"""Text classification datasets: IMDB and `textfolder:` trees (`csv:`/`jsonl:` tables are in
+data/tables.py).
 
-Every factory returns a `TextDataset`: raw strings plus int64 labels per split. Tokenisation
-happens later (data/tokenizer.py), trained on the training split only, so that a run's tokenizer
-never sees its test texts.
+Every factory returns a `TextDataset`: raw strings plus labels per split. Tokenisation happens
+later (data/tokenizer.py), trained on the training split only, so that a run's tokenizer never
+sees its test texts.
 
     imdb                    <data dir>/imdb/aclImdb/{train,test}/{pos,neg}/*.txt (train/unsup/ is
-                            ignored and may be absent); downloaded and extracted when missing
-    csv:<path>              a header row naming the columns; a `.tsv`/`.tab` file is tab-separated
-    jsonl:<path>            one JSON object per line; blank lines are skipped
+                            ignored and may be absent); downloaded and extracted when missing.
+                            Labels: `sentiment` (neg/pos), `stars` (the rating in each file name,
+                            1-4 and 7-10, a regression) or both: label_field [sentiment, stars]
     textfolder:<path>       path/<class>/*.txt, or path/train/<class>/*.txt with path/test/ (and
                             optionally path/val/) held out as they are
 
-For csv/jsonl the text and label columns are `text_field` and `label_field` (data.options); the
-test split is the file given as `test` (relative to the training file's folder) or a seeded
-`test_split` of the training rows. Texts are read strictly as UTF-8: an undecodable byte, an
-empty text, a missing column or a test label never seen in training is an error naming the file,
-line and field.
+Texts are read strictly as UTF-8: an undecodable byte or an empty text is an error naming the
+file.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from neuralab.data.dataset import DATASETS, DataError, TextDataset, TextSplit, split_off
 from neuralab.data.download import Resource, extract_tar, fetch
+from neuralab.data.heads import Head, columns, regression_head
 
 IMDB_RESOURCE = Resource(
     "aclImdb_v1.tar.gz",
@@ -41,26 +37,79 @@ IMDB_RESOURCE = Resource(
     84_125_825,
 )
 IMDB_CLASSES = ["neg", "pos"]  # label 0 = negative (rating <= 4), 1 = positive (rating >= 7)
-TAB_SUFFIXES = (".tsv", ".tab")
-
-Record = tuple[int, str, str]  # (line number, text, label as written)
+IMDB_FIELDS = ("sentiment", "stars")
 
 
 # ------------------------------------------------------------------------------------- IMDB
 
 
 @DATASETS.register(
-    "imdb", summary="IMDB movie reviews (Maas et al. 2011): 25k/25k texts, neg/pos", input="text"
+    "imdb",
+    summary="IMDB movie reviews (Maas et al. 2011): 25k/25k texts, neg/pos (label_field "
+    "sentiment, stars or both)",
+    input="text",
 )
-def imdb(root: Path, download: bool = True) -> TextDataset:
+def imdb(
+    root: Path, download: bool = True, label_field: str | list[str] = "sentiment"
+) -> TextDataset:
     """The Large Movie Review Dataset from `<root>/imdb/aclImdb/` (extracted from the canonical
-    archive, downloaded and checked against its md5 when the tree is missing and allowed)."""
+    archive, downloaded and checked against its md5 when the tree is missing and allowed).
+
+    Args:
+        label_field: `sentiment` (neg/pos, one label: ordinary classification), `stars` (the
+            1-10 rating in every file name, `<id>_<rating>.txt`, learned as a regression) or
+            a list of both (multi-task: one model, two heads).
+    """
+    fields = imdb_fields(label_field)
     folder = Path(root) / "imdb"
     tree = folder / "aclImdb"
     if not tree.is_dir():
         extract_tar(fetch(IMDB_RESOURCE, folder, download), folder)
-    train, test = (read_class_folders(tree / part, IMDB_CLASSES) for part in ("train", "test"))
-    return TextDataset("imdb", train, test, list(IMDB_CLASSES), info={"source": str(tree)})
+    info = {"source": str(tree)}
+    if fields == ["sentiment"]:
+        train, test = (read_class_folders(tree / part, IMDB_CLASSES) for part in ("train", "test"))
+        return TextDataset("imdb", train, test, list(IMDB_CLASSES), info=info)
+    (train, train_stars), (test, test_stars) = map(read_imdb_stars, (tree / "train", tree / "test"))
+    heads = [
+        Head("sentiment", "classification", tuple(IMDB_CLASSES))
+        if name == "sentiment"
+        else regression_head("stars", train_stars)
+        for name in fields
+    ]
+
+    def labelled(split: TextSplit, stars: torch.Tensor) -> TextSplit:
+        values = {"sentiment": split.labels.float(), "stars": stars}
+        return TextSplit(split.texts, torch.stack([values[name] for name in fields], 1))
+
+    train, test = labelled(train, train_stars), labelled(test, test_stars)
+    return TextDataset("imdb", train, test, columns(heads), info=info, heads=heads)
+
+
+def imdb_fields(label_field: str | list[str]) -> list[str]:
+    fields = [label_field] if isinstance(label_field, str) else list(label_field)
+    if not fields or len(set(fields)) != len(fields) or any(f not in IMDB_FIELDS for f in fields):
+        raise DataError(
+            f"imdb: data.options.label_field must be one or both of {list(IMDB_FIELDS)}, "
+            f"each once, got {label_field!r}"
+        )
+    return fields
+
+
+def read_imdb_stars(folder: Path) -> tuple[TextSplit, torch.Tensor]:
+    """The split's texts with their sentiment labels, and each review's rating (float32)
+    from its file name `<id>_<rating>.txt`."""
+    split = read_class_folders(folder, IMDB_CLASSES)
+    files = [path for name in IMDB_CLASSES for path in sorted((folder / name).rglob("*.txt"))]
+    stars = []
+    for path in files:
+        rating = path.stem.rpartition("_")[2]
+        if not rating.isdigit() or not 1 <= int(rating) <= 10:
+            raise DataError(
+                f"{path}: expected a file name <id>_<rating>.txt with a rating 1-10 (the IMDB "
+                "archive's layout). Fix: restore the file's name from the archive"
+            )
+        stars.append(float(rating))
+    return split, torch.tensor(stars, dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------- text folders
@@ -160,91 +209,6 @@ def decode_utf8(data: bytes, path: Path) -> str:
         ) from None
 
 
-# --------------------------------------------------------------------------- CSV, TSV, JSONL
-
-
-@DATASETS.register(
-    "csv",
-    summary="csv:<path> (.csv or .tsv) with text and label columns (options text_field, "
-    "label_field, test)",
-    input="text",
-)
-def csv_dataset(
-    root: Path,
-    download: bool = True,
-    path: str = "",
-    text_field: str = "text",
-    label_field: str = "label",
-    test: str | None = None,
-    test_split: float = 0.2,
-    seed: int = 0,
-) -> TextDataset:
-    """A CSV file with a header row (`.tsv`/`.tab`: tab-separated); see `table_dataset`."""
-    del root, download
-    options = (text_field, label_field, test, test_split, seed)
-    return table_dataset("csv", path, read_csv_records, *options)
-
-
-@DATASETS.register(
-    "jsonl",
-    summary="jsonl:<path>, one JSON object per line (options text_field, label_field, test)",
-    input="text",
-)
-def jsonl_dataset(
-    root: Path,
-    download: bool = True,
-    path: str = "",
-    text_field: str = "text",
-    label_field: str = "label",
-    test: str | None = None,
-    test_split: float = 0.2,
-    seed: int = 0,
-) -> TextDataset:
-    """A JSON Lines file: one object per line with a text and a label field."""
-    del root, download
-    options = (text_field, label_field, test, test_split, seed)
-    return table_dataset("jsonl", path, read_jsonl_records, *options)
-
-
-RecordReader = Callable[[Path, str, str], list[Record]]
-
-
-def table_dataset(
-    kind: str,
-    path: str,
-    reader: RecordReader,
-    text_field: str = "text",
-    label_field: str = "label",
-    test: str | None = None,
-    test_split: float = 0.2,
-    seed: int = 0,
-) -> TextDataset:
-    """Read a table of (text, label) rows into a TextDataset.
-
-    Args:
-        text_field, label_field: column (or JSON key) names.
-        test: a second file of the same format used as the test split, relative to the
-            training file's folder unless absolute.
-        test_split: without `test`, the seeded fraction of rows held out for testing.
-        seed: seeds that split.
-
-    Classes are the distinct training labels, sorted (numerically when all are integers).
-    """
-    train_path = Path(path).expanduser()
-    train_records = reader(train_path, text_field, label_field)
-    classes = sorted_labels({label for _, _, label in train_records})
-    train = records_split(train_records, classes, train_path, label_field)
-    if test:
-        test_path = train_path.parent / Path(test).expanduser()
-        test_records = reader(test_path, text_field, label_field)
-        test_split_data = records_split(test_records, classes, test_path, label_field)
-    else:
-        train, test_split_data = split_off(train, check_fraction(test_split), seed)
-    return TextDataset(
-        f"{kind}:{path}", train, test_split_data, classes, info={"source": str(train_path)}
-    )
-
-
 def check_fraction(test_split: float) -> float:
     if not 0.0 < test_split < 1.0:
         raise DataError(
@@ -252,111 +216,3 @@ def check_fraction(test_split: float) -> float:
             "or give a separate test file/folder"
         )
     return test_split
-
-
-def sorted_labels(labels: set[str]) -> list[str]:
-    """Label names sorted, numerically when every one is an integer ("2" before "10")."""
-    if all(label.lstrip("-").isdigit() for label in labels):
-        return sorted(labels, key=int)
-    return sorted(labels)
-
-
-def records_split(
-    records: list[Record], classes: list[str], path: Path, label_field: str
-) -> TextSplit:
-    """Map labels to class indices; a label outside `classes` is an error naming its line."""
-    index = {name: i for i, name in enumerate(classes)}
-    labels = []
-    for line, _, label in records:
-        if label not in index:
-            raise DataError(
-                f"{path}:{line}: field {label_field!r} has label {label!r}, which the training "
-                f"file does not have (classes: {classes[:20]}). Fix: correct the label or add "
-                "training examples of that class"
-            )
-        labels.append(index[label])
-    return TextSplit([text for _, text, _ in records], torch.tensor(labels, dtype=torch.long))
-
-
-def read_table_text(path: Path) -> str:
-    if not path.is_file():
-        raise DataError(f"{path} does not exist or is not a file. Fix: check the path")
-    return decode_utf8(path.read_bytes(), path)
-
-
-def check_record(path: Path, line: int, text: object, label: object, fields: tuple) -> Record:
-    """One validated row: the text non-empty, the label a string/number/bool."""
-    text_field, label_field = fields
-    if not isinstance(text, str):
-        raise DataError(f"{path}:{line}: field {text_field!r} must be a string, found {text!r}")
-    if not text.strip():
-        raise DataError(
-            f"{path}:{line}: field {text_field!r} is empty. Fix: fill in or remove the row"
-        )
-    if isinstance(label, bool | int | float):
-        label = str(label).lower() if isinstance(label, bool) else str(label)
-    if not isinstance(label, str) or not label.strip():
-        raise DataError(
-            f"{path}:{line}: field {label_field!r} must be a non-empty string or number, "
-            f"found {label!r}. Fix: give every row a label"
-        )
-    return line, text.strip(), label.strip()
-
-
-def read_csv_records(path: Path, text_field: str, label_field: str) -> list[Record]:
-    """Rows of a CSV/TSV file with a header; line numbers are the file's physical lines."""
-    delimiter = "\t" if path.suffix.lower() in TAB_SUFFIXES else ","
-    reader = csv.reader(io.StringIO(read_table_text(path), newline=""), delimiter=delimiter)
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{path}: the file is empty. Expected a header row, then rows")
-        columns = [name.strip() for name in header]
-        positions = [column_position(path, columns, name) for name in (text_field, label_field)]
-        records, start = [], reader.line_num + 1
-        for row in reader:
-            if any(cell.strip() for cell in row):  # blank lines are skipped
-                cells = [row[p] if p < len(row) else None for p in positions]
-                records.append(check_record(path, start, *cells, (text_field, label_field)))
-            start = reader.line_num + 1
-    except csv.Error as error:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({error})") from None
-    return non_empty(records, path)
-
-
-def column_position(path: Path, columns: list[str], name: str) -> int:
-    if name not in columns:
-        raise DataError(
-            f"{path}:1: no column {name!r} in the header (columns: {columns}). Fix: rename the "
-            f"column or set data.options.text_field / label_field"
-        )
-    return columns.index(name)
-
-
-def read_jsonl_records(path: Path, text_field: str, label_field: str) -> list[Record]:
-    """One JSON object per line; blank lines are skipped."""
-    records = []
-    for line, raw in enumerate(read_table_text(path).splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            item = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{line}: not valid JSON ({error.msg})") from None
-        if not isinstance(item, dict):
-            raise DataError(f"{path}:{line}: expected a JSON object, found {type(item).__name__}")
-        for name in (text_field, label_field):
-            if name not in item:
-                raise DataError(
-                    f"{path}:{line}: no field {name!r} (fields: {sorted(item)}). Fix: add it or "
-                    "set data.options.text_field / label_field"
-                )
-        fields = (text_field, label_field)
-        records.append(check_record(path, line, item[text_field], item[label_field], fields))
-    return non_empty(records, path)
-
-
-def non_empty(records: list[Record], path: Path) -> list[Record]:
-    if not records:
-        raise DataError(f"{path} holds no rows. Fix: add (text, label) rows")
-    return records

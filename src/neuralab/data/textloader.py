@@ -101,7 +101,8 @@ class TextBatchLoader:
         flat = torch.cat([encoded.tokens.long(), torch.tensor([PAD_ID])])  # never empty
         self.tokens = flat.to(self.device)
         self.starts = starts.to(self.device)
-        self.labels = labels.long().to(self.device)
+        # int64 (N,), or float32 (N, heads) with several label fields (data/heads.py)
+        self.labels = (labels.float() if labels.ndim == 2 else labels.long()).to(self.device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.drop_last, self.bucket_batches = drop_last, bucket_batches
         self.rank, self.world_size, self.pad_shards = rank, world_size, pad_shards

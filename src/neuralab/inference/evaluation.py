@@ -15,6 +15,7 @@ from neuralab.checkpoint.format import write_text_atomic
 from neuralab.data import ImageDataset, TextDataset
 from neuralab.data.dataset import DataError
 from neuralab.inference.fewshot import evaluate_few_shot, is_few_shot
+from neuralab.inference.multihead import evaluate_heads, write_heads_report
 from neuralab.inference.predict import Predictor, predict_logits
 from neuralab.tasks.metrics import ClassificationCounts, classification_report
 
@@ -69,6 +70,8 @@ def evaluate_with_data(
     predictor = predictor or Predictor.load(run_dir)
     dataset = predictor.meta.data.load(data, data_dir)
     predictor.check_classes(dataset.classes, dataset.name)
+    if predictor.heads:  # several label fields: a report per head
+        return evaluate_heads(predictor, dataset), dataset, predictor
     loader = predictor.modality.eval_loader(
         dataset.test, predictor.meta.task.eval_batch_size, predictor.device
     )
@@ -99,6 +102,8 @@ def write_report(run_dir: str | Path, data_dir: str | None = None) -> Path:
         return write_few_shot_report(predictor, folder, data_dir, plots)
     report, dataset, predictor = evaluate_with_data(folder, None, data_dir, predictor)
     write_text_atomic(folder / "evaluation.json", json.dumps(report, indent=2))
+    if predictor.heads:
+        return write_heads_report(predictor, folder, dataset, plots, report)
     figures = []
     if (folder / "history.json").exists():
         history = json.loads((folder / "history.json").read_text(encoding="utf-8"))

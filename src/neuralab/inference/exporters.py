@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neuralab.data.heads import Head, columns, slices
 from neuralab.errors import UserError
 from neuralab.inference.predict import Predictor
 from neuralab.modalities import MODALITIES
@@ -54,6 +55,13 @@ def describe_contract(predictor: Predictor, format: str) -> dict:
         "output": {"name": "logits", "dtype": "float32", "shape": ["batch", len(classes)],
                    "note": "softmax over axis 1 gives class probabilities"},
     }  # fmt: skip
+    if predictor.heads:  # several label fields: which columns are whose
+        contract["heads"] = [head.to_dict() for head in predictor.heads]
+        contract["output"]["note"] = (
+            "columns per head, in `heads` order: a classification head's columns are its "
+            "classes' logits (softmax them on their own), a regression head's one column is "
+            "its value in the field's units"
+        )
     bare = format == "safetensors"
     return {**contract, **predictor.modality.export_contract(bare, predictor.task.tta)}
 
@@ -63,7 +71,29 @@ def graph_module(model: nn.Module, contract: dict) -> nn.Module:
     normalised, and TTA-averaged, inside it). A model with a `for_export` method gives the
     copy to trace (e.g. ngram folds its naive-Bayes tables into one)."""
     exported = model.for_export() if hasattr(model, "for_export") else model
-    return MODALITIES[contract["kind"]].export_graph(exported, contract)
+    graph = MODALITIES[contract["kind"]].export_graph(exported, contract)
+    heads = [Head.from_dict(raw) for raw in contract.get("heads", ())]
+    if any(head.kind == "regression" for head in heads):
+        graph = HeadOutputs(graph, heads)
+    return graph
+
+
+class HeadOutputs(nn.Module):
+    """A model whose regression columns come out in their field's units (data/heads.py:
+    the model learns them standardised), as the run's task predicts them."""
+
+    def __init__(self, model: nn.Module, heads: list[Head]) -> None:
+        super().__init__()
+        self.model = model
+        scale, shift = torch.ones(len(columns(heads))), torch.zeros(len(columns(heads)))
+        for head, part in zip(heads, slices(heads), strict=True):
+            if head.kind == "regression":
+                scale[part], shift[part] = head.std, head.mean
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs).float() * self.scale + self.shift
 
 
 class TraceableSelfAttention(nn.MultiheadAttention):
@@ -171,6 +201,8 @@ def run_torchscript(path: Path, batches: list[torch.Tensor]) -> list[torch.Tenso
 def write_safetensors(module: nn.Module, example: torch.Tensor, path: Path, contract: dict) -> None:
     from safetensors.torch import save_file
 
+    if isinstance(module, HeadOutputs):  # the weights only: run_safetensors adds it back
+        module = module.model
     bare = MODALITIES[contract["kind"]].bare_model(module)
     weights = {k: v.detach().contiguous().cpu() for k, v in bare.state_dict().items()}
     save_file(weights, str(path), metadata={"neuralab": json.dumps(contract)})

@@ -12,6 +12,7 @@ import torch
 from neuralab.checkpoint.format import CheckpointError
 from neuralab.checkpoint.meta import RunMeta, TaskRef, load_run_checkpoint
 from neuralab.data.dataset import DataError
+from neuralab.data.heads import Head, heads_of, row_predictions, to_probabilities
 from neuralab.modalities import Modality, modality_from_meta
 from neuralab.models import build_model
 from neuralab.tasks import TASKS, Task
@@ -91,8 +92,10 @@ class Predictor:
         device: torch.device,
     ) -> None:
         self.model, self.meta, self.modality, self.device = model.eval(), meta, modality, device
-        self.classes: list[str] = meta.classes
+        self.classes: list[str] = meta.classes  # a multitask run's: its output columns
         self.task: Task = task_from_ref(meta.task)
+        # several label fields: what each output column belongs to (data/heads.py)
+        self.heads: list[Head] | None = heads_of(meta.task.args)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Predictor:
@@ -133,12 +136,23 @@ class Predictor:
         return logits
 
     def probabilities(self, inputs: Sequence) -> torch.Tensor:
-        """Class probabilities (N, classes) for a sequence of inputs (images, or strings)."""
-        return self.logits(inputs).softmax(dim=1)
+        """Class probabilities (N, classes) for a sequence of inputs (images, or strings);
+        with several heads, each head's own (regression columns: values)."""
+        return self.to_probabilities(self.logits(inputs))
 
-    def predict(self, inputs: Sequence, top_k: int = 1) -> list[list[tuple[str, float]]]:
-        """Top-k (class, probability) pairs for each input, most likely first."""
+    def to_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """The model's outputs (N, columns) → probabilities, per head when there are heads."""
+        if self.heads:
+            return to_probabilities(self.heads, logits)
+        return logits.softmax(dim=1)
+
+    def predict(self, inputs: Sequence, top_k: int = 1) -> list:
+        """Top-k (class, probability) pairs for each input, most likely first. With several
+        label fields, a dict per input instead: each head's top classes or its value
+        (`data.heads.row_predictions`)."""
         probabilities = self.probabilities(inputs)
+        if self.heads:
+            return [row_predictions(self.heads, row, top_k) for row in probabilities]
         k = min(top_k, len(self.classes))
         values, indices = probabilities.topk(k, dim=1)
         return [

@@ -96,6 +96,11 @@ def quantize(
     check_settings(max_drop, calibration, check_examples)
     require_onnx()
     predictor = Predictor.load(run_dir)
+    if predictor.heads:
+        raise ExportError(
+            f"{run_dir} learned several label fields; int8 is judged on the test accuracy of "
+            "one label. Export it in fp32 (neuralab export RUN --format onnx)"
+        )
     destination = default_destination(run_dir, predictor, out)
     dataset = run_dataset(
         predictor, data_dir, "int8 calibrates on its training split and is judged on its test split"

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from neuralab.data.dataset import DataError
+from neuralab.data.heads import primary, slices
 from neuralab.data.text import TextDataset, TextSplit
 from neuralab.data.textloader import EncodedTexts, TextBatchLoader, pad_batch
 from neuralab.data.tokencache import TokenCache, cache_dir
@@ -130,6 +131,13 @@ class TextModality:
         return module
 
 
+def labels_note(dataset: TextDataset) -> str:
+    """`2 classes`, or with several label fields `heads sentiment (2 classes), stars (...)`."""
+    if not dataset.heads:
+        return f"{len(dataset.classes)} classes"
+    return "heads " + ", ".join(head.describe() for head in dataset.heads)
+
+
 def prepare_text(
     dataset: TextDataset,
     settings: TokenizerSettings,
@@ -174,7 +182,7 @@ class TextInputs:
         d, settings = self.dataset, self.tokenizer.settings
         return (
             f"data   {d.name}: {len(d.train)} train, {len(d.val) if d.val else 0} val, "
-            f"{len(d.test)} test texts, {len(d.classes)} classes; {settings.kind} tokenizer, "
+            f"{len(d.test)} test texts, {labels_note(d)}; {settings.kind} tokenizer, "
             f"{self.tokenizer.vocab_size:,} ids, max {settings.max_length} tokens "
             f"({settings.truncation}); {self.cache_note}"
         )
@@ -186,8 +194,26 @@ class TextInputs:
         """Models with data-dependent initialisation (e.g. naive-Bayes feature ratios) see the
         training texts once, in batches."""
         if hasattr(model, "initialize_from_texts"):
-            loader = TextBatchLoader(self.splits["train"], self.labels("train"), 256, device=device)
+            labels = self.column_labels(model)
+            loader = TextBatchLoader(self.splits["train"], labels, 256, device=device)
             model.initialize_from_texts(loader)
+
+    def column_labels(self, model: torch.nn.Module) -> torch.Tensor:
+        """Each training text's output column to count it under (naive-Bayes ratios, kept
+        rows): its class; with several label fields, its class in the first classification
+        head (regression columns count no text, so their ratios are 0)."""
+        d = self.dataset
+        if not d.heads:
+            return d.train.labels
+        index = primary(d.heads)
+        if index is None:
+            if getattr(model, "nb_weight", None) is not None:
+                raise DataError(
+                    f"{d.name}: naive-Bayes ratios (model.args.nb) weigh features by class, and "
+                    "every label field is a regression. Fix: set model.args.nb=false"
+                )
+            return torch.zeros(len(d.train), dtype=torch.long)
+        return d.train.labels[:, index].long() + slices(d.heads)[index].start
 
     def examples(self) -> list[str]:
         """A few training texts, to show in TensorBoard."""

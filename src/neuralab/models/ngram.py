@@ -153,6 +153,8 @@ class NgramBag(nn.Module):
         ratio[PAD_ID] = 0.0
         # Features in fewer than nb_min_count texts say more about those texts than the class.
         ratio[per_class.sum(1) < self.nb_min_count] = 0.0
+        # Output columns no text counts for (a multi-task run's regression heads) get none.
+        ratio[:, per_class.sum(0) == 0] = 0.0
         return ratio.float()
 
     def keep_rows(self, kept: torch.Tensor) -> None:

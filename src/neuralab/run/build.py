@@ -166,6 +166,8 @@ def described_task(
     if getattr(task, "episodic", False):  # batches are episodes: the task line says how
         log(f"task   {task.describe(model)}")
     else:
+        if getattr(task, "name", "") == "multitask":  # which heads, weighted how
+            log(f"task   {task.describe()}")
         log(distributed.describe_batch(settings.batch_size, settings.grad_accumulation))
     if isinstance(task, (AdversarialTraining, Distillation)):
         log(f"{'adv' if isinstance(task, AdversarialTraining) else 'distil':<6} {task.describe()}")

@@ -10,6 +10,7 @@ from pathlib import Path
 from neuralab.adversarial.training import PgdCheck
 from neuralab.checkpoint.meta import DataRef, ModelRef, RunMeta, TaskRef
 from neuralab.config import RunConfig
+from neuralab.data.heads import Head
 from neuralab.modalities import Inputs
 from neuralab.run.settings import check_attack, task_arguments
 from neuralab.run.tracking import BestCheckpoint, RunWriter, tensorboard_callbacks
@@ -31,7 +32,7 @@ def build_meta(
         spec=inputs.spec.to_dict(),
         classes=list(inputs.dataset.classes),
         dataset=inputs.dataset.name,
-        task=task_ref(config),
+        task=task_ref(config, getattr(inputs.dataset, "heads", None)),
         data=DataRef(
             data.name,
             data.data_dir,
@@ -50,11 +51,12 @@ def build_meta(
     )
 
 
-def task_ref(config: RunConfig) -> TaskRef:
+def task_ref(config: RunConfig, heads: list[Head] | None = None) -> TaskRef:
     """The task as a checkpoint records it: name, scoring and the factory's arguments
-    (classification's loss and TTA are fields of their own, as in earlier versions)."""
+    (classification's loss and TTA are fields of their own, as in earlier versions; a
+    multitask run's heads come from the data)."""
     settings = config.train
-    name, arguments = task_arguments(config)
+    name, arguments = task_arguments(config, heads)
     arguments = {} if name == "classification" else arguments
     return TaskRef(name, settings.loss, settings.tta, settings.eval_batch_size, arguments)
 

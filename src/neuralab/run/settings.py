@@ -11,6 +11,7 @@ from neuralab.adversarial.attacks import AttackSettings
 from neuralab.adversarial.training import AdversarialTraining, TrainingAttack
 from neuralab.config import RunConfig, explicit_fields
 from neuralab.data.dataset import DataError
+from neuralab.data.heads import Head
 from neuralab.errors import ConfigError
 from neuralab.modalities import Inputs
 from neuralab.modalities.episodes import EpisodeSettings
@@ -46,7 +47,8 @@ def check_settings(config: RunConfig) -> None:
     name, settings = schedule_settings(config)
     SCHEDULES.check(name, **settings)
     name, arguments = task_arguments(config)
-    TASKS.check(name, **arguments)
+    if name != "multitask":  # its heads come from the data
+        TASKS.check(name, **arguments)
     if is_episodic(config):
         check_episodic(config)
 
@@ -67,9 +69,13 @@ def check_episodic(config: RunConfig) -> None:
         )
 
 
-def task_arguments(config: RunConfig) -> tuple[str, dict]:
-    """The task's registered name and its factory's arguments."""
+def task_arguments(config: RunConfig, heads: list[Head] | None = None) -> tuple[str, dict]:
+    """The task's registered name and its factory's arguments. Data with several label fields
+    (`heads`) makes a classification run multi-task; before the data is read (`heads`
+    None) a multitask run's arguments are not known yet and are returned empty."""
     task, settings = config.task, config.train
+    if heads or task.name == "multitask":
+        return "multitask", multitask_arguments(config, heads) if heads else {}
     if task.name == "classification":
         arguments = {
             "loss": settings.loss, "label_smoothing": settings.label_smoothing, "tta": settings.tta,
@@ -82,6 +88,30 @@ def task_arguments(config: RunConfig) -> tuple[str, dict]:
     else:
         arguments = {}
     return task.name, arguments
+
+
+def multitask_arguments(config: RunConfig, heads: list[Head]) -> dict:
+    """A multi-task run's heads and weights, after refusing what applies to one label."""
+    settings = config.train
+    single = {
+        "train.loss": settings.loss != "cross_entropy",
+        "train.label_smoothing": settings.label_smoothing > 0,
+        "train.tta": settings.tta != "off",
+        "train.adversarial": settings.adversarial.method != "off",
+        "train.distill.teacher": settings.distill.teacher is not None,
+    }
+    if config.task.name not in ("classification", "multitask"):
+        raise ConfigError(
+            f"task {config.task.name} learns from episodes of one label, and the data has "
+            f"several label fields ({', '.join(h.name for h in heads)}); keep one label field"
+        )
+    refused = [key for key, is_set in single.items() if is_set]
+    if refused:
+        raise ConfigError(
+            f"{', '.join(refused)} apply to one label, and the data has several label fields "
+            f"({', '.join(h.name for h in heads)}): unset them or keep one label field"
+        )
+    return {"heads": [head.to_dict() for head in heads], "weights": config.task.head_weights}
 
 
 def episode_settings(config: RunConfig) -> EpisodeSettings:
@@ -112,8 +142,16 @@ def build_task(config: RunConfig, inputs: Inputs, device: torch.device | None = 
     augmentation), wrapped in adversarial training when train.adversarial is on or in
     distillation when train.distill.teacher is set (its teacher on `device`, None: the CPU),
     or a few-shot task."""
-    name, arguments = task_arguments(config)
+    name, arguments = task_arguments(config, getattr(inputs.dataset, "heads", None))
+    if name == "multitask" and not arguments:
+        raise DataError(
+            f"task.name=multitask learns several label fields, and {inputs.dataset.name} has "
+            "one. Fix: list them, e.g. data.options.label_field='[sentiment, stars]', or set "
+            "task.name=classification"
+        )
     task = TASKS.build(name, **arguments)
+    if name == "multitask":
+        return task
     attack = training_attack(config, inputs)
     if attack is not None and config.train.distill.teacher is not None:
         raise ConfigError(

@@ -15,7 +15,7 @@ import io
 import json
 import shutil
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch
 from neuralab.checkpoint.format import save_checkpoint, write_text_atomic
 from neuralab.checkpoint.meta import RunMeta
 from neuralab.checkpoint.sharing import linked_folder, share_identical_files
+from neuralab.data.heads import heads_of
 from neuralab.train.callbacks import Callback, MetricWatch, Order
 from neuralab.train.distributed import is_main_process
 
@@ -39,16 +40,24 @@ HISTORY_FIELDS = [
 ]
 
 
-def history_csv(history: list[dict]) -> str:
-    """The history as CSV with fixed columns (history.json holds every metric a task logs)."""
+def history_csv(history: list[dict], extra: Sequence[str] = ()) -> str:
+    """The history as CSV with fixed columns, then `extra` ones (a multitask run's per-head
+    metrics); history.json holds every metric a task logs."""
+    fields = [*HISTORY_FIELDS, *extra]
     buffer = io.StringIO()
-    writer = csv.DictWriter(
-        buffer, fieldnames=HISTORY_FIELDS, extrasaction="ignore", lineterminator="\n"
-    )
+    writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: row.get(k, "") for k in HISTORY_FIELDS})
+        writer.writerow({k: row.get(k, "") for k in fields})
     return buffer.getvalue()
+
+
+def head_fields(meta: RunMeta) -> list[str]:
+    """A multitask run's per-head history columns (train and val loss and accuracy or MAE)."""
+    heads = heads_of(meta.task.args) or []
+    names = [f"{h.name}_{'accuracy' if h.kind == 'classification' else 'mae'}" for h in heads]
+    names += [f"{h.name}_loss" for h in heads]
+    return [f"{split}_{name}" for split in ("train", "val") for name in names]
 
 
 class RunWriter(Callback):
@@ -83,7 +92,8 @@ class RunWriter(Callback):
         if not is_main_process() or trainer.failed:  # never save a non-finite epoch
             return
         write_text_atomic(self.run_dir / "history.json", json.dumps(trainer.history, indent=2))
-        write_text_atomic(self.run_dir / "history.csv", history_csv(trainer.history))
+        table = history_csv(trainer.history, head_fields(self.meta))
+        write_text_atomic(self.run_dir / "history.csv", table)
         self.save(trainer)
         if self.keep_epochs:
             keep_epoch_snapshot(self.run_dir, int(logs["epoch"]), self.keep_epochs)

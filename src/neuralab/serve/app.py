@@ -33,6 +33,7 @@ import torch
 
 from neuralab.attribution import texts
 from neuralab.attribution.images import AttributionError
+from neuralab.data.heads import row_predictions
 from neuralab.errors import ConfigError
 from neuralab.inference.predict import Predictor
 from neuralab.serve.backends import Backend, TorchBackend
@@ -163,7 +164,10 @@ class Service:
         return min(int(value), len(self.predictor.classes))
 
     def top_classes(self, row: torch.Tensor, top_k: int) -> dict:
-        """One input's `top_k` most likely classes, rounded as Predictor.predict rounds them."""
+        """One input's `top_k` most likely classes, rounded as Predictor.predict rounds them;
+        with several label fields, `{"heads": {name: classes or value}}` instead."""
+        if self.predictor.heads:
+            return {"heads": row_predictions(self.predictor.heads, row, top_k)}
         values, indices = row.topk(min(top_k, len(self.predictor.classes)))
         top = [
             {"class": self.predictor.classes[i], "probability": round(v, 6)}
@@ -173,6 +177,11 @@ class Service:
 
     async def explain(self, request) -> dict:
         """`POST /explain`: a heat map of one image, or one weight per word of a text."""
+        if self.predictor.heads:
+            raise PayloadError(
+                "this run learned several label fields; /explain explains the classes of one "
+                "label (train a run on one label field to explain it)"
+            )
         if self.text:
             return await self.explain_text(request)
         return await self.explain_image(request)
@@ -242,6 +251,8 @@ class Service:
             "dataset": meta.dataset,
             "kind": self.predictor.modality.kind,
             "classes": self.predictor.classes,
+            # several label fields: each head's name, kind and classes (or mean and std)
+            "heads": [h.to_dict() for h in self.predictor.heads or []] or None,
             "preprocessing": self.predictor.modality.describe(),
             "explain_methods": [m for m in self.explain_methods if self.runs_here(m)],
             "explain_note": self.captum_note,  # null, or why some methods cannot run here

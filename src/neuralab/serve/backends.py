@@ -87,7 +87,7 @@ class OnnxBackend:
         for rows, batch in modality.batches(examples):
             output = self.session.run(None, {self.input_name: batch.numpy()})[0]
             logits[rows] = torch.from_numpy(output).float()
-        return logits.softmax(dim=1)
+        return self.predictor.to_probabilities(logits)
 
     def set_threads(self, threads: int) -> None:
         """A new session with `threads` intra-op threads (onnxruntime fixes them at creation)."""

@@ -211,12 +211,12 @@ def progress_callbacks(mode: str, stream=None) -> list[Callback]:
 
 
 class MetricWatch:
-    """Whether a logged metric improved: loss-like names must fall, the others (accuracy) rise,
-    by more than `min_delta`."""
+    """Whether a logged metric improved: loss-like names (and a head's `_mae`) must fall, the
+    others (accuracy) rise, by more than `min_delta`."""
 
     def __init__(self, metric: str, min_delta: float = 0.0) -> None:
         self.metric, self.min_delta = metric, min_delta
-        self.lower_is_better = "loss" in metric
+        self.lower_is_better = "loss" in metric or metric.endswith("_mae")
         self.best: float | None = None
         self.best_epoch = 0
 

@@ -20,6 +20,7 @@ export const nextRequest = () => ++latest;
 export const isLatest = (number) => number === latest;
 
 export function showPrediction(prediction, input) {
+  if (prediction.heads) return showHeads(prediction.heads, input);
   const best = prediction.top[0];
   const head = $("prediction");
   head.textContent = best.class;
@@ -30,6 +31,32 @@ export function showPrediction(prediction, input) {
   head.dataset.probability = String(best.probability);
   $("result").dataset.input = input;
   $("bars").replaceChildren(...prediction.top.map((entry, i) => barRow(entry, i === 0)));
+  $("status").textContent = "";
+}
+
+// A run with several label fields: per head, its name then its class bars, or its value.
+function showHeads(heads, input) {
+  const rows = [];
+  const summary = [];
+  for (const [name, found] of Object.entries(heads)) {
+    const title = document.createElement("div");
+    title.className = "head-name";
+    if ("value" in found) {
+      const value = Number(found.value).toPrecision(4);
+      title.textContent = `${name}: ${value}`;
+      summary.push(`${name} ${value}`);
+      rows.push(title);
+    } else {
+      title.textContent = name;
+      summary.push(`${name} ${found.class}`);
+      rows.push(title, ...found.top.map((entry, i) => barRow(entry, i === 0)));
+    }
+  }
+  const head = $("prediction");
+  head.textContent = summary.join(" · ");
+  delete head.dataset.class;
+  $("result").dataset.input = input;
+  $("bars").replaceChildren(...rows);
   $("status").textContent = "";
 }
 
