@@ -20,12 +20,13 @@ from neuralab.errors import ConfigError, UserError
 from neuralab.inference import evaluation
 from neuralab.inference.predict import Predictor
 from neuralab.inference.summary import ModelSummary, summarize
-from neuralab.run import build
+from neuralab.run import build, semi
 from neuralab.run import prune as pruning
 from neuralab.run.build import RunParts, build_run
 from neuralab.run.probe import model_for
 from neuralab.run.resume import resumable_run
 from neuralab.run.rundir import last_good
+from neuralab.run.settings import check_settings
 from neuralab.run.tracking import draw_curves, write_text_atomic
 from neuralab.train import allocator, distributed
 from neuralab.train.callbacks import Callback, format_metrics, progress_callbacks
@@ -112,10 +113,40 @@ def train_config(
     trains its shard of each global batch with DistributedDataParallel and leaves the group;
     only rank 0 prints and writes the run directory.
     """
+    if config.train.semi.method != "off" and resume_from is None:
+        return self_train(config, verbose, callbacks, progress)
     with build.environment(config) as device:
         verbose = verbose and distributed.is_main_process()
         shown = progress_callbacks(progress) if verbose else []
         return train_on_device(config, device, verbose, resume_from, [*shown, *callbacks])
+
+
+def self_train(
+    config: RunConfig, verbose: bool, callbacks: Sequence[Callback], progress: str
+) -> Run:
+    """train.semi.method=pseudo-label: a teacher on the labelled examples, its confident
+    labels for the unlabelled ones, then the run on both (run/semi.py); each stage is an
+    ordinary run in the run directory. Returns the last stage's run."""
+    check_settings(config)  # a typo fails here, before the teacher trains
+    out = semi.run_folder(config)
+    if (out / "checkpoint").exists() or (out / "metrics.json").exists():
+        raise FileExistsError(f"run directory {out} already holds a run; choose another --out")
+    folders = semi.stage_folders(out, config.train.semi.rounds)
+    log = (lambda line: print(line, flush=True)) if verbose else (lambda line: None)
+    pseudo_labels, run = None, None
+    for number, folder in enumerate(folders, start=1):
+        role = (
+            "teacher: labelled examples only"
+            if pseudo_labels is None
+            else (f"labelled + pseudo-labelled examples ({pseudo_labels.parent.name}'s labels)")
+        )
+        log(f"semi   stage {number}/{len(folders)} → {folder} ({role})")
+        stage = semi.stage_config(config, folder, pseudo_labels)
+        shown = callbacks if folder == out else ()
+        run = train_config(stage, verbose, callbacks=shown, progress=progress)
+        if folder != out:
+            pseudo_labels = semi.pseudo_label(folder, config, log)
+    return run
 
 
 def train_on_device(

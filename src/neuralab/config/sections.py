@@ -44,6 +44,9 @@ class DataConfig(Section):
     # val_split is carved): learning-curve experiments. The rest of the training split is
     # dropped (semi-supervised runs use it without labels). None: all.
     labelled_per_class: int | None = Field(None, ge=1)
+    # A file of pseudo-labels for the unlabelled examples (train.semi writes it, and sets this
+    # for the run that learns from it): those examples join the training split with them.
+    pseudo_labels: str | None = None
 
 
 class AugmentConfig(Section):
@@ -212,6 +215,27 @@ class DistillConfig(Section):
     weight: float = Field(0.5, ge=0.0, le=1.0)  # of the soft (teacher) term; 0: labels only
 
 
+class SemiConfig(Section):
+    """Semi-supervised learning by self-training (pseudo-labels: Yarowsky 1995, Lee 2013;
+    run/semi.py). The run trains a teacher on the labelled examples alone (`<out>/teacher`),
+    labels the unlabelled ones with it, keeps those whose top probability is at least
+    `threshold`, and trains the run itself on labelled + pseudo-labelled examples (with
+    `rounds` > 1, each round's run teaches the next). The unlabelled examples are the
+    remainder data.labelled_per_class leaves and a dataset's own unlabelled set (imdb:
+    data.options.unlabelled=true); test examples are never read by the teacher's labelling.
+    """
+
+    method: Literal["off", "pseudo-label"] = "off"
+    threshold: float = Field(0.9, ge=0.0, lt=1.0)
+    # also keep at most this fraction of the unlabelled examples, split evenly over the
+    # predicted classes, the most confident first (None: every one past the threshold)
+    keep: float | None = Field(None, gt=0.0, le=1.0)
+    rounds: int = Field(1, ge=1, le=5)
+    # epochs of the stages that learn from pseudo-labels (None: train.epochs, as the teacher):
+    # with few labels the teacher needs many epochs over little data, its students fewer
+    student_epochs: float | None = Field(None, gt=0.0)
+
+
 class TrainConfig(Section):
     epochs: float = Field(10, gt=0)  # fractional epochs allowed: training stops mid-epoch
     batch_size: int = Field(64, ge=1)  # global: split evenly over the processes (torchrun)
@@ -274,6 +298,7 @@ class TrainConfig(Section):
     keep_zeros: bool = False
     # Knowledge distillation from a trained teacher run: see DistillConfig.
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    semi: SemiConfig = Field(default_factory=SemiConfig)
 
     @model_validator(mode="after")
     def one_weight_average(self) -> TrainConfig:
@@ -401,4 +426,9 @@ class RunConfig(Section):
 
 
 # Free-form dictionaries: their keys are checked by the dataset or model factory instead.
-FREE_FORM = {("data", "options"), ("model", "args"), ("optim", "train_until")}
+FREE_FORM = {
+    ("data", "options"),
+    ("model", "args"),
+    ("optim", "train_until"),
+    ("task", "head_weights"),
+}

@@ -274,7 +274,8 @@ def labelled_subset(
 ) -> ImageDataset | TextDataset:
     """Keep `per_class` training examples of every class (seeded, drawn without replacement);
     the rest of the training split becomes `dataset.unlabelled` (its labels are kept in the
-    split for measuring, and must not be trained on). Validation and test are untouched.
+    split for measuring, and must not be trained on), ahead of any unlabelled examples the
+    dataset already had (IMDB's 50,000 reviews). Validation and test are untouched.
 
     Raises DataError naming the smallest class when one has fewer than `per_class` examples.
     """
@@ -299,6 +300,17 @@ def labelled_subset(
     rank = torch.arange(len(labels)) - starts[labels[by_class]]
     keep = by_class[rank < per_class]
     rest = by_class[rank >= per_class]
-    dataset.unlabelled = dataset.train.subset(rest.sort().values) if len(rest) else None
+    remainder = dataset.train.subset(rest.sort().values) if len(rest) else None
+    dataset.unlabelled = joined(remainder, dataset.unlabelled)
     dataset.train = dataset.train.subset(keep.sort().values)
     return dataset
+
+
+def joined(first: Split | TextSplit | None, second: Split | TextSplit | None):
+    """Two splits of the same kind one after the other (either may be None)."""
+    if first is None or second is None:
+        return first if second is None else second
+    labels = torch.cat([first.labels.to(second.labels.dtype), second.labels])
+    if isinstance(first, TextSplit):
+        return TextSplit(first.texts + second.texts, labels)
+    return Split(torch.cat([first.images, second.images]), labels)

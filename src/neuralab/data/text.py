@@ -18,13 +18,14 @@ file.
 
 from __future__ import annotations
 
+import tarfile
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
 from neuralab.data.dataset import DATASETS, DataError, TextDataset, TextSplit, split_off
-from neuralab.data.download import Resource, extract_tar, fetch
+from neuralab.data.download import MAX_EXTRACT_BYTES, Resource, extract_tar, fetch
 from neuralab.data.heads import Head, columns, regression_head
 
 IMDB_RESOURCE = Resource(
@@ -36,6 +37,12 @@ IMDB_RESOURCE = Resource(
     "7c2ac02c03563afcf9b574c7e56c153a",
     84_125_825,
 )
+# IMDB's 50,000 unlabelled reviews (train/unsup/<id>_0.txt) packed alone, under the canonical
+# archive's paths: how a data folder can hold them without their 50,000 files
+IMDB_UNSUP_RESOURCE = Resource(
+    "aclImdb_v1-unsup.tar.gz", (), "576a1c53afb6844efdf5b2737968d4eb", 28_338_280
+)
+IMDB_UNSUP_MEMBERS = "aclImdb/train/unsup/"
 IMDB_CLASSES = ["neg", "pos"]  # label 0 = negative (rating <= 4), 1 = positive (rating >= 7)
 IMDB_FIELDS = ("sentiment", "stars")
 
@@ -50,7 +57,10 @@ IMDB_FIELDS = ("sentiment", "stars")
     input="text",
 )
 def imdb(
-    root: Path, download: bool = True, label_field: str | list[str] = "sentiment"
+    root: Path,
+    download: bool = True,
+    label_field: str | list[str] = "sentiment",
+    unlabelled: bool = False,
 ) -> TextDataset:
     """The Large Movie Review Dataset from `<root>/imdb/aclImdb/` (extracted from the canonical
     archive, downloaded and checked against its md5 when the tree is missing and allowed).
@@ -59,6 +69,9 @@ def imdb(
         label_field: `sentiment` (neg/pos, one label: ordinary classification), `stars` (the
             1-10 rating in every file name, `<id>_<rating>.txt`, learned as a regression) or
             a list of both (multi-task: one model, two heads).
+        unlabelled: also read the 50,000 unlabelled reviews into `dataset.unlabelled`
+            (labels -1), for semi-supervised runs; see `imdb_unlabelled` for where from.
+            Off, they are never opened.
     """
     fields = imdb_fields(label_field)
     folder = Path(root) / "imdb"
@@ -66,9 +79,10 @@ def imdb(
     if not tree.is_dir():
         extract_tar(fetch(IMDB_RESOURCE, folder, download), folder)
     info = {"source": str(tree)}
+    extra = imdb_unlabelled(folder, tree, download) if unlabelled else None
     if fields == ["sentiment"]:
         train, test = (read_class_folders(tree / part, IMDB_CLASSES) for part in ("train", "test"))
-        return TextDataset("imdb", train, test, list(IMDB_CLASSES), info=info)
+        return TextDataset("imdb", train, test, list(IMDB_CLASSES), info=info, unlabelled=extra)
     (train, train_stars), (test, test_stars) = map(read_imdb_stars, (tree / "train", tree / "test"))
     heads = [
         Head("sentiment", "classification", tuple(IMDB_CLASSES))
@@ -82,7 +96,57 @@ def imdb(
         return TextSplit(split.texts, torch.stack([values[name] for name in fields], 1))
 
     train, test = labelled(train, train_stars), labelled(test, test_stars)
-    return TextDataset("imdb", train, test, columns(heads), info=info, heads=heads)
+    if extra is not None:
+        extra = TextSplit(extra.texts, torch.full((len(extra), len(fields)), -1.0))
+    return TextDataset(
+        "imdb", train, test, columns(heads), info=info, heads=heads, unlabelled=extra
+    )
+
+
+def imdb_unlabelled(folder: Path, tree: Path, download: bool) -> TextSplit:
+    """The 50,000 unlabelled reviews, sorted by file name, labels -1: from `train/unsup/` when
+    the tree has it, else from `aclImdb_v1-unsup.tar.gz` beside the tree (md5-checked), else
+    from the canonical archive (downloaded when allowed). Archives are read in memory: the
+    data folder is never written to (it may be read-only)."""
+    unsup = tree / "train" / "unsup"
+    if unsup.is_dir():
+        texts = [read_text_file(path) for path in sorted(unsup.glob("*.txt"))]
+    elif (folder / IMDB_UNSUP_RESOURCE.filename).exists() or not download:
+        if not (folder / IMDB_UNSUP_RESOURCE.filename).exists():
+            raise DataError(
+                f"imdb: the unlabelled reviews are neither in {unsup} nor in "
+                f"{folder / IMDB_UNSUP_RESOURCE.filename}, and downloads are off. Fix: extract "
+                f"the canonical {IMDB_RESOURCE.filename} (it holds train/unsup/) into {folder}, "
+                "or allow downloads"
+            )
+        texts = read_tar_texts(fetch(IMDB_UNSUP_RESOURCE, folder, False), IMDB_UNSUP_MEMBERS)
+    else:
+        texts = read_tar_texts(fetch(IMDB_RESOURCE, folder, True), IMDB_UNSUP_MEMBERS)
+    if not texts:
+        raise DataError(f"imdb: no unlabelled review found under {unsup} or in its archives")
+    return TextSplit(texts, torch.full((len(texts),), -1, dtype=torch.long))
+
+
+def read_tar_texts(archive: Path, prefix: str) -> list[str]:
+    """The `.txt` members under `prefix` of a tar archive, read in memory (nothing is
+    extracted) and sorted by name; strict UTF-8, empty texts refused, as for files."""
+    found: list[tuple[str, str]] = []
+    total = 0
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if not (member.isfile() and member.name.startswith(prefix)):
+                continue
+            if not member.name.endswith(".txt"):
+                continue
+            total += member.size
+            if total > MAX_EXTRACT_BYTES:
+                raise DataError(f"{archive}: more than {MAX_EXTRACT_BYTES:,} bytes of text")
+            where = Path(f"{archive}:{member.name}")
+            text = decode_utf8(tar.extractfile(member).read(), where).strip()
+            if not text:
+                raise DataError(f"{where}: the review is empty. Fix: restore the archive")
+            found.append((PurePosixPath(member.name).name, text))
+    return [text for _, text in sorted(found)]
 
 
 def imdb_fields(label_field: str | list[str]) -> list[str]:

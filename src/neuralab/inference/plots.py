@@ -44,11 +44,15 @@ def new_figure(width: float, height: float) -> Any:
 
 def history_figure(history: list[dict], path: Path) -> Path:
     """Loss, accuracy (train and, when present, validation and adversarial training's PGD
-    check) and learning rate per epoch."""
+    check) and learning rate per epoch. A run whose labels are all regressions shows its
+    first head's MAE instead of accuracy."""
     figure = new_figure(11, 3.2)
     epochs = [row["epoch"] for row in history]
     panels = figure.subplots(1, 3)
-    for axis, metric in zip(panels[:2], ("loss", "accuracy"), strict=True):
+    second = "accuracy"
+    if "train_accuracy" not in history[0]:
+        second = next(k for k in history[0] if k.startswith("train_") and k.endswith("_mae"))[6:]
+    for axis, metric in zip(panels[:2], ("loss", second), strict=True):
         axis.plot(epochs, [row[f"train_{metric}"] for row in history], "o-", label="train")
         validation = [row.get(f"val_{metric}") for row in history]
         if any(v is not None for v in validation):

@@ -27,6 +27,8 @@ from neuralab.models.tta import tta_logits
 ENGINE_SAMPLE = 128  # images timed when choosing the engine: ranks candidates, cheap to repeat
 INIT_SAMPLE = 5000  # images given to data-dependent initialisation: stable statistics
 
+PREDICT_BATCH = 512  # images per forward pass when predicting a list of inputs
+
 
 @dataclass(frozen=True)
 class ImageModality:
@@ -107,8 +109,13 @@ class ImageModality:
         return [self.prepare(item) for item in items]
 
     def batches(self, examples: Sequence[torch.Tensor]) -> list[tuple[list[int], torch.Tensor]]:
-        """Prepared examples → [(rows, uint8 batch (B, C, H, W))]: one batch, in order."""
-        return [(list(range(len(examples))), torch.stack(list(examples)))]
+        """Prepared examples → [(rows, uint8 batch (B, C, H, W))], in order, at most
+        PREDICT_BATCH images each (memory stays bounded however many are predicted)."""
+        return [
+            (list(range(start, min(start + PREDICT_BATCH, len(examples)))),
+             torch.stack(list(examples[start : start + PREDICT_BATCH])))
+            for start in range(0, len(examples), PREDICT_BATCH)
+        ]  # fmt: skip
 
     def collate(self, chunk: Any) -> torch.Tensor:
         """Examples as an exported model takes them: a uint8 (B, C, H, W) tensor as it is."""

@@ -23,6 +23,7 @@ from neuralab.config import RunConfig, dump_config, resolve_config
 from neuralab.data import load_dataset
 from neuralab.data.augment import Augment
 from neuralab.data.dataset import PATH_KINDS, DataError
+from neuralab.data.pseudo import add_pseudo_labels
 from neuralab.data.tokenizer import TokenizerSettings
 from neuralab.inference.summary import summarize
 from neuralab.modalities import Inputs, inputs_for
@@ -124,7 +125,11 @@ def build_run(
     config, inputs, model = build_inputs_and_model(config, device, source, log)
     settings = config.train  # with the defaults chosen for the model and the data
     log(inputs.describe())
-    if config.data.classes is not None or config.data.labelled_per_class is not None:
+    if (
+        config.data.classes is not None
+        or config.data.labelled_per_class is not None
+        or (config.data.pseudo_labels is not None)
+    ):
         log(describe_subset(config, inputs))
     if described:  # a forward pass: only when it is shown
         log(describe_model(config, model, inputs, device))
@@ -224,12 +229,16 @@ def environment(config: RunConfig) -> Iterator[torch.device]:
 
 # -- data and model ----------------------------------------------------------------------------
 def load_data(config: RunConfig):
-    """The dataset a config names, with its options."""
+    """The dataset a config names, with its options (and the pseudo-labelled examples a
+    train.semi stage learns from)."""
     data = config.data
-    return load_dataset(
+    dataset = load_dataset(
         data.name, data.data_dir, data.download, data.val_split, config.train.seed,
         data.classes, data.labelled_per_class, **data.options,
     )  # fmt: skip
+    if data.pseudo_labels is not None:  # a train.semi stage: the teacher's labels join
+        dataset = add_pseudo_labels(dataset, data.pseudo_labels)
+    return dataset
 
 
 def build_inputs_and_model(
@@ -282,7 +291,10 @@ def describe_subset(config: RunConfig, inputs: Inputs) -> str:
         unlabelled = inputs.dataset.unlabelled
         parts.append(f"{data.labelled_per_class} labelled training examples per class "
                      f"(data.labelled_per_class, seed {config.train.seed}); "
-                     f"{len(unlabelled) if unlabelled else 0:,} others unused")  # fmt: skip
+                     f"{len(unlabelled) if unlabelled else 0:,} others unlabelled")  # fmt: skip
+    pseudo = inputs.dataset.info.get("pseudo_labelled")
+    if pseudo:
+        parts.append(f"{pseudo:,} pseudo-labelled examples joined them (data.pseudo_labels)")
     return "subset " + "; ".join(parts)
 
 

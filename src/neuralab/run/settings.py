@@ -51,6 +51,34 @@ def check_settings(config: RunConfig) -> None:
         TASKS.check(name, **arguments)
     if is_episodic(config):
         check_episodic(config)
+    check_semi(config)
+
+
+def check_semi(config: RunConfig) -> None:
+    """What self-training does not combine with, refused before any work."""
+    semi, data = config.train.semi, config.data
+    if semi.method == "off":
+        if data.options.get("unlabelled") and data.pseudo_labels is None:
+            raise ConfigError(
+                "data.options.unlabelled=true reads the unlabelled examples, and only a "
+                "semi-supervised run uses them: set train.semi.method=pseudo-label, or drop "
+                "the option (a supervised run never reads them)"
+            )
+        return
+    fields = data.options.get("label_field")
+    if config.task.name != "classification" or (isinstance(fields, list) and len(fields) > 1):
+        raise ConfigError(
+            "train.semi labels unlabelled examples with one class each; "
+            + (f"task {config.task.name} does not" if config.task.name != "classification"
+               else "data with several label fields does not")
+            + " learn that way (set train.semi.method=off)"
+        )  # fmt: skip
+    if data.pseudo_labels is not None:
+        raise ConfigError(
+            "data.pseudo_labels is set by train.semi for the stages it runs; unset one of them"
+        )
+    if distributed.world_size() > 1:
+        raise ConfigError("train.semi runs its stages in one process; run it without torchrun")
 
 
 def is_episodic(config: RunConfig) -> bool:

@@ -1,0 +1,96 @@
+"""Pseudo-labels: a teacher's labels for some of a dataset's unlabelled examples, stored in a
+file that names the unlabelled set they belong to, and the dataset with those examples moved
+into its training split (what `train.semi` learns from; run/semi.py writes the file).
+
+The file (safetensors) holds `index` int64 (K,) into the unlabelled split, `labels` int64 (K,)
+and `confidence` float32 (K,), with metadata `unlabelled_count` and `unlabelled_sha256`: the
+digest of the unlabelled examples, so labels made for one unlabelled set are never applied to
+another (a different seed, labelled_per_class or dataset version).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from neuralab.data.dataset import DataError, ImageDataset, Split, TextDataset, TextSplit, joined
+
+
+def fingerprint(split: Split | TextSplit) -> str:
+    """The sha256 of a split's examples (texts or image bytes), in order."""
+    digest = hashlib.sha256()
+    if isinstance(split, TextSplit):
+        for text in split.texts:
+            digest.update(text.encode("utf-8"))
+            digest.update(b"\0")
+    else:
+        digest.update(split.images.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def write_pseudo_labels(
+    path: Path,
+    unlabelled: Split | TextSplit,
+    index: torch.Tensor,
+    labels: torch.Tensor,
+    confidence: torch.Tensor,
+) -> Path:
+    """Store pseudo-labels for `unlabelled[index]` (atomically: a temp file, then a rename)."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        "index": index.long().contiguous(),
+        "labels": labels.long().contiguous(),
+        "confidence": confidence.float().contiguous(),
+    }
+    metadata = {
+        "unlabelled_count": str(len(unlabelled)),
+        "unlabelled_sha256": fingerprint(unlabelled),
+    }
+    staging = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(staging), metadata=metadata)
+    staging.replace(path)
+    return path
+
+
+def add_pseudo_labels(
+    dataset: ImageDataset | TextDataset, path: str | Path
+) -> ImageDataset | TextDataset:
+    """`dataset` with the pseudo-labelled unlabelled examples appended to its training split;
+    the others stay in `dataset.unlabelled`.
+
+    Raises DataError when the file is missing or unreadable, or was made for another
+    unlabelled set."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    unlabelled = dataset.unlabelled
+    if unlabelled is None:
+        raise DataError(
+            f"data.pseudo_labels={path} labels unlabelled examples, and {dataset.name} has none "
+            "with these settings. Fix: use the data settings the pseudo-labels were made with"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in ("index", "labels")}
+    except (OSError, SafetensorError, KeyError) as error:
+        raise DataError(f"{path}: cannot read pseudo-labels ({error})") from None
+    if metadata.get("unlabelled_sha256") != fingerprint(unlabelled):
+        raise DataError(
+            f"{path} was made for another unlabelled set ({metadata.get('unlabelled_count')} "
+            f"examples; this one has {len(unlabelled)}, or other ones). Fix: make the "
+            "pseudo-labels again with these data settings (train.semi does)"
+        )
+    index, labels = tensors["index"], tensors["labels"]
+    chosen = torch.zeros(len(unlabelled), dtype=torch.bool)
+    chosen[index] = True
+    pseudo = unlabelled.subset(index)
+    pseudo.labels = labels.to(dataset.train.labels.dtype)
+    dataset.train = joined(dataset.train, pseudo)
+    rest = torch.nonzero(~chosen).flatten()
+    dataset.unlabelled = unlabelled.subset(rest) if len(rest) else None
+    dataset.info = {**dataset.info, "pseudo_labelled": len(index)}
+    return dataset

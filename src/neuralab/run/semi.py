@@ -1,0 +1,154 @@
+"""Self-training (train.semi.method=pseudo-label): the stages of a semi-supervised run and the
+teacher's labelling of the unlabelled examples between them.
+
+    <out>/teacher/          stage 1: the labelled examples alone (the run's own settings)
+    <out>/teacher/pseudo-labels.safetensors   its labels for the confident unlabelled examples
+    <out>/round-2/ ...      with rounds > 1: a student that teaches the next round
+    <out>/                  the last stage: labelled + pseudo-labelled examples (the run itself)
+
+Each stage is an ordinary run (api.train_config trains them); this module decides their
+configs and writes the pseudo-labels. The teacher labels only `dataset.unlabelled` (the
+remainder of data.labelled_per_class and a dataset's own unlabelled set); the test split is
+never read here, and each stage's tokenizer is trained on its own training split (labelled +
+pseudo-labelled texts), never on test texts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from neuralab.config import RunConfig
+from neuralab.data.dataset import DataError
+from neuralab.data.pseudo import write_pseudo_labels
+from neuralab.inference.predict import Predictor, predict_logits
+from neuralab.run.build import load_data
+
+Log = Callable[[str], None]
+PSEUDO_FILE = "pseudo-labels.safetensors"
+
+
+def run_folder(config: RunConfig) -> Path:
+    """The semi-supervised run's directory: `out`, or runs/<data>-<model>-semi-<time>."""
+    if config.out:
+        return Path(config.out).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.data.name.split(':')[0]}-{config.model.name}-semi-{stamp}"
+
+
+def stage_config(config: RunConfig, out: Path, pseudo_labels: Path | None) -> RunConfig:
+    """The config of one stage: the run's own, writing to `out`, learning from the
+    `pseudo_labels` file (None: the labelled examples alone)."""
+    stage = config.model_copy(deep=True)
+    stage.train.semi.method = "off"
+    stage.out = str(out)
+    stage.data.pseudo_labels = None if pseudo_labels is None else str(pseudo_labels)
+    if pseudo_labels is None:  # the teacher never reads a dataset's own unlabelled set
+        stage.data.options.pop("unlabelled", None)
+    elif config.train.semi.student_epochs is not None:
+        stage.train.epochs = config.train.semi.student_epochs
+    return stage
+
+
+def stage_folders(out: Path, rounds: int) -> list[Path]:
+    """Where each stage's run goes: the teacher, the intermediate rounds, then `out`."""
+    return [out / "teacher", *(out / f"round-{r}" for r in range(2, rounds + 1)), out]
+
+
+def pseudo_label(teacher: Path, config: RunConfig, log: Log) -> Path:
+    """Label the run's unlabelled examples with the `teacher` run, keep those whose top
+    probability reaches train.semi.threshold, and write them to `<teacher>/pseudo-labels`.
+    Returns the file's path."""
+    threshold = config.train.semi.threshold
+    dataset = load_data(config)  # with its unlabelled examples, without pseudo-labels
+    unlabelled = dataset.unlabelled
+    if unlabelled is None:
+        raise DataError(
+            f"train.semi needs unlabelled examples and {dataset.name} has none with these "
+            "settings. Fix: set data.labelled_per_class (the rest of the training split is "
+            "unlabelled) or the dataset's unlabelled option (imdb: data.options.unlabelled=true)"
+        )
+    predictor = Predictor.load(teacher)
+    if predictor.heads:
+        raise DataError(f"{teacher} learned several label fields; train.semi labels one class")
+    examples = unlabelled.texts if dataset.kind == "text" else list(unlabelled.images)
+    start = time.perf_counter()
+    probabilities = teacher_probabilities(predictor, examples)
+    confidence, labels = probabilities.max(1)
+    index = chosen(confidence, labels, threshold, config.train.semi.keep, len(dataset.classes))
+    if not len(index):
+        raise DataError(
+            f"no unlabelled example reached train.semi.threshold={threshold} (the teacher's "
+            f"highest confidence was {float(confidence.max()):.3f}); lower the threshold"
+        )
+    path = write_pseudo_labels(
+        teacher / PSEUDO_FILE, unlabelled, index, labels[index], confidence[index]
+    )
+    semi = config.train.semi
+    log(describe_labels(dataset, unlabelled.labels, index, labels, threshold, semi.keep, start))
+    return path
+
+
+def chosen(
+    confidence: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float,
+    keep: float | None,
+    classes: int,
+) -> torch.Tensor:
+    """Indices (sorted) of the examples to pseudo-label: confidence ≥ `threshold`; with
+    `keep`, also at most keep·N/classes per predicted class, the most confident first (class-
+    balanced, and independent of how calibrated the teacher is: label smoothing caps its
+    confidence)."""
+    passed = confidence >= threshold
+    if keep is None:
+        return torch.nonzero(passed).flatten()
+    quota = max(1, round(keep * len(labels) / classes))
+    picked = []
+    for label in range(classes):
+        members = torch.nonzero(passed & (labels == label)).flatten()
+        order = confidence[members].argsort(descending=True, stable=True)
+        picked.append(members[order[:quota]])
+    return torch.cat(picked).sort().values
+
+
+@torch.inference_mode()
+def teacher_probabilities(predictor: Predictor, examples: list) -> torch.Tensor:
+    """The teacher's class probabilities (N, classes) with its task's test-time augmentation,
+    run as it was trained (its checkpoint's engine: bf16 autocast, channels_last): labelling
+    tens of thousands of examples is a training-sized job, not a handful of predictions."""
+    choice, modality = predictor.meta.engine_choice or {}, predictor.modality
+    autocast = torch.bfloat16 if choice.get("precision") == "bf16" else None
+    layout = choice.get("channels_last") and modality.kind == "image"
+    model = predictor.model.to(memory_format=torch.channels_last) if layout else predictor.model
+    prepared = modality.prepare_all(examples)
+    logits = torch.empty(len(prepared), len(predictor.classes))
+    for rows, batch in modality.batches(prepared):
+        inputs = modality.model_inputs(batch.to(predictor.device))
+        if layout:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        logits[rows] = predict_logits(model, inputs, predictor.task, autocast).float().cpu()
+    return logits.softmax(dim=1)
+
+
+def describe_labels(dataset, truth, index, labels, threshold, keep, start) -> str:
+    """The `pseudo` log line: how many were kept, per class, and (when the unlabelled
+    examples' true labels are known: data.labelled_per_class's remainder) how many are right."""
+    counts = torch.bincount(labels[index], minlength=len(dataset.classes)).tolist()
+    keep_note = "" if keep is None else f", the most confident {keep:.0%} per class at most"
+    per_class = ", ".join(f"{name} {n:,}" for name, n in zip(dataset.classes, counts, strict=True))
+    line = (
+        f"pseudo {len(index):,} of {len(labels):,} unlabelled examples labelled by the teacher "
+        f"with confidence ≥ {threshold}{keep_note} ({per_class}) in "
+        f"{time.perf_counter() - start:.1f}s"
+    )
+    known = truth[index]
+    if truth.ndim == 1 and bool((known >= 0).any()):  # labelled_per_class's remainder
+        kept = known >= 0
+        right = float((known[kept] == labels[index][kept]).double().mean())
+        line += (f"; {right:.2%} right among the {int(kept.sum()):,} whose true labels were "
+                 "set aside")  # fmt: skip
+    return line
