@@ -96,7 +96,8 @@ def test_everything_but_the_step_is_the_wrapped_task() -> None:
 
 
 def image_inputs(kind: str = "image") -> SimpleNamespace:
-    return SimpleNamespace(modality=SimpleNamespace(kind=kind, mean=MEAN, std=STD))
+    modality = SimpleNamespace(kind=kind, mean=MEAN, std=STD)
+    return SimpleNamespace(modality=modality, dataset=SimpleNamespace(heads=None))
 
 
 def test_method_off_builds_the_plain_task() -> None:
@@ -126,7 +127,10 @@ def test_adversarial_training_on_text_is_refused() -> None:
     [
         (["train.adversarial.method=pgd", "train.adversarial.eps=1.5"], "less than or equal to 1"),
         (["train.adversarial.method=pgd", "train.adversarial.eps=0"], "greater than 0"),
-        (["train.adversarial.method=fgsm", "train.adversarial.eps=0.1"], "'off', 'fgsm-rs', 'n-fgsm' or"),
+        (
+            ["train.adversarial.method=fgsm", "train.adversarial.eps=0.1"],
+            "'off', 'fgsm-rs', 'n-fgsm' or",
+        ),
         (["train.adversarial.method=pgd"], "needs train.adversarial.eps"),
         (["train.adversarial.epsilon=0.3"], "Did you mean 'eps'"),
     ],

@@ -308,7 +308,7 @@ def test_few_shot_settings_are_checked_in_the_config() -> None:
         resolve_config(None, ["task.name=protonet", "task.inner_lr=0.1"])
     with pytest.raises(ConfigError, match="evaluated 5-way, not task.eval_ways=20"):
         resolve_config(None, ["task.name=maml", "task.eval_ways=20"])
-    assert sorted(TASKS.names()) == ["classification", "fomaml", "maml", "protonet"]
+    assert sorted(TASKS.names()) == ["classification", "fomaml", "maml", "multitask", "protonet"]
 
 
 # -- the verbs on tiny data ----------------------------------------------------------------------

@@ -123,8 +123,10 @@ def test_a_supervised_run_never_reads_the_unlabelled_reviews(tmp_path: Path) -> 
     with pytest.raises(DataError, match=r"9_0\.txt:1: byte 0xe9"):
         load_dataset("imdb", root, download=False, unlabelled=True)
     with pytest.raises(ConfigError, match="only a semi-supervised run uses them"):
-        neuralab.train(data="imdb", model="ngram", data_dir=str(root), out=str(tmp_path / "r"),
-                       verbose=False, overrides=[*FAST, "data.options.unlabelled=true"])  # fmt: skip
+        neuralab.train(
+            data="imdb", model="ngram", data_dir=str(root), out=str(tmp_path / "r"),
+            verbose=False, overrides=[*FAST, "data.options.unlabelled=true"],
+        )  # fmt: skip
     assert not (tmp_path / "r").exists()
 
 
@@ -175,7 +177,9 @@ def test_labelled_per_class_remainder_is_the_unlabelled_set(tmp_path: Path) -> N
     dataset = load_dataset("imdb", root, download=False, unlabelled=True, labelled_per_class=3)
     assert len(dataset.train) == 6 and len(dataset.unlabelled) == 14 + 6
     # the remainder keeps its true labels (for measuring), the unlabelled reviews have none
-    assert dataset.unlabelled.labels[:14].ge(0).all() and dataset.unlabelled.labels[14:].eq(-1).all()
+    assert (
+        dataset.unlabelled.labels[:14].ge(0).all() and dataset.unlabelled.labels[14:].eq(-1).all()
+    )
 
 
 def test_semi_refusals(tmp_path: Path) -> None:
