@@ -199,6 +199,15 @@ def test_semi_refusals(tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists()
 
 
+def test_unlabelled_copies_of_test_texts_are_left_out(tmp_path: Path) -> None:
+    root = write_imdb(tmp_path, per_class=3, unsup=4)
+    test_text = (root / "imdb" / "aclImdb" / "test" / "pos" / "0_8.txt").read_text()
+    (root / "imdb" / "aclImdb" / "train" / "unsup" / "7_0.txt").write_text(test_text)
+    dataset = load_dataset("imdb", root, download=False, unlabelled=True)
+    assert len(dataset.unlabelled) == 4 and dataset.info["unlabelled_dropped"] == 1
+    assert test_text.strip() not in dataset.unlabelled.texts
+
+
 def test_keep_takes_the_most_confident_per_class_against_brute_force() -> None:
     from neuralab.run.semi import chosen
 

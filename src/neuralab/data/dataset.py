@@ -187,6 +187,22 @@ def load_dataset(
         dataset.train, dataset.val = split_off(dataset.train, val_split, seed)
     if labelled_per_class is not None:
         dataset = labelled_subset(dataset, labelled_per_class, seed)
+    if isinstance(dataset, TextDataset) and dataset.unlabelled is not None:
+        dataset = without_held_out_copies(dataset)
+    return dataset
+
+
+def without_held_out_copies(dataset: TextDataset) -> TextDataset:
+    """The unlabelled texts minus those that are, verbatim, test or validation texts (IMDB's
+    50,000 unlabelled reviews include 270 of its test reviews): a semi-supervised run must not
+    learn from the texts it is scored on. `info["unlabelled_dropped"]` says how many."""
+    held_out = set(dataset.test.texts) | set(dataset.val.texts if dataset.val else ())
+    unlabelled = dataset.unlabelled
+    keep = [i for i, text in enumerate(unlabelled.texts) if text not in held_out]
+    dropped = len(unlabelled) - len(keep)
+    if dropped:
+        dataset.unlabelled = unlabelled.subset(torch.tensor(keep, dtype=torch.long))
+    dataset.info = {**dataset.info, "unlabelled_dropped": dropped}
     return dataset
 
 

@@ -140,9 +140,11 @@ def describe_labels(dataset, truth, index, labels, threshold, keep, start) -> st
     counts = torch.bincount(labels[index], minlength=len(dataset.classes)).tolist()
     keep_note = "" if keep is None else f", the most confident {keep:.0%} per class at most"
     per_class = ", ".join(f"{name} {n:,}" for name, n in zip(dataset.classes, counts, strict=True))
+    dropped = dataset.info.get("unlabelled_dropped")
+    copies = f" ({dropped:,} left out: verbatim copies of test texts)" if dropped else ""
     line = (
-        f"pseudo {len(index):,} of {len(labels):,} unlabelled examples labelled by the teacher "
-        f"with confidence ≥ {threshold}{keep_note} ({per_class}) in "
+        f"pseudo {len(index):,} of {len(labels):,} unlabelled examples{copies} labelled by the "
+        f"teacher with confidence ≥ {threshold}{keep_note} ({per_class}) in "
         f"{time.perf_counter() - start:.1f}s"
     )
     known = truth[index]
