@@ -113,7 +113,7 @@ def train_config(
     trains its shard of each global batch with DistributedDataParallel and leaves the group;
     only rank 0 prints and writes the run directory.
     """
-    if config.train.semi.method != "off" and resume_from is None:
+    if semi.is_semi(config) and resume_from is None:
         return self_train(config, verbose, callbacks, progress)
     with build.environment(config) as device:
         verbose = verbose and distributed.is_main_process()
@@ -128,10 +128,10 @@ def self_train(
     labels for the unlabelled ones, then the run on both (run/semi.py); each stage is an
     ordinary run in the run directory. Returns the last stage's run."""
     check_settings(config)  # a typo fails here, before the teacher trains
-    out = semi.run_folder(config)
+    folders = semi.stage_folders(config)
+    out = folders[-1]
     if (out / "checkpoint").exists() or (out / "metrics.json").exists():
         raise FileExistsError(f"run directory {out} already holds a run; choose another --out")
-    folders = semi.stage_folders(out, config.train.semi.rounds)
     log = (lambda line: print(line, flush=True)) if verbose else (lambda line: None)
     pseudo_labels, run = None, None
     for number, folder in enumerate(folders, start=1):

@@ -53,8 +53,15 @@ def stage_config(config: RunConfig, out: Path, pseudo_labels: Path | None) -> Ru
     return stage
 
 
-def stage_folders(out: Path, rounds: int) -> list[Path]:
-    """Where each stage's run goes: the teacher, the intermediate rounds, then `out`."""
+def is_semi(config: RunConfig) -> bool:
+    """Whether the run is trained in stages by self-training (train.semi.method)."""
+    return config.train.semi.method != "off"
+
+
+def stage_folders(config: RunConfig) -> list[Path]:
+    """Where each stage's run goes: the teacher, the intermediate rounds, then the run's own
+    directory (`run_folder`)."""
+    out, rounds = run_folder(config), config.train.semi.rounds
     return [out / "teacher", *(out / f"round-{r}" for r in range(2, rounds + 1)), out]
 
 
