@@ -33,52 +33,6 @@ Record = tuple[int, str, tuple[str, ...]]  # (line number, text, each label as w
 RecordReader = Callable[[Path, str, Sequence[str]], list[Record]]
 
 
-@DATASETS.register(
-    "csv",
-    summary="csv:<path> (.csv or .tsv) with text and label columns (options text_field, "
-    "label_field (a list: several heads), regression, test)",
-    input="text",
-)
-def csv_dataset(
-    root: Path,
-    download: bool = True,
-    path: str = "",
-    text_field: str = "text",
-    label_field: str | list[str] = "label",
-    regression: list[str] | None = None,
-    test: str | None = None,
-    test_split: float = 0.2,
-    seed: int = 0,
-) -> TextDataset:
-    """A CSV file with a header row (`.tsv`/`.tab`: tab-separated); see `table_dataset`."""
-    del root, download
-    options = (text_field, label_field, regression, test, test_split, seed)
-    return table_dataset("csv", path, read_csv_records, *options)
-
-
-@DATASETS.register(
-    "jsonl",
-    summary="jsonl:<path>, one JSON object per line (options text_field, label_field (a "
-    "list: several heads), regression, test)",
-    input="text",
-)
-def jsonl_dataset(
-    root: Path,
-    download: bool = True,
-    path: str = "",
-    text_field: str = "text",
-    label_field: str | list[str] = "label",
-    regression: list[str] | None = None,
-    test: str | None = None,
-    test_split: float = 0.2,
-    seed: int = 0,
-) -> TextDataset:
-    """A JSON Lines file: one object per line with a text and label fields."""
-    del root, download
-    options = (text_field, label_field, regression, test, test_split, seed)
-    return table_dataset("jsonl", path, read_jsonl_records, *options)
-
-
 def table_dataset(
     kind: str,
     path: str,
@@ -299,3 +253,31 @@ def non_empty(records: list[Record], path: Path) -> list[Record]:
     if not records:
         raise DataError(f"{path} holds no rows. Fix: add (text, label) rows")
     return records
+
+
+def register_table(kind: str, reader: RecordReader, what: str) -> None:
+    """Register the `kind:` dataset (csv, jsonl) whose rows `reader` reads."""
+
+    def factory(
+        root: Path,
+        download: bool = True,
+        path: str = "",
+        text_field: str = "text",
+        label_field: str | list[str] = "label",
+        regression: list[str] | None = None,
+        test: str | None = None,
+        test_split: float = 0.2,
+        seed: int = 0,
+    ) -> TextDataset:
+        del root, download
+        options = (text_field, label_field, regression, test, test_split, seed)
+        return table_dataset(kind, path, reader, *options)
+
+    factory.__doc__ = f"{what}; see `table_dataset`."
+    summary = (f"{kind}:<path>, {what} (options text_field, label_field (a list: several "
+               "heads), regression, test)")  # fmt: skip
+    DATASETS.register(kind, summary=summary, input="text")(factory)
+
+
+register_table("csv", read_csv_records, "a CSV file with a header row (.tsv/.tab: tab-separated)")
+register_table("jsonl", read_jsonl_records, "one JSON object per line")
