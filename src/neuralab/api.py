@@ -26,10 +26,9 @@ from neuralab.run.build import RunParts, build_run
 from neuralab.run.probe import model_for
 from neuralab.run.resume import resumable_run
 from neuralab.run.rundir import last_good
-from neuralab.run.settings import check_settings
 from neuralab.run.tracking import draw_curves, write_text_atomic
 from neuralab.train import allocator, distributed
-from neuralab.train.callbacks import Callback, format_metrics, progress_callbacks
+from neuralab.train.callbacks import Callback, format_test_metrics, progress_callbacks
 from neuralab.train.pruning import check_sparsity
 from neuralab.train.trainer import Trainer, score_loader
 
@@ -113,40 +112,18 @@ def train_config(
     trains its shard of each global batch with DistributedDataParallel and leaves the group;
     only rank 0 prints and writes the run directory.
     """
-    if semi.is_semi(config) and resume_from is None:
-        return self_train(config, verbose, callbacks, progress)
+    if semi.is_semi(config) and resume_from is None:  # stages, each an ordinary run
+
+        def train_stage(stage: RunConfig, last: bool) -> Run:
+            shown = callbacks if last else ()
+            return train_config(stage, verbose, callbacks=shown, progress=progress)
+
+        say_line = (lambda line: print(line, flush=True)) if verbose else (lambda line: None)
+        return semi.self_train(config, train_stage, say_line)
     with build.environment(config) as device:
         verbose = verbose and distributed.is_main_process()
         shown = progress_callbacks(progress) if verbose else []
         return train_on_device(config, device, verbose, resume_from, [*shown, *callbacks])
-
-
-def self_train(
-    config: RunConfig, verbose: bool, callbacks: Sequence[Callback], progress: str
-) -> Run:
-    """train.semi.method=pseudo-label: a teacher on the labelled examples, its confident
-    labels for the unlabelled ones, then the run on both (run/semi.py); each stage is an
-    ordinary run in the run directory. Returns the last stage's run."""
-    check_settings(config)  # a typo fails here, before the teacher trains
-    folders = semi.stage_folders(config)
-    out = folders[-1]
-    if (out / "checkpoint").exists() or (out / "metrics.json").exists():
-        raise FileExistsError(f"run directory {out} already holds a run; choose another --out")
-    log = (lambda line: print(line, flush=True)) if verbose else (lambda line: None)
-    pseudo_labels, run = None, None
-    for number, folder in enumerate(folders, start=1):
-        role = (
-            "teacher: labelled examples only"
-            if pseudo_labels is None
-            else (f"labelled + pseudo-labelled examples ({pseudo_labels.parent.name}'s labels)")
-        )
-        log(f"semi   stage {number}/{len(folders)} → {folder} ({role})")
-        stage = semi.stage_config(config, folder, pseudo_labels)
-        shown = callbacks if folder == out else ()
-        run = train_config(stage, verbose, callbacks=shown, progress=progress)
-        if folder != out:
-            pseudo_labels = semi.pseudo_label(folder, config, log)
-    return run
 
 
 def train_on_device(
@@ -172,20 +149,11 @@ def train_on_device(
         write_text_atomic(parts.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         say(verbose, draw_curves(parts.run_dir, trainer.history))
         say(verbose, finish_run_directory(parts.run_dir))
-    say(verbose, f"test   {test_line(metrics, parts.task)} · trained in {train_seconds:.1f}s · "
-                 f"run saved to {parts.run_dir}")  # fmt: skip
+    tested = format_test_metrics(metrics, parts.task)
+    say(
+        verbose, f"test   {tested} · trained in {train_seconds:.1f}s · run saved to {parts.run_dir}"
+    )
     return Run(parts.run_dir, history, metrics)
-
-
-def test_line(metrics: dict, task) -> str:
-    """`accuracy 92.10% · loss 0.2263`, and each head's metrics in a multitask run."""
-    shown = [name for name in task.metric_names if name != "loss" and name in metrics]
-    parts = [f"accuracy {metrics['accuracy']:.2%}"] if "accuracy" in shown else []
-    parts.append(f"loss {metrics['loss']:.4f}")
-    if getattr(task, "name", "") == "multitask":
-        parts += [format_metrics({name: metrics[name]}) for name in shown if "_" in name
-                  and not name.endswith("_loss")]  # fmt: skip
-    return " · ".join(parts)
 
 
 def finish_run_directory(run_dir: Path) -> str:

@@ -1,7 +1,8 @@
 """The typed run configuration: recipe files + flags + `--set key=value` overrides, with unknown
 keys and wrong types rejected by field path (and the nearest valid key suggested).
 
-sections.py holds the schema (one pydantic model per section); files.py reads recipes and
+sections.py holds the schema (one pydantic model per section; learning.py the train sections
+for adversarial training, distillation and self-training); files.py reads recipes and
 overrides into it.
 """
 

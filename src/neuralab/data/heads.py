@@ -93,16 +93,23 @@ def regression_head(name: str, values: torch.Tensor) -> Head:
     return Head(name, "regression", (), round(float(values.mean()), 6), round(std or 1.0, 6))
 
 
+def affine(heads: Sequence[Head]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per output column, the scale and shift that turn the model's outputs into the task's:
+    a regression column's std and mean, 1 and 0 for class columns (logits)."""
+    scale, shift = torch.ones(len(columns(heads))), torch.zeros(len(columns(heads)))
+    for head, part in zip(heads, slices(heads), strict=True):
+        if head.kind == "regression":
+            scale[part], shift[part] = head.std, head.mean
+    return scale, shift
+
+
 def to_outputs(heads: Sequence[Head], outputs: torch.Tensor) -> torch.Tensor:
     """The model's outputs (B, columns) with regression columns back in their own units
     (class columns, logits, unchanged)."""
     if all(head.kind == "classification" for head in heads):
         return outputs
-    outputs = outputs.clone()
-    for head, part in zip(heads, slices(heads), strict=True):
-        if head.kind == "regression":
-            outputs[:, part] = outputs[:, part] * head.std + head.mean
-    return outputs
+    scale, shift = affine(heads)
+    return outputs * scale.to(outputs.device) + shift.to(outputs.device)
 
 
 def to_probabilities(heads: Sequence[Head], outputs: torch.Tensor) -> torch.Tensor:

@@ -162,8 +162,7 @@ def imdb_fields(label_field: str | list[str]) -> list[str]:
 def read_imdb_stars(folder: Path) -> tuple[TextSplit, torch.Tensor]:
     """The split's texts with their sentiment labels, and each review's rating (float32)
     from its file name `<id>_<rating>.txt`."""
-    split = read_class_folders(folder, IMDB_CLASSES)
-    files = [path for name in IMDB_CLASSES for path in sorted((folder / name).rglob("*.txt"))]
+    files, labels = class_files(folder, IMDB_CLASSES)
     stars = []
     for path in files:
         rating = path.stem.rpartition("_")[2]
@@ -173,6 +172,8 @@ def read_imdb_stars(folder: Path) -> tuple[TextSplit, torch.Tensor]:
                 "archive's layout). Fix: restore the file's name from the archive"
             )
         stars.append(float(rating))
+    texts = [read_text_file(path) for path in files]
+    split = TextSplit(texts, torch.tensor(labels, dtype=torch.long))
     return split, torch.tensor(stars, dtype=torch.float32)
 
 
@@ -236,6 +237,16 @@ def class_folders(folder: Path) -> list[str]:
 
 def read_class_folders(folder: Path, classes: Sequence[str], required: bool = True) -> TextSplit:
     """Every `<folder>/<class>/**/*.txt` (sorted), labelled by the class's index."""
+    files, labels = class_files(folder, classes, required)
+    texts = [read_text_file(path) for path in files]  # a thread pool was 4x slower (locks)
+    return TextSplit(texts, torch.tensor(labels, dtype=torch.long))
+
+
+def class_files(
+    folder: Path, classes: Sequence[str], required: bool = True
+) -> tuple[list[Path], list[int]]:
+    """The `.txt` files of each `<folder>/<class>/` (sorted within a class) and their class
+    indices; a missing or empty class folder is an error when `required`."""
     files: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(classes):
@@ -249,8 +260,7 @@ def read_class_folders(folder: Path, classes: Sequence[str], required: bool = Tr
             raise DataError(f"{class_dir} holds no .txt files. Fix: add texts or remove it")
         files += found
         labels += [index] * len(found)
-    texts = [read_text_file(path) for path in files]  # a thread pool was 4x slower (locks)
-    return TextSplit(texts, torch.tensor(labels, dtype=torch.long))
+    return files, labels
 
 
 def read_text_file(path: Path) -> str:

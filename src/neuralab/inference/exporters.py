@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neuralab.data.heads import Head, columns, slices
+from neuralab.data.heads import Head, affine
 from neuralab.errors import UserError
 from neuralab.inference.predict import Predictor
 from neuralab.modalities import MODALITIES
@@ -85,10 +85,7 @@ class HeadOutputs(nn.Module):
     def __init__(self, model: nn.Module, heads: list[Head]) -> None:
         super().__init__()
         self.model = model
-        scale, shift = torch.ones(len(columns(heads))), torch.zeros(len(columns(heads)))
-        for head, part in zip(heads, slices(heads), strict=True):
-            if head.kind == "regression":
-                scale[part], shift[part] = head.std, head.mean
+        scale, shift = affine(heads)
         self.register_buffer("scale", scale)
         self.register_buffer("shift", shift)
 

@@ -125,14 +125,25 @@ class Predictor:
                 f"was trained on {self.classes[:10]}; evaluate on the same classes"
             )
 
-    def logits(self, inputs: Sequence) -> torch.Tensor:
+    def logits(
+        self,
+        inputs: Sequence,
+        autocast_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
+    ) -> torch.Tensor:
         """The model's outputs (N, classes) for raw inputs (image files, PIL images, arrays,
-        tensors; or strings for a text model), prepared as in training."""
+        tensors; or strings for a text model), prepared as in training. fp32 unless given
+        `autocast_dtype`; `channels_last` (images) moves the model to that layout for good."""
         examples = self.modality.prepare_all(inputs)
         logits = torch.empty(len(examples), len(self.classes))
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         for rows, batch in self.modality.batches(examples):
             model_inputs = self.modality.model_inputs(batch.to(self.device))
-            logits[rows] = predict_logits(self.model, model_inputs, self.task).cpu()
+            if channels_last:
+                model_inputs = model_inputs.contiguous(memory_format=torch.channels_last)
+            found = predict_logits(self.model, model_inputs, self.task, autocast_dtype)
+            logits[rows] = found.float().cpu()
         return logits
 
     def probabilities(self, inputs: Sequence) -> torch.Tensor:

@@ -18,14 +18,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from neuralab.config import RunConfig
 from neuralab.data.dataset import DataError
 from neuralab.data.pseudo import write_pseudo_labels
-from neuralab.inference.predict import Predictor, predict_logits
+from neuralab.inference.predict import Predictor
 from neuralab.run.build import load_data
+from neuralab.run.settings import check_settings
 
 Log = Callable[[str], None]
 PSEUDO_FILE = "pseudo-labels.safetensors"
@@ -63,6 +65,29 @@ def stage_folders(config: RunConfig) -> list[Path]:
     directory (`run_folder`)."""
     out, rounds = run_folder(config), config.train.semi.rounds
     return [out / "teacher", *(out / f"round-{r}" for r in range(2, rounds + 1)), out]
+
+
+def self_train(config: RunConfig, train_stage: Callable[[RunConfig, bool], Any], log: Log):
+    """Train the stages in order (`train_stage(stage config, is the last)` trains one and
+    returns its run), labelling the unlabelled examples with each stage but the last.
+    Returns the last stage's run."""
+    check_settings(config)  # a typo fails here, before the teacher trains
+    folders = stage_folders(config)
+    out = folders[-1]
+    if (out / "checkpoint").exists() or (out / "metrics.json").exists():
+        raise FileExistsError(f"run directory {out} already holds a run; choose another --out")
+    pseudo_labels, run = None, None
+    for number, folder in enumerate(folders, start=1):
+        role = (
+            "teacher: labelled examples only"
+            if pseudo_labels is None
+            else (f"labelled + pseudo-labelled examples ({pseudo_labels.parent.name}'s labels)")
+        )
+        log(f"semi   stage {number}/{len(folders)} → {folder} ({role})")
+        run = train_stage(stage_config(config, folder, pseudo_labels), folder == out)
+        if folder != out:
+            pseudo_labels = pseudo_label(folder, config, log)
+    return run
 
 
 def pseudo_label(teacher: Path, config: RunConfig, log: Log) -> Path:
@@ -122,23 +147,15 @@ def chosen(
     return torch.cat(picked).sort().values
 
 
-@torch.inference_mode()
 def teacher_probabilities(predictor: Predictor, examples: list) -> torch.Tensor:
     """The teacher's class probabilities (N, classes) with its task's test-time augmentation,
     run as it was trained (its checkpoint's engine: bf16 autocast, channels_last): labelling
     tens of thousands of examples is a training-sized job, not a handful of predictions."""
-    choice, modality = predictor.meta.engine_choice or {}, predictor.modality
+    choice = predictor.meta.engine_choice or {}
     autocast = torch.bfloat16 if choice.get("precision") == "bf16" else None
-    layout = choice.get("channels_last") and modality.kind == "image"
-    model = predictor.model.to(memory_format=torch.channels_last) if layout else predictor.model
-    prepared = modality.prepare_all(examples)
-    logits = torch.empty(len(prepared), len(predictor.classes))
-    for rows, batch in modality.batches(prepared):
-        inputs = modality.model_inputs(batch.to(predictor.device))
-        if layout:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        logits[rows] = predict_logits(model, inputs, predictor.task, autocast).float().cpu()
-    return logits.softmax(dim=1)
+    layout = bool(choice.get("channels_last")) and predictor.modality.kind == "image"
+    with torch.inference_mode():
+        return predictor.to_probabilities(predictor.logits(examples, autocast, layout))
 
 
 def describe_labels(dataset, truth, index, labels, threshold, keep, start) -> str:

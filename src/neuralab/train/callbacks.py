@@ -99,6 +99,17 @@ def format_metrics(metrics: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def format_test_metrics(metrics: dict[str, Any], task) -> str:
+    """The test line's metrics: `accuracy 92.10% · loss 0.2263`, then each head's accuracy
+    or MAE when the task has several heads (multitask)."""
+    parts = [f"accuracy {metrics['accuracy']:.2%}"] if "accuracy" in metrics else []
+    parts.append(f"loss {metrics['loss']:.4f}")
+    if getattr(task, "name", "") == "multitask":
+        heads = [n for n in task.metric_names if n.endswith(("_accuracy", "_mae"))]
+        parts += [format_metrics({name: metrics[name]}) for name in heads]
+    return " · ".join(parts)
+
+
 def prefixed(logs: dict, prefix: str) -> dict:
     """The metrics logged under `prefix` (e.g. `train_`), without it."""
     return {k[len(prefix) :]: v for k, v in logs.items() if k.startswith(prefix) and v is not None}
