@@ -93,6 +93,13 @@ class SemiConfig(Section):
     `rounds` > 1, each round's run teaches the next). The unlabelled examples are the
     remainder data.labelled_per_class leaves and a dataset's own unlabelled set (imdb:
     data.options.unlabelled=true); test examples are never read by the teacher's labelling.
+
+    With `vectors` (cbow or skipgram: word2vec, text runs), a first stage learns word vectors
+    from the training and unlabelled texts, never validation or test ones
+    (`<out>/vectors/word-vectors.safetensors`), and every classifier stage starts its word
+    embeddings from them (data.word_vectors), with a tokenizer that knows the unlabelled texts'
+    words too. It needs a model with word embeddings of any size (ngram: embed_dim, e.g. with
+    embed_words_only beside the NB term). `vectors` alone (method off) trains one classifier.
     """
 
     method: Literal["off", "pseudo-label"] = "off"
@@ -104,3 +111,12 @@ class SemiConfig(Section):
     # epochs of the stages that learn from pseudo-labels (None: train.epochs, as the teacher):
     # with few labels the teacher needs many epochs over little data, its students fewer
     student_epochs: float | None = Field(None, gt=0.0)
+    vectors: Literal["off", "cbow", "skipgram"] = "off"
+    vector_epochs: int = Field(5, ge=1, le=100)  # word2vec's passes over the texts
+    vector_window: int = Field(5, ge=1, le=50)  # words either side that predict each other
+
+    @field_validator("method", "vectors", mode="before")
+    @classmethod
+    def off_from_yaml(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare `off` as false; take it back."""
+        return "off" if value is False else value

@@ -27,6 +27,10 @@ class DataConfig(Section):
     # A file of pseudo-labels for the unlabelled examples (train.semi writes it, and sets this
     # for the run that learns from it): those examples join the training split with them.
     pseudo_labels: str | None = None
+    # A word-vectors file (train.semi.vectors writes it, and sets this for the stages that
+    # start from it): the model's word embeddings start from its vectors, and the tokenizer is
+    # trained on the unlabelled texts as well as the training ones.
+    word_vectors: str | None = None
 
 
 class AugmentConfig(Section):

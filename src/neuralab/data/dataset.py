@@ -4,6 +4,7 @@ of the classes, a number of labelled examples per class)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -320,6 +321,16 @@ def labelled_subset(
     dataset.unlabelled = joined(remainder, dataset.unlabelled)
     dataset.train = dataset.train.subset(keep.sort().values)
     return dataset
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """The sha256 of `texts` in order (each UTF-8, NUL-terminated): which texts a file was made
+    from (pseudo-labels, word vectors)."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8"))
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 def joined(first: Split | TextSplit | None, second: Split | TextSplit | None):

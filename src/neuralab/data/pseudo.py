@@ -15,19 +15,22 @@ from pathlib import Path
 
 import torch
 
-from neuralab.data.dataset import DataError, ImageDataset, Split, TextDataset, TextSplit, joined
+from neuralab.data.dataset import (
+    DataError,
+    ImageDataset,
+    Split,
+    TextDataset,
+    TextSplit,
+    joined,
+    texts_digest,
+)
 
 
 def fingerprint(split: Split | TextSplit) -> str:
     """The sha256 of a split's examples (texts or image bytes), in order."""
-    digest = hashlib.sha256()
     if isinstance(split, TextSplit):
-        for text in split.texts:
-            digest.update(text.encode("utf-8"))
-            digest.update(b"\0")
-    else:
-        digest.update(split.images.contiguous().numpy().tobytes())
-    return digest.hexdigest()
+        return texts_digest(split.texts)
+    return hashlib.sha256(split.images.contiguous().numpy().tobytes()).hexdigest()
 
 
 def write_pseudo_labels(

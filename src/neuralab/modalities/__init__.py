@@ -65,13 +65,18 @@ def modality_from_meta(kind: str, fields: dict, folder: Path) -> Modality:
 
 
 def inputs_for(
-    dataset: Any, tokenizer: TokenizerSettings, token_cache: bool, trained: Any = None
+    dataset: Any,
+    tokenizer: TokenizerSettings,
+    token_cache: bool,
+    trained: Any = None,
+    unlabelled_words: bool = False,
 ) -> Inputs:
     """The training side for a loaded dataset: images as they are; texts get a tokenizer
-    trained on their training split (`tokenizer` settings; `token_cache`: reuse one), or use
-    the `trained` one given (a fine-tuned run's source's)."""
+    trained on their training split (`tokenizer` settings; `token_cache`: reuse one; with
+    `unlabelled_words`, on the unlabelled texts too), or use the `trained` one given (a
+    fine-tuned run's source's)."""
     if dataset.kind == "text":
-        return prepare_text(dataset, tokenizer, token_cache, trained)
+        return prepare_text(dataset, tokenizer, token_cache, trained, unlabelled_words)
     return ImageInputs(dataset)
 
 

@@ -138,17 +138,30 @@ def labels_note(dataset: TextDataset) -> str:
     return "heads " + ", ".join(head.describe() for head in dataset.heads)
 
 
+def vocabulary_tokenizer(
+    dataset: TextDataset, settings: TokenizerSettings, cache: bool, unlabelled: bool = True
+) -> TextTokenizer:
+    """The tokenizer trained on the training texts (never on val or test) and, with
+    `unlabelled`, the dataset's unlabelled texts (a run whose word vectors saw them), from the
+    token cache (`cache`) when an identical run made it."""
+    texts = dataset.train.texts
+    if unlabelled and dataset.unlabelled is not None:
+        texts = [*texts, *dataset.unlabelled.texts]
+    return TokenCache(cache_dir() if cache else None).tokenizer(texts, settings)
+
+
 def prepare_text(
     dataset: TextDataset,
     settings: TokenizerSettings,
     cache: bool,
     trained: TextTokenizer | None = None,
+    unlabelled_words: bool = False,
 ) -> TextInputs:
-    """Train the tokenizer on the training texts (never on val or test), or take the
-    `trained` one, and encode every split, reusing both from the token cache (`cache`) when an
-    identical run made them."""
+    """Train the tokenizer (`vocabulary_tokenizer`; with `unlabelled_words` on the unlabelled
+    texts too), or take the `trained` one, and encode every split, reusing both from the token
+    cache (`cache`) when an identical run made them."""
     token_cache = TokenCache(cache_dir() if cache else None)
-    tokenizer = trained or token_cache.tokenizer(dataset.train.texts, settings)
+    tokenizer = trained or vocabulary_tokenizer(dataset, settings, cache, unlabelled_words)
     splits = {"train": dataset.train, "test": dataset.test, "val": dataset.val}
     encoded = {
         name: token_cache.encode(tokenizer, split.texts)

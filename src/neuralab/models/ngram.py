@@ -41,6 +41,12 @@ class NgramBag(nn.Module):
     features the training texts hold (models/kept_rows.py): those in at least `nb_min_count`
     texts for NB alone (the others' r is 0, so they add nothing), in at least one text when
     there are embeddings. The kept ids are the buffer `kept_rows` (empty: the full table).
+
+    With `embed_words_only=True` the embeddings average the words alone (their table has a row
+    per word, not per n-gram) while the NB term keeps every n-gram: a dense bag of words beside
+    NBSVM, their logits summed. `load_word_vectors` starts the word rows from vectors learned
+    elsewhere (train.semi.vectors: word2vec on unlabelled texts); compaction keeps those rows
+    even for words no training text holds.
     """
 
     def __init__(
@@ -56,6 +62,7 @@ class NgramBag(nn.Module):
         nb_scale: float = 1.0,
         nb_min_count: int = 1,
         compact: bool = False,
+        embed_words_only: bool = False,
     ) -> None:
         super().__init__()
         self.nb_scale, self.nb_min_count = nb_scale, nb_min_count
@@ -66,10 +73,17 @@ class NgramBag(nn.Module):
         # (K,) int32: sorted ids of the rows kept (compact=True, once initialised); empty = all.
         self.register_buffer("kept_rows", torch.zeros(0, dtype=torch.int32))
         self.folded_nb: torch.Tensor | None = None  # set on the copy for_export makes
+        self.words_only = embed_words_only
+        # (vocab_size,) bool: the words load_word_vectors gave a vector (kept by compaction)
+        self.pretrained: torch.Tensor | None = None
         self.bag: nn.EmbeddingBag | None = None  # embed_dim=0: no fastText part (NB-LR alone)
         if embed_dim:
             self.bag = nn.EmbeddingBag(
-                rows, embed_dim, mode="mean", padding_idx=PAD_ID, sparse=sparse
+                spec.vocab_size if embed_words_only else rows,
+                embed_dim,
+                mode="mean",
+                padding_idx=PAD_ID,
+                sparse=sparse,
             )
             bound = 1.0 / embed_dim  # fastText's uniform(-1/dim, 1/dim) initialisation
             nn.init.uniform_(self.bag.weight, -bound, bound)
@@ -125,6 +139,11 @@ class NgramBag(nn.Module):
         if self.compact:
             needed = self.nb_min_count if self.bag is None else 1
             seen = per_class.sum(1) >= needed  # (rows,)
+            if self.words_only:  # the n-grams feed the NB term alone
+                words = self.vocab_size
+                seen[words:] = per_class[words:].sum(1) >= self.nb_min_count
+            if self.pretrained is not None:
+                seen[: self.vocab_size] |= self.pretrained.to(seen.device)
             seen[PAD_ID] = False
             if not seen.any():
                 raise InvalidArgumentError(
@@ -161,14 +180,19 @@ class NgramBag(nn.Module):
         """Shrink every table to the padding row and the `kept` rows (K,) int32, in order."""
         self.kept_rows = kept
         if self.bag is not None:
-            weight = select_rows(self.bag.weight.detach(), kept)
+            # words-only: the kept ids are sorted, so the kept words come first
+            rows = kept[: int((kept < self.vocab_size).sum())] if self.words_only else kept
+            weight = select_rows(self.bag.weight.detach(), rows)
+            frozen = not self.bag.weight.requires_grad  # train.freeze, set before compaction
             self.bag = nn.EmbeddingBag.from_pretrained(
-                weight, freeze=False, mode="mean", padding_idx=PAD_ID, sparse=self.bag.sparse
+                weight, freeze=frozen, mode="mean", padding_idx=PAD_ID, sparse=self.bag.sparse
             )
         if self.nb_weight is not None:
             weight = select_rows(self.nb_weight.weight.detach(), kept)
             self.nb_weight = nn.Embedding.from_pretrained(
-                weight, freeze=False, sparse=self.nb_weight.sparse
+                weight,
+                freeze=not self.nb_weight.weight.requires_grad,
+                sparse=self.nb_weight.sparse,
             )
             self.nb_ratio = select_rows(self.nb_ratio, kept)
 
@@ -189,10 +213,36 @@ class NgramBag(nn.Module):
         rows = self.table_rows(ids)  # (B, L)
         if self.bag is None:  # NB-weighted logistic regression alone (embed_dim=0 needs nb)
             return self.nb_term(rows) + self.bias  # no len(ids): a trace would freeze it
-        logits = self.classifier(self.dropout(self.bag_mean(rows)))
+        words = rows
+        if self.words_only:  # word rows come first (ids below vocab_size, or compact ranks)
+            words = torch.where(rows < self.bag.num_embeddings, rows, PAD_ID)
+        logits = self.classifier(self.dropout(self.bag_mean(words)))
         if self.nb_weight is not None:
             logits = logits + self.nb_term(rows)
         return logits
+
+    @torch.no_grad()
+    def load_word_vectors(self, vectors: torch.Tensor, known: torch.Tensor) -> None:
+        """Start the word embeddings of the `known` words (vocab_size,) bool from `vectors`
+        (vocab_size, E); the other rows keep their random start. Before initialize_from_texts."""
+        if self.bag is None:
+            raise InvalidArgumentError(
+                "ngram: word vectors start the embeddings, and this model has none "
+                "(embed_dim=0); set model.args.embed_dim to the vectors' size"
+            )
+        if len(self.kept_rows):
+            raise RuntimeError("load_word_vectors: the tables are already compact")
+        if vectors.shape != (self.vocab_size, self.bag.embedding_dim):
+            raise InvalidArgumentError(
+                f"ngram: the word vectors are {vectors.shape[1]}-dimensional and the model's "
+                f"embeddings {self.bag.embedding_dim}; set model.args.embed_dim="
+                f"{vectors.shape[1]}"
+            )
+        known = known.clone()
+        known[PAD_ID] = False
+        weight = self.bag.weight
+        weight[: self.vocab_size][known] = vectors[known].to(weight.device, weight.dtype)
+        self.pretrained = known
 
     def nb_term(self, rows: torch.Tensor) -> torch.Tensor:
         """nb_scale * sum over each text's features of r * w: (B, L) → (B, classes)."""
@@ -251,6 +301,7 @@ def ngram(
     nb_scale: float = 1.0,
     nb_min_count: int = 1,
     compact: bool = True,
+    embed_words_only: bool = False,
 ) -> nn.Module:
     """fastText: mean of word and hashed n-gram embeddings → linear (ngrams=2: uni+bigrams).
 
@@ -263,6 +314,8 @@ def ngram(
     its steps scaled by `nb_scale`; features in fewer than `nb_min_count` texts get no weight.
     `compact=True` keeps only the table rows of features the training texts hold (the run's
     size then follows its data, not `buckets`); `false` keeps every bucket.
+    `embed_words_only=True` gives the embeddings the words alone (the n-grams then feed the NB
+    term only, so it needs nb=true): a dense bag of (pretrained) word vectors beside NBSVM.
     """
     if ngrams < 1 or buckets < 1:
         raise InvalidArgumentError(
@@ -273,7 +326,12 @@ def ngram(
             f"ngram: embed_dim must be >= 1 (or 0 together with nb=true, for NB-weighted "
             f"logistic regression alone), got {embed_dim}"
         )
+    if embed_words_only and (not embed_dim or (ngrams > 1 and not nb)):
+        raise InvalidArgumentError(
+            "ngram: embed_words_only=true embeds the words alone; it needs embed_dim >= 1, "
+            f"and with ngrams={ngrams} nb=true (nothing else would use the n-grams)"
+        )
     return NgramBag(
         spec, embed_dim, ngrams, buckets, dropout, sparse, binary, nb, nb_scale, nb_min_count,
-        compact,
+        compact, embed_words_only,
     )  # fmt: skip

@@ -25,6 +25,7 @@ from neuralab.data.augment import Augment
 from neuralab.data.dataset import PATH_KINDS, DataError
 from neuralab.data.pseudo import add_pseudo_labels
 from neuralab.data.tokenizer import TokenizerSettings
+from neuralab.data.vectors import read_word_vectors
 from neuralab.inference.summary import summarize
 from neuralab.modalities import Inputs, inputs_for
 from neuralab.modalities.episodes import EpisodeInputs
@@ -264,7 +265,10 @@ def build_inputs_and_model(
             finetune.check_kind(source, dataset.kind, dataset.name)
             trained = getattr(source.modality, "tokenizer", None)
         trained = distill.teacher_tokenizer(config, trained)
-        inputs = inputs_for(dataset, tokenizer, config.tokenizer.cache, trained)
+        vectors = config.data.word_vectors
+        inputs = inputs_for(
+            dataset, tokenizer, config.tokenizer.cache, trained, unlabelled_words=bool(vectors)
+        )
     if is_episodic(config):
         if dataset.kind != "image":
             raise DataError(
@@ -279,7 +283,23 @@ def build_inputs_and_model(
             "(set train.tta=off)"
         )
     model = build_model(config.model.name, inputs.spec, **config.model.args)
+    if vectors is not None:
+        start_from_vectors(model, inputs, vectors, config.model.name, log)
     return config, inputs, model.to(device)
+
+
+def start_from_vectors(model: nn.Module, inputs: Inputs, path: str, name: str, log: Log) -> None:
+    """Start the model's word embeddings from the word-vectors file `path` (data.word_vectors)."""
+    if inputs.dataset.kind != "text" or not hasattr(model, "load_word_vectors"):
+        raise DataError(
+            f"data.word_vectors starts a text model's word embeddings; model {name} on "
+            f"{inputs.dataset.kind} data has none to start (use model ngram)"
+        )
+    words = read_word_vectors(path)
+    table, known = words.rows_for(inputs.tokenizer)
+    model.load_word_vectors(table, known)
+    log(f"vectors {int(known.sum()):,} of {len(known):,} word embeddings start from {path} "
+        f"({words.info.get('method')} word2vec on {words.info.get('texts')} texts)")  # fmt: skip
 
 
 def describe_subset(config: RunConfig, inputs: Inputs) -> str:

@@ -1,6 +1,9 @@
-"""Self-training (train.semi.method=pseudo-label): the stages of a semi-supervised run and the
-teacher's labelling of the unlabelled examples between them.
+"""Semi-supervised runs in stages: word vectors learned from the unlabelled texts
+(train.semi.vectors), self-training (train.semi.method=pseudo-label) and the teacher's
+labelling of the unlabelled examples between its stages.
 
+    <out>/vectors/word-vectors.safetensors   with train.semi.vectors: word2vec on the training
+                            and unlabelled texts (never validation or test), before any stage
     <out>/teacher/          stage 1: the labelled examples alone (the run's own settings)
     <out>/teacher/pseudo-labels.safetensors   its labels for the confident unlabelled examples
     <out>/round-2/ ...      with rounds > 1: a student that teaches the next round
@@ -10,7 +13,7 @@ Each stage is an ordinary run (api.train_config trains them); this module decide
 configs and writes the pseudo-labels. The teacher labels only `dataset.unlabelled` (the
 remainder of data.labelled_per_class and a dataset's own unlabelled set); the test split is
 never read here, and each stage's tokenizer is trained on its own training split (labelled +
-pseudo-labelled texts), never on test texts.
+pseudo-labelled texts; with vectors, the unlabelled texts too), never on test texts.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ import torch
 from neuralab.config import RunConfig
 from neuralab.data.dataset import DataError
 from neuralab.data.pseudo import write_pseudo_labels
+from neuralab.data.tokenizer import TokenizerSettings
+from neuralab.data.vectors import learn_word_vectors, write_word_vectors
 from neuralab.inference.predict import Predictor
 from neuralab.run.build import load_data
 from neuralab.run.settings import check_settings
 
 Log = Callable[[str], None]
 PSEUDO_FILE = "pseudo-labels.safetensors"
+VECTORS_FILE = "word-vectors.safetensors"
 
 
 def run_folder(config: RunConfig) -> Path:
@@ -41,14 +47,18 @@ def run_folder(config: RunConfig) -> Path:
     return Path("runs") / f"{config.data.name.split(':')[0]}-{config.model.name}-semi-{stamp}"
 
 
-def stage_config(config: RunConfig, out: Path, pseudo_labels: Path | None) -> RunConfig:
+def stage_config(
+    config: RunConfig, out: Path, pseudo_labels: Path | None, vectors: Path | None = None
+) -> RunConfig:
     """The config of one stage: the run's own, writing to `out`, learning from the
-    `pseudo_labels` file (None: the labelled examples alone)."""
+    `pseudo_labels` file (None: the labelled examples alone), its word embeddings starting
+    from the `vectors` file (None: none)."""
     stage = config.model_copy(deep=True)
-    stage.train.semi.method = "off"
+    stage.train.semi.method, stage.train.semi.vectors = "off", "off"
     stage.out = str(out)
     stage.data.pseudo_labels = None if pseudo_labels is None else str(pseudo_labels)
-    if pseudo_labels is None:  # the teacher never reads a dataset's own unlabelled set
+    stage.data.word_vectors = None if vectors is None else str(vectors)
+    if pseudo_labels is None and vectors is None:  # then it never reads the unlabelled set
         stage.data.options.pop("unlabelled", None)
     elif config.train.semi.student_epochs is not None:
         stage.train.epochs = config.train.semi.student_epochs
@@ -56,14 +66,16 @@ def stage_config(config: RunConfig, out: Path, pseudo_labels: Path | None) -> Ru
 
 
 def is_semi(config: RunConfig) -> bool:
-    """Whether the run is trained in stages by self-training (train.semi.method)."""
-    return config.train.semi.method != "off"
+    """Whether the run is trained in stages (train.semi.method or train.semi.vectors)."""
+    return config.train.semi.method != "off" or config.train.semi.vectors != "off"
 
 
 def stage_folders(config: RunConfig) -> list[Path]:
-    """Where each stage's run goes: the teacher, the intermediate rounds, then the run's own
-    directory (`run_folder`)."""
+    """Where each classifier stage's run goes: the teacher, the intermediate rounds, then the
+    run's own directory (`run_folder`); without self-training the run's directory alone."""
     out, rounds = run_folder(config), config.train.semi.rounds
+    if config.train.semi.method == "off":
+        return [out]
     return [out / "teacher", *(out / f"round-{r}" for r in range(2, rounds + 1)), out]
 
 
@@ -76,18 +88,57 @@ def self_train(config: RunConfig, train_stage: Callable[[RunConfig, bool], Any],
     out = folders[-1]
     if (out / "checkpoint").exists() or (out / "metrics.json").exists():
         raise FileExistsError(f"run directory {out} already holds a run; choose another --out")
+    vectors = None
+    if config.train.semi.vectors != "off":
+        vectors = word_vectors(config, out / "vectors", log)
     pseudo_labels, run = None, None
+    starts = "" if vectors is None else "; word embeddings from the vectors"
     for number, folder in enumerate(folders, start=1):
         role = (
-            "teacher: labelled examples only"
+            "labelled examples only"
             if pseudo_labels is None
             else (f"labelled + pseudo-labelled examples ({pseudo_labels.parent.name}'s labels)")
         )
-        log(f"semi   stage {number}/{len(folders)} → {folder} ({role})")
-        run = train_stage(stage_config(config, folder, pseudo_labels), folder == out)
+        if len(folders) > 1 and pseudo_labels is None:
+            role = "teacher: " + role
+        log(f"semi   stage {number}/{len(folders)} → {folder} ({role}{starts})")
+        stage = stage_config(config, folder, pseudo_labels, vectors)
+        run = train_stage(stage, folder == out)
         if folder != out:
             pseudo_labels = pseudo_label(folder, config, log)
     return run
+
+
+def word_vectors(config: RunConfig, folder: Path, log: Log) -> Path:
+    """Learn word vectors (train.semi.vectors) from the run's training and unlabelled texts,
+    never its validation or test texts, and write them to `<folder>/word-vectors.safetensors`.
+    Returns the file's path."""
+    from neuralab.modalities.text import vocabulary_tokenizer
+
+    semi = config.train.semi
+    dataset = load_data(config)  # with its unlabelled examples, without pseudo-labels
+    if dataset.kind != "text":
+        raise DataError(
+            f"train.semi.vectors learns word vectors from texts; {dataset.name} is "
+            f"{dataset.kind} data (set train.semi.vectors=off)"
+        )
+    unlabelled = dataset.unlabelled.texts if dataset.unlabelled is not None else []
+    texts = [*dataset.train.texts, *unlabelled]
+    settings = TokenizerSettings.from_dict(config.tokenizer.model_dump())
+    tokenizer = vocabulary_tokenizer(dataset, settings, config.tokenizer.cache)
+    words = learn_word_vectors(
+        texts, tokenizer, int(config.model.args["embed_dim"]), semi.vectors,
+        semi.vector_epochs, semi.vector_window, config.train.seed,
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    path = write_word_vectors(folder / VECTORS_FILE, words)
+    dropped = dataset.info.get("unlabelled_dropped")
+    copies = f"; {dropped:,} unlabelled copies of test texts left out" if dropped else ""
+    log(f"vectors {semi.vectors} word2vec, {words.vectors.shape[1]}-d, {semi.vector_epochs} "
+        f"epochs: {len(words.tokens):,} words from {len(dataset.train):,} training + "
+        f"{len(unlabelled):,} unlabelled texts (no validation or test text{copies}) in "
+        f"{words.info['seconds']:.1f}s → {path}")  # fmt: skip
+    return path
 
 
 def pseudo_label(teacher: Path, config: RunConfig, log: Log) -> Path:

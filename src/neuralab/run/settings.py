@@ -57,25 +57,33 @@ def check_settings(config: RunConfig) -> None:
 def check_semi(config: RunConfig) -> None:
     """What self-training does not combine with, refused before any work."""
     semi, data = config.train.semi, config.data
-    if semi.method == "off":
-        if data.options.get("unlabelled") and data.pseudo_labels is None:
+    if semi.method == "off" and semi.vectors == "off":
+        stage = data.pseudo_labels is not None or data.word_vectors is not None
+        if data.options.get("unlabelled") and not stage:
             raise ConfigError(
                 "data.options.unlabelled=true reads the unlabelled examples, and only a "
-                "semi-supervised run uses them: set train.semi.method=pseudo-label, or drop "
-                "the option (a supervised run never reads them)"
+                "semi-supervised run uses them: set train.semi.method=pseudo-label or "
+                "train.semi.vectors=cbow, or drop the option (a supervised run never reads them)"
             )
         return
+    if semi.vectors != "off" and not config.model.args.get("embed_dim"):
+        raise ConfigError(
+            f"train.semi.vectors={semi.vectors} starts the model's word embeddings from word "
+            "vectors of their size: set model.args.embed_dim (e.g. 100, with model ngram)"
+        )
     fields = data.options.get("label_field")
-    if config.task.name != "classification" or (isinstance(fields, list) and len(fields) > 1):
+    several = isinstance(fields, list) and len(fields) > 1
+    if semi.method != "off" and (config.task.name != "classification" or several):
         raise ConfigError(
             "train.semi labels unlabelled examples with one class each; "
             + (f"task {config.task.name} does not" if config.task.name != "classification"
                else "data with several label fields does not")
             + " learn that way (set train.semi.method=off)"
         )  # fmt: skip
-    if data.pseudo_labels is not None:
+    if data.pseudo_labels is not None or data.word_vectors is not None:
         raise ConfigError(
-            "data.pseudo_labels is set by train.semi for the stages it runs; unset one of them"
+            "data.pseudo_labels and data.word_vectors are set by train.semi for the stages it "
+            "runs; unset them or train.semi"
         )
     if distributed.world_size() > 1:
         raise ConfigError("train.semi runs its stages in one process; run it without torchrun")
