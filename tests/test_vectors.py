@@ -121,11 +121,13 @@ def test_compaction_keeps_the_pretrained_words_no_training_text_holds() -> None:
     known = torch.zeros(10, dtype=torch.bool)
     known[[3, 9]] = True  # 9: in no training text
     model.load_word_vectors(vectors, known)
+    model.bag.weight.requires_grad_(False)  # train.freeze=[bag], set before compaction
     batches = [(torch.tensor([[3, 4, 0], [5, 3, 0]]), torch.tensor([0, 1]))]
     model.initialize_from_texts(batches)
     kept = model.kept_rows.tolist()
     assert {3, 4, 5, 9} <= set(kept) and all(k < 10 or k >= 10 for k in kept)
     assert model.bag.num_embeddings == 1 + 4  # padding + words 3, 4, 5, 9
+    assert not model.bag.weight.requires_grad and model.nb_weight.weight.requires_grad
     row_of_9 = 1 + kept.index(9)
     torch.testing.assert_close(model.bag.weight[row_of_9].detach(), vectors[9])
     ids = torch.tensor([[9, 0, 0]])
@@ -135,7 +137,9 @@ def test_compaction_keeps_the_pretrained_words_no_training_text_holds() -> None:
 def test_vectors_map_to_any_tokenizer_by_token_and_files_are_checked(tmp_path: Path) -> None:
     from neuralab.data.tokenizer import TextTokenizer, TokenizerSettings
 
-    tokenizer = TextTokenizer.train(["good film", "bad film"], TokenizerSettings(kind="word", min_frequency=1))
+    tokenizer = TextTokenizer.train(
+        ["good film", "bad film"], TokenizerSettings(kind="word", min_frequency=1)
+    )
     words = WordVectors(["film", "unknown", "good"], torch.eye(3), {"method": "cbow"})
     table, known = words.rows_for(tokenizer)
     film, good = (tokenizer.backend.token_to_id(w) for w in ("film", "good"))
@@ -148,7 +152,7 @@ def test_vectors_map_to_any_tokenizer_by_token_and_files_are_checked(tmp_path: P
     with pytest.raises(DataError, match="does not exist"):
         read_word_vectors(tmp_path / "missing.safetensors")
     (tmp_path / "bad.safetensors").write_bytes(b"not safetensors")
-    with pytest.raises(DataError, match=r"bad\.safetensors is not a word-vectors file"):
+    with pytest.raises(DataError, match=r"bad\.safetensors: cannot read word vectors"):
         read_word_vectors(tmp_path / "bad.safetensors")
 
 

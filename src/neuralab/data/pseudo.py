@@ -24,6 +24,7 @@ from neuralab.data.dataset import (
     joined,
     texts_digest,
 )
+from neuralab.data.tensorfile import load_tensors, save_tensors
 
 
 def fingerprint(split: Split | TextSplit) -> str:
@@ -41,21 +42,12 @@ def write_pseudo_labels(
     confidence: torch.Tensor,
 ) -> Path:
     """Store pseudo-labels for `unlabelled[index]` (atomically: a temp file, then a rename)."""
-    from safetensors.torch import save_file
-
-    tensors = {
-        "index": index.long().contiguous(),
-        "labels": labels.long().contiguous(),
-        "confidence": confidence.float().contiguous(),
-    }
+    tensors = {"index": index.long(), "labels": labels.long(), "confidence": confidence.float()}
     metadata = {
         "unlabelled_count": str(len(unlabelled)),
         "unlabelled_sha256": fingerprint(unlabelled),
     }
-    staging = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(staging), metadata=metadata)
-    staging.replace(path)
-    return path
+    return save_tensors(path, tensors, metadata)
 
 
 def add_pseudo_labels(
@@ -66,8 +58,6 @@ def add_pseudo_labels(
 
     Raises DataError when the file is missing or unreadable, or was made for another
     unlabelled set."""
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     unlabelled = dataset.unlabelled
     if unlabelled is None:
@@ -75,12 +65,7 @@ def add_pseudo_labels(
             f"data.pseudo_labels={path} labels unlabelled examples, and {dataset.name} has none "
             "with these settings. Fix: use the data settings the pseudo-labels were made with"
         )
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in ("index", "labels")}
-    except (OSError, SafetensorError, KeyError) as error:
-        raise DataError(f"{path}: cannot read pseudo-labels ({error})") from None
+    metadata, tensors = load_tensors(path, ("index", "labels"), "pseudo-labels")
     if metadata.get("unlabelled_sha256") != fingerprint(unlabelled):
         raise DataError(
             f"{path} was made for another unlabelled set ({metadata.get('unlabelled_count')} "

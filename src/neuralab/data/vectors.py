@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from neuralab.data.dataset import DataError, texts_digest
+from neuralab.data.tensorfile import load_tensors, save_tensors
 from neuralab.data.tokenizer import TextTokenizer
 
 METHODS = {"cbow": 0, "skipgram": 1}  # gensim's `sg` flag
@@ -87,37 +88,27 @@ def learn_word_vectors(
 
 def write_word_vectors(path: Path, words: WordVectors) -> Path:
     """Store `words` at `path` (atomically: a temp file, then a rename)."""
-    from safetensors.torch import save_file
-
     metadata = {key: str(value) for key, value in words.info.items()}
     metadata["tokens"] = json.dumps(words.tokens, ensure_ascii=False)
-    staging = path.with_name(f".{path.name}.tmp")
-    save_file({"vectors": words.vectors.contiguous()}, str(staging), metadata=metadata)
-    staging.replace(path)
-    return path
+    return save_tensors(path, {"vectors": words.vectors}, metadata)
 
 
 def read_word_vectors(path: str | Path) -> WordVectors:
     """The word vectors `write_word_vectors` stored; DataError naming the file when it is
     missing or is not such a file."""
-    from safetensors import safe_open
-
     path = Path(path)
     if not path.is_file():
         raise DataError(
             f"data.word_vectors: {path} does not exist (train.semi.vectors writes it; "
             "check the path)"
         )
+    what = "word vectors (the word-vectors.safetensors train.semi.vectors writes)"
+    metadata, tensors = load_tensors(path, ("vectors",), what)
+    vectors = tensors["vectors"]
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            vectors = handle.get_tensor("vectors")
         tokens = json.loads(metadata.pop("tokens"))
-    except Exception as error:  # safetensors raises its own errors; json KeyError/ValueError
-        raise DataError(
-            f"data.word_vectors: {path} is not a word-vectors file ({type(error).__name__}: "
-            f"{error}); point it at the word-vectors.safetensors train.semi.vectors wrote"
-        ) from None
+    except (KeyError, ValueError) as error:
+        raise DataError(f"{path}: cannot read {what} (its token list: {error})") from None
     if vectors.ndim != 2 or len(tokens) != len(vectors):
         raise DataError(
             f"data.word_vectors: {path} holds {len(tokens)} tokens for a vectors table of "
