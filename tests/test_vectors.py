@@ -84,6 +84,28 @@ def test_the_word_embeddings_start_from_the_vectors(vectors_run, tmp_path: Path)
         torch.testing.assert_close(bag[row], expected, atol=1e-6, rtol=0)
 
 
+def test_stage_configs_with_vectors() -> None:
+    from neuralab.config import RunConfig
+    from neuralab.run.semi import stage_config, stage_folders
+
+    config = RunConfig.model_validate({
+        "data": {"name": "imdb", "options": {"unlabelled": True}}, "out": "/tmp/x",
+        "model": {"name": "ngram", "args": {"embed_dim": 8}},
+        "train": {"epochs": 9, "semi": {"method": "pseudo-label", "vectors": "cbow",
+                                        "student_epochs": 2}},
+    })  # fmt: skip
+    vectors, pseudo = Path("/tmp/x/vectors/v"), Path("/tmp/x/teacher/p")
+    teacher = stage_config(config, Path("/tmp/x/teacher"), None, vectors)
+    student = stage_config(config, Path("/tmp/x"), pseudo, vectors)
+    assert teacher.train.epochs == 9 and student.train.epochs == 2
+    assert teacher.data.options == {"unlabelled": True}  # its tokenizer learns their words
+    assert teacher.data.word_vectors == student.data.word_vectors == str(vectors)
+    assert (teacher.train.semi.method, teacher.train.semi.vectors) == ("off", "off")
+    assert "unlabelled" not in stage_config(config, Path("/tmp/t"), None).data.options
+    config.train.semi.method = "off"  # vectors alone: one classifier stage, the run itself
+    assert stage_folders(config) == [Path("/tmp/x")]
+
+
 def spec(vocab: int = 10) -> TextSpec:
     return TextSpec(vocab_size=vocab, num_classes=2, max_length=16)
 

@@ -31,6 +31,7 @@ from neuralab.data.pseudo import write_pseudo_labels
 from neuralab.data.tokenizer import TokenizerSettings
 from neuralab.data.vectors import learn_word_vectors, write_word_vectors
 from neuralab.inference.predict import Predictor
+from neuralab.modalities.text import vocabulary_tokenizer
 from neuralab.run.build import load_data
 from neuralab.run.settings import check_settings
 
@@ -60,7 +61,7 @@ def stage_config(
     stage.data.word_vectors = None if vectors is None else str(vectors)
     if pseudo_labels is None and vectors is None:  # then it never reads the unlabelled set
         stage.data.options.pop("unlabelled", None)
-    elif config.train.semi.student_epochs is not None:
+    if pseudo_labels is not None and config.train.semi.student_epochs is not None:
         stage.train.epochs = config.train.semi.student_epochs
     return stage
 
@@ -113,8 +114,6 @@ def word_vectors(config: RunConfig, folder: Path, log: Log) -> Path:
     """Learn word vectors (train.semi.vectors) from the run's training and unlabelled texts,
     never its validation or test texts, and write them to `<folder>/word-vectors.safetensors`.
     Returns the file's path."""
-    from neuralab.modalities.text import vocabulary_tokenizer
-
     semi = config.train.semi
     dataset = load_data(config)  # with its unlabelled examples, without pseudo-labels
     if dataset.kind != "text":
