@@ -22,6 +22,7 @@ from neuralab.data.text import TextDataset, TextSplit
 from neuralab.data.textloader import EncodedTexts, TextBatchLoader, pad_batch
 from neuralab.data.tokencache import TokenCache, cache_dir
 from neuralab.data.tokenizer import TextTokenizer, TokenizerSettings
+from neuralab.data.vectors import read_word_vectors
 from neuralab.models import TextSpec
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -144,10 +145,17 @@ def vocabulary_tokenizer(
     """The tokenizer trained on the training texts (never on val or test) and, with
     `unlabelled`, the dataset's unlabelled texts (a run whose word vectors saw them), from the
     token cache (`cache`) when an identical run made it."""
-    texts = dataset.train.texts
-    if unlabelled and dataset.unlabelled is not None:
-        texts = [*texts, *dataset.unlabelled.texts]
+    texts = vocabulary_texts(dataset, unlabelled)
     return TokenCache(cache_dir() if cache else None).tokenizer(texts, settings)
+
+
+def vocabulary_texts(dataset: TextDataset, unlabelled: bool = True) -> list[str]:
+    """The texts a tokenizer (and word vectors) may learn from: the training split's and,
+    with `unlabelled`, the dataset's unlabelled texts; never validation or test texts."""
+    texts = list(dataset.train.texts)
+    if unlabelled and dataset.unlabelled is not None:
+        texts += dataset.unlabelled.texts
+    return texts
 
 
 def prepare_text(
@@ -275,3 +283,19 @@ class TextInputs:
                 world_size=world_size,
             )
         return loaders
+
+
+def start_from_vectors(model: torch.nn.Module, inputs: Any, path: str, name: str) -> str:
+    """Start `model`'s word embeddings (model `name`) from the word-vectors file `path`
+    (data.word_vectors), by `inputs`' tokenizer; returns the `vectors` log line."""
+    if not isinstance(inputs, TextInputs) or not hasattr(model, "load_word_vectors"):
+        raise DataError(
+            f"data.word_vectors starts a text model's word embeddings; model {name} on "
+            f"{inputs.dataset.kind} data has none to start (use model ngram)"
+        )
+    words = read_word_vectors(path)
+    table, known = words.rows_for(inputs.tokenizer)
+    model.load_word_vectors(table, known)
+    method, count = words.info.get("method"), words.info.get("texts")
+    return (f"vectors {int(known.sum()):,} of {len(known):,} word embeddings start from {path} "
+            f"({method} word2vec on {count} texts)")  # fmt: skip

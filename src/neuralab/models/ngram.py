@@ -138,10 +138,10 @@ class NgramBag(nn.Module):
             self.nb_ratio.copy_(self.log_count_ratios(per_class))
         if self.compact:
             needed = self.nb_min_count if self.bag is None else 1
-            seen = per_class.sum(1) >= needed  # (rows,)
+            texts = per_class.sum(1)  # (rows,): how many training texts hold each feature
+            seen = texts >= needed
             if self.words_only:  # the n-grams feed the NB term alone
-                words = self.vocab_size
-                seen[words:] = per_class[words:].sum(1) >= self.nb_min_count
+                seen[self.vocab_size :] = texts[self.vocab_size :] >= self.nb_min_count
             if self.pretrained is not None:
                 seen[: self.vocab_size] |= self.pretrained.to(seen.device)
             seen[PAD_ID] = False

@@ -12,7 +12,7 @@ from torch import nn
 
 from neuralab.config import RunConfig
 from neuralab.modalities import Inputs
-from neuralab.run.build import build_inputs_and_model, build_loaders
+from neuralab.run.inputs import build_inputs_and_model, build_loaders
 from neuralab.run.settings import build_optimizer, build_task
 from neuralab.tasks import Task
 from neuralab.train.engine import Engine, pick_device

@@ -31,8 +31,8 @@ from neuralab.data.pseudo import write_pseudo_labels
 from neuralab.data.tokenizer import TokenizerSettings
 from neuralab.data.vectors import learn_word_vectors, write_word_vectors
 from neuralab.inference.predict import Predictor
-from neuralab.modalities.text import vocabulary_tokenizer
-from neuralab.run.build import load_data
+from neuralab.modalities.text import vocabulary_texts, vocabulary_tokenizer
+from neuralab.run.inputs import load_data
 from neuralab.run.settings import check_settings
 
 Log = Callable[[str], None]
@@ -121,8 +121,7 @@ def word_vectors(config: RunConfig, folder: Path, log: Log) -> Path:
             f"train.semi.vectors learns word vectors from texts; {dataset.name} is "
             f"{dataset.kind} data (set train.semi.vectors=off)"
         )
-    unlabelled = dataset.unlabelled.texts if dataset.unlabelled is not None else []
-    texts = [*dataset.train.texts, *unlabelled]
+    texts = vocabulary_texts(dataset)
     settings = TokenizerSettings.from_dict(config.tokenizer.model_dump())
     tokenizer = vocabulary_tokenizer(dataset, settings, config.tokenizer.cache)
     words = learn_word_vectors(
@@ -133,9 +132,10 @@ def word_vectors(config: RunConfig, folder: Path, log: Log) -> Path:
     path = write_word_vectors(folder / VECTORS_FILE, words)
     dropped = dataset.info.get("unlabelled_dropped")
     copies = f"; {dropped:,} unlabelled copies of test texts left out" if dropped else ""
+    unlabelled = len(texts) - len(dataset.train)
     log(f"vectors {semi.vectors} word2vec, {words.vectors.shape[1]}-d, {semi.vector_epochs} "
         f"epochs: {len(words.tokens):,} words from {len(dataset.train):,} training + "
-        f"{len(unlabelled):,} unlabelled texts (no validation or test text{copies}) in "
+        f"{unlabelled:,} unlabelled texts (no validation or test text{copies}) in "
         f"{words.info['seconds']:.1f}s → {path}")  # fmt: skip
     return path
 
