@@ -14,7 +14,7 @@ from neuralab.adversarial.attacks import AttackSettings
 from neuralab.adversarial.training import AdversarialTraining, PgdCheck, TrainingAttack
 from neuralab.config import resolve_config
 from neuralab.errors import ConfigError
-from neuralab.run.settings import build_task
+from neuralab.run.settings import build_task, check_attack
 from neuralab.tasks.classification import Classification
 
 MEAN, STD = (0.5,), (0.25,)
@@ -146,6 +146,18 @@ def test_default_steps_follow_the_papers() -> None:
     pgd = resolve_config(None, ["train.adversarial.method=pgd", "train.adversarial.eps=0.2"])
     assert pgd.train.adversarial.step == pytest.approx(2.5 * 0.2 / 7)  # Madry et al.
     assert resolve_config(None, ["train.adversarial.method=off"]).train.adversarial.method == "off"
+
+
+def test_the_check_attacks_at_check_eps_when_given() -> None:
+    adversarial = ["train.adversarial.method=n-fgsm", "train.adversarial.eps=0.0275"]
+    same = check_attack(resolve_config("mnist-best", adversarial))
+    assert (same.eps, same.steps) == (0.0275, 10)
+    wider = check_attack(
+        resolve_config("mnist-best", [*adversarial, "train.adversarial.check_eps=0.0314"])
+    )
+    assert wider.eps == 0.0314
+    with pytest.raises(ConfigError, match="check_eps"):
+        resolve_config("mnist-best", [*adversarial, "train.adversarial.check_eps=2"])
 
 
 class FakeTrainer:

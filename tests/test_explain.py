@@ -43,19 +43,27 @@ def test_saliency_of_a_linear_model_is_its_weight_over_the_std() -> None:
 
 
 @pytest.mark.parametrize("tta", ["off", "flip"])
-def test_integrated_gradients_add_up_to_the_logits_change(tta) -> None:
+@pytest.mark.parametrize("mean, std", [(MEAN, STD), ((0.2, 0.5, 0.7), (0.3, 0.2, 0.25))])
+def test_integrated_gradients_add_up_to_the_change_from_the_mean_colour(tta, mean, std) -> None:
+    """Completeness: the map sums to the target logit's change from the plain image of the
+    training mean colour (per channel), the image the normalised model sees as zeros."""
     torch.manual_seed(1)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.Flatten(),
+    channels = len(mean)
+    model = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.Tanh(), nn.Flatten(),
                           nn.Linear(64, 3)).eval()  # fmt: skip
-    pixels, targets = torch.rand(3, 1, 4, 4), torch.tensor([2, 0, 1])
-    maps = attribute_images(model, pixels, targets, "integrated-gradients", mean=MEAN,
-                            std=STD, tta=tta)  # fmt: skip
-    from neuralab.attribution.images import pixel_forward
+    pixels, targets = torch.rand(3, channels, 4, 4), torch.tensor([2, 0, 1])
+    maps = attribute_images(model, pixels, targets, "integrated-gradients", mean=mean,
+                            std=std, tta=tta)  # fmt: skip
+    from neuralab.models.tta import pixel_forward
 
-    forward = pixel_forward(model, MEAN, STD, tta)
-    change = forward(pixels) - forward(torch.zeros_like(pixels))
+    forward = pixel_forward(model, mean, std, tta)
+    plain = torch.tensor(mean).view(1, -1, 1, 1).expand_as(pixels)
+    change = forward(pixels) - forward(plain)
     expected = change.gather(1, targets.view(-1, 1))[:, 0]
     torch.testing.assert_close(maps.flatten(1).sum(1), expected, atol=2e-3, rtol=1e-2)
+    # the mean colour is what the normalised model sees as zeros
+    torch.testing.assert_close(model.eval()(torch.zeros(1, channels, 4, 4)).float(),
+                               forward(plain[:1]))  # fmt: skip
 
 
 def conv_net() -> nn.Module:
@@ -108,7 +116,7 @@ def test_deletion_in_the_true_order_beats_a_random_order() -> None:
     probability faster than a random order; insertion the other way round."""
     model = linear_model()
     pixels = torch.rand(20, 1, 4, 4)
-    from neuralab.attribution.images import pixel_forward
+    from neuralab.models.tta import pixel_forward
 
     forward = pixel_forward(model, MEAN, STD, "off")
     targets = forward(pixels).argmax(1)

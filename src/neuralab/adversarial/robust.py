@@ -24,7 +24,7 @@ from neuralab.adversarial.attacks import AttackError, AttackSettings, Classify, 
 from neuralab.checkpoint.format import write_text_atomic
 from neuralab.inference.fewshot import is_few_shot
 from neuralab.inference.predict import Predictor, test_subset
-from neuralab.models.tta import tta_logits
+from neuralab.models.tta import pixel_forward
 
 ATTACK_BATCH = 250  # images attacked together: bounds memory (activations of one backward)
 EXAMPLES_SHOWN = 16  # adversarial images drawn in examples.png (a 2 × 8 grid)
@@ -42,15 +42,8 @@ def pixel_classifier(predictor: Predictor) -> Classify:
             f"attacks perturb pixels: {predictor.meta.dataset} is a {predictor.modality.kind} "
             "run (word-substitution attacks are not supported); attack an image run"
         )
-    model, modality, tta = predictor.model.eval(), predictor.modality, predictor.task.tta
-    mean = torch.tensor(modality.mean, device=predictor.device).view(1, -1, 1, 1)
-    std = torch.tensor(modality.std, device=predictor.device).view(1, -1, 1, 1)
-
-    def classify(pixels: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(pixels.device.type, enabled=False):
-            return tta_logits(model, (pixels - mean) / std, tta)
-
-    return classify
+    modality = predictor.modality
+    return pixel_forward(predictor.model.eval(), modality.mean, modality.std, predictor.task.tta)
 
 
 def test_pixels(

@@ -25,10 +25,10 @@ from neuralab.attribution.images import (
     AttributionError,
     attribute_images,
     conv_layers,
-    pixel_forward,
 )
 from neuralab.inference.fewshot import is_few_shot
 from neuralab.inference.predict import Predictor, test_subset
+from neuralab.models.tta import pixel_forward
 
 
 @dataclass

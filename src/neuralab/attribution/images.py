@@ -2,7 +2,8 @@
 
     saliency              |∂ logit / ∂ pixel| (Simonyan et al. 2014)
     smoothgrad            saliency averaged over noisy copies (Smilkov et al. 2017)
-    integrated-gradients  gradients integrated from a black image (Sundararajan et al. 2017)
+    integrated-gradients  gradients integrated from the training set's mean colour, the image
+                          the normalised model sees as zeros (Sundararajan et al. 2017)
     grad-cam              a conv layer's activations weighted by their mean gradient, upsampled
                           (Selvaraju et al. 2017); the layer is picked automatically
     occlusion             the logit's drop when a square patch is blacked out (Zeiler & Fergus)
@@ -26,13 +27,17 @@ from torch import nn
 from torch.nn import functional as F
 
 from neuralab.errors import UserError
-from neuralab.models.tta import tta_logits
+from neuralab.models.tta import pixel_forward
 
 IMAGE_METHODS = ("saliency", "smoothgrad", "integrated-gradients", "grad-cam", "occlusion")
 IG_STEPS = 50  # Sundararajan et al.'s default: the integral's error is small at 20–300 steps
 SMOOTHGRAD_SAMPLES = 25  # noisy copies per image
 SMOOTHGRAD_NOISE = 0.15  # noise std in pixel units (Smilkov et al.: 10–20% of the range)
-PASS_BUDGET = 512  # images per forward/backward inside a method: bounds memory
+# Images per forward/backward inside a method (each test-time view is its own pass): bounds
+# memory, and small passes stay in cache: integrated gradients through cifar10-fast's six
+# views took 67 s per 100 images at 64–100, 86 s at 200 and 138 s at 512 (fp32, 2 cores,
+# channels-first inputs).
+PASS_BUDGET = 64
 GRAD_CAM_MIN_SIDE = 7  # pixels: the map of the layer Grad-CAM reads (see grad_cam_layer)
 OCCLUSION_FRACTION = 7  # occluding patch = a seventh of the image side (4 px on MNIST)
 
@@ -52,19 +57,6 @@ def captum():
             "attributions use Captum: pip install 'neuralab[explain]' (captum)"
         ) from None
     return captum.attr
-
-
-def pixel_forward(model: nn.Module, mean: tuple, std: tuple, tta: str) -> Forward:
-    """The model as a function of pixels in [0, 1]: normalised inside, float32, with `tta`."""
-    shift = torch.tensor(mean).view(1, -1, 1, 1)
-    scale = torch.tensor(std).view(1, -1, 1, 1)
-
-    def forward(pixels: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(pixels.device.type, enabled=False):
-            normalised = (pixels - shift.to(pixels.device)) / scale.to(pixels.device)
-            return tta_logits(model, normalised, tta)
-
-    return forward
 
 
 def conv_layers(model: nn.Module, example: torch.Tensor) -> list[tuple[str, nn.Module, tuple]]:
@@ -146,7 +138,7 @@ def attribute_images(
     maps = []
     for start in range(0, len(pixels), batch):
         chunk, target = pixels[start : start + batch], targets[start : start + batch]
-        maps.append(gradient_method(attr, forward, method, chunk, target, not signed))
+        maps.append(gradient_method(attr, forward, method, chunk, target, not signed, mean))
     return torch.cat(maps)
 
 
@@ -156,9 +148,14 @@ def normalised_example(pixels: torch.Tensor, mean: tuple, std: tuple) -> torch.T
 
 
 def gradient_method(
-    attr, forward: Forward, method: str, pixels, targets, absolute: bool = True
+    attr, forward: Forward, method: str, pixels, targets, absolute: bool, mean: tuple
 ) -> torch.Tensor:
-    """Saliency, SmoothGrad or integrated gradients for one chunk → (B, H, W)."""
+    """Saliency, SmoothGrad or integrated gradients for one chunk → (B, H, W).
+
+    Integrated gradients start from a plain image of the `mean` colour: the input the
+    normalised model sees as zeros, and the colour the deletion metric gives removed pixels
+    (cifar10-fast, 100 test images: deletion 0.87× the random order's from the mean colour,
+    1.04× from black)."""
     pixels = pixels.detach().clone().requires_grad_(True)  # Captum warns when it must do this
     if method == "saliency":
         found = attr.Saliency(forward).attribute(pixels, target=targets, abs=absolute)
@@ -171,10 +168,16 @@ def gradient_method(
         )  # fmt: skip
     else:
         found = attr.IntegratedGradients(forward).attribute(
-            pixels, baselines=torch.zeros_like(pixels), target=targets, n_steps=IG_STEPS,
+            pixels, baselines=mean_image(pixels, mean), target=targets, n_steps=IG_STEPS,
             internal_batch_size=PASS_BUDGET,
         )  # fmt: skip
     return found.detach().sum(1)
+
+
+def mean_image(pixels: torch.Tensor, mean: tuple) -> torch.Tensor:
+    """Images shaped like `pixels` (B, C, H, W), every pixel the per-channel `mean` colour."""
+    colour = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
+    return colour.expand_as(pixels).contiguous()
 
 
 def grad_cam(attr, model, layer, pixels, targets, mean, std) -> torch.Tensor:

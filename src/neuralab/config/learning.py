@@ -26,8 +26,9 @@ class AdversarialConfig(Section):
     - pgd (Madry et al. 2018): `steps` signed steps of `step_size` (default 2.5 · eps / steps)
       from a random start: steps + 1 passes per batch.
 
-    Each epoch ends with a PGD check (`check_steps` steps, `check_restarts` restarts) on
-    `check_count` validation (else training) examples, logged as `pgd_accuracy`; with
+    Each epoch ends with a PGD check (`check_steps` steps, `check_restarts` restarts, radius
+    `check_eps`, default eps: set it to the radius you evaluate at when training at a smaller
+    one) on `check_count` validation (else training) examples, logged as `pgd_accuracy`; with
     `early_stop`, a fall of more than 20 points below the best (catastrophic overfitting)
     stops the run on the best epoch's weights.
     """
@@ -37,6 +38,7 @@ class AdversarialConfig(Section):
     step_size: float | None = Field(None, gt=0.0, le=1.0)  # pixel units; None: see above
     steps: int = Field(7, ge=1)  # pgd only
     check_steps: int = Field(10, ge=1)
+    check_eps: float | None = Field(None, gt=0.0, le=1.0)  # pixel units; None: eps
     check_restarts: int = Field(1, ge=1)
     check_count: int = Field(1000, ge=1)
     early_stop: bool = True

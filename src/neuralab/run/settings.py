@@ -220,8 +220,8 @@ def training_attack(config: RunConfig, inputs: Inputs) -> TrainingAttack | None:
 
 
 def check_attack(config: RunConfig) -> AttackSettings:
-    """The per-epoch PGD check of adversarial training (step 2.5 · eps / steps)."""
+    """The per-epoch PGD check of adversarial training (step 2.5 · eps / steps), at
+    `check_eps` (default: the training eps)."""
     settings = config.train.adversarial
-    return AttackSettings(
-        "pgd", settings.eps, "linf", settings.check_steps, None, settings.check_restarts
-    )
+    eps = settings.check_eps if settings.check_eps is not None else settings.eps
+    return AttackSettings("pgd", eps, "linf", settings.check_steps, None, settings.check_restarts)
