@@ -119,4 +119,19 @@ def alexnet(
         default_width = SMALL_FC_WIDTH
     flat = flat_features(features, spec, "alexnet")
     width = fc_width if fc_width is not None else default_width
-    return FeaturesClassifier(features, _classifier(flat, width, spec.num_classes, dropout))
+    model = FeaturesClassifier(features, _classifier(flat, width, spec.num_classes, dropout))
+    relu_init(model)
+    return model
+
+
+def relu_init(model: nn.Module) -> None:
+    """He et al.'s initialisation for ReLU layers (weights N(0, 2 / fan_in), zero biases).
+
+    AlexNet has no normalisation layer, and PyTorch's default initialisation (variance
+    1 / (3 · fan_in)) shrinks the signal about six-fold per layer over its eight: on small
+    data some runs never left their starting plateau (250 MNIST digits, 20 epochs of Adam:
+    19% for 5 classes at one seed and precision, 94–97% at the others)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
