@@ -130,8 +130,7 @@ def relu_init(model: nn.Module) -> None:
     AlexNet has no normalisation layer, and PyTorch's default initialisation (variance
     1 / (3 · fan_in)) shrinks the signal's variance about six-fold per layer over its eight:
     on small data some runs never left their starting plateau (250 MNIST digits, 20 epochs
-    of Adam:
-    19% for 5 classes at one seed and precision, 91–97% at the others; with this
+    of Adam: 19% for 5 classes at one seed and precision, 91–97% at the others; with this
     initialisation 94–97% at all six seed × precision settings tried)."""
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
