@@ -31,6 +31,7 @@ from neuralab.adversarial.attacks import (
     project,
     random_start,
 )
+from neuralab.models.tta import channel_view
 from neuralab.tasks.base import StepOutput
 from neuralab.tasks.classification import Classification
 from neuralab.train.callbacks import Callback, Order, Trainer
@@ -40,11 +41,6 @@ from neuralab.train.callbacks import Callback, Order, Trainer
 # (±1.6 points at 1,000 examples) and ordinary epoch-to-epoch swings.
 COLLAPSE_DROP = 0.20
 NOISE_SCALE = 2.0  # N-FGSM's noise radius in units of eps (de Jorge et al.'s k = 2)
-
-
-def channel_view(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """Per-channel statistics as a (1, C, 1, 1) tensor on `like`'s device."""
-    return torch.tensor(values, dtype=torch.float32, device=like.device).view(1, -1, 1, 1)
 
 
 def pixel_classifier(model: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> Classify:

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from neuralab.errors import UserError
-from neuralab.models.tta import pixel_forward
+from neuralab.models.tta import channel_view, pixel_forward
 
 IMAGE_METHODS = ("saliency", "smoothgrad", "integrated-gradients", "grad-cam", "occlusion")
 IG_STEPS = 50  # Sundararajan et al.'s default: the integral's error is small at 20–300 steps
@@ -176,8 +176,7 @@ def gradient_method(
 
 def mean_image(pixels: torch.Tensor, mean: tuple) -> torch.Tensor:
     """Images shaped like `pixels` (B, C, H, W), every pixel the per-channel `mean` colour."""
-    colour = torch.tensor(mean, dtype=pixels.dtype, device=pixels.device).view(1, -1, 1, 1)
-    return colour.expand_as(pixels).contiguous()
+    return channel_view(mean, pixels).expand_as(pixels).contiguous()
 
 
 def grad_cam(attr, model, layer, pixels, targets, mean, std) -> torch.Tensor:

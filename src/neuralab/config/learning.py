@@ -70,6 +70,11 @@ class AdversarialConfig(Section):
             return self.eps
         return 1.25 * self.eps if self.method == "fgsm-rs" else 2.5 * self.eps / self.steps
 
+    @property
+    def check_radius(self) -> float:
+        """The PGD check's eps in pixel units: check_eps, else the training eps."""
+        return self.check_eps if self.check_eps is not None else self.eps
+
 
 class DistillConfig(Section):
     """Knowledge distillation (Hinton, Vinyals & Dean 2015; tasks/distillation.py): the run

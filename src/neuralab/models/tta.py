@@ -12,7 +12,7 @@ Pure tensor ops, so the same function serves evaluation, prediction and exported
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -61,6 +61,12 @@ def tta_logits(model: nn.Module, images: torch.Tensor, mode: bool | str | None) 
     return 0.5 * logits + 0.25 * (up_left + down_right)
 
 
+def channel_view(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """Per-channel statistics (a mean or std colour) as a float32 (1, C, 1, 1) tensor on
+    `like`'s device."""
+    return torch.tensor(values, dtype=torch.float32, device=like.device).view(1, -1, 1, 1)
+
+
 def pixel_forward(
     model: nn.Module, mean: tuple, std: tuple, mode: bool | str | None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -72,12 +78,10 @@ def pixel_forward(
     The normalised pixels go in channels-last: convolutions then run in the layout the CPU
     kernels prefer (the same float32 arithmetic; integrated gradients through cifar10-fast's
     six views 1.2× faster), and a model that flattens its input sees the same values."""
-    shift = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    scale = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def forward(pixels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(pixels.device.type, enabled=False):
-            normalised = (pixels - shift.to(pixels.device)) / scale.to(pixels.device)
+            normalised = (pixels - channel_view(mean, pixels)) / channel_view(std, pixels)
             normalised = normalised.contiguous(memory_format=torch.channels_last)
             return tta_logits(model, normalised, mode)
 

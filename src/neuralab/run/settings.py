@@ -223,5 +223,6 @@ def check_attack(config: RunConfig) -> AttackSettings:
     """The per-epoch PGD check of adversarial training (step 2.5 · eps / steps), at
     `check_eps` (default: the training eps)."""
     settings = config.train.adversarial
-    eps = settings.check_eps if settings.check_eps is not None else settings.eps
-    return AttackSettings("pgd", eps, "linf", settings.check_steps, None, settings.check_restarts)
+    return AttackSettings(
+        "pgd", settings.check_radius, "linf", settings.check_steps, None, settings.check_restarts
+    )
